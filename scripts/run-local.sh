@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the worker against local PostgreSQL and Redis with the example rules in rules/:
+# starts the services (wal_level = logical), creates the `edurise` database with the example
+# schema, builds cachewarden and runs it in the foreground (Ctrl-C stops it gracefully).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-services.sh
+export PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres
+if ! psql -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'edurise'" | grep -q 1; then
+  createdb edurise
+fi
+psql -d edurise -q -v ON_ERROR_STOP=1 -f examples/edurise/schema.sql
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+cargo build --release --bin cachewarden
+bin="${CARGO_TARGET_DIR:-target}/release/cachewarden"
+"$bin" --config cachewarden.toml migrate
+"$bin" --config cachewarden.toml check
+exec "$bin" --config cachewarden.toml run

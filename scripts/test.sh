@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit, property and integration tests against
+# real local PostgreSQL and Redis (started and configured by ensure-services.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-services.sh
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo nextest run --no-fail-fast "$@"

@@ -1,0 +1,301 @@
+//! The cache side: executes planned actions on Redis.
+//!
+//! [`Cache`] owns one multiplexed Redis connection (reopened after a failure) and promises that
+//! when [`Cache::execute`] returns `Ok`, every key of the plan has been unlinked and every
+//! pattern has been scanned to completion with each match unlinked. Keys go out as pipelined
+//! `UNLINK`s in chunks — one round trip for a whole batch — and patterns use `SCAN MATCH`
+//! (never `KEYS`), so Redis is never blocked. [`glob_match`] is Redis' glob matcher in pure
+//! Rust, for tests and dry runs.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::plan::Target;
+
+/// Errors talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis: connection timed out")]
+    Timeout,
+}
+
+/// What executing a plan did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExecReport {
+    /// Keys Redis reported as removed (existing keys; absent keys are not counted).
+    pub removed: u64,
+    /// UNLINK commands sent.
+    pub unlink_commands: u64,
+    /// SCAN iterations run for patterns.
+    pub scans: u64,
+}
+
+/// Tunables for [`Cache`].
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Keys per `UNLINK` command.
+    pub unlink_chunk: usize,
+    /// `COUNT` hint for `SCAN`.
+    pub scan_count: usize,
+    pub timeout: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            unlink_chunk: 500,
+            scan_count: 1000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A Redis connection that executes cache actions.
+pub struct Cache {
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+    opts: CacheOptions,
+}
+
+impl Cache {
+    pub fn new(url: &str, opts: CacheOptions) -> Result<Self, CacheError> {
+        Ok(Cache {
+            client: redis::Client::open(url)?,
+            conn: None,
+            opts,
+        })
+    }
+
+    /// Returns a live connection, opening one if needed.
+    pub async fn connection(&mut self) -> Result<MultiplexedConnection, CacheError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.opts.timeout))
+            .set_response_timeout(Some(self.opts.timeout));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Checks the connection with `PING`.
+    pub async fn ping(&mut self) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+        self.forget_on_error(r).map(|_| ())
+    }
+
+    fn forget_on_error<T>(&mut self, r: Result<T, redis::RedisError>) -> Result<T, CacheError> {
+        r.map_err(|e| {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error()
+            {
+                self.conn = None;
+            }
+            CacheError::Redis(e)
+        })
+    }
+
+    /// Unlinks every key and every pattern's matches. Idempotent, so safe to retry.
+    pub async fn execute<'a>(
+        &mut self,
+        targets: impl IntoIterator<Item = &'a Target>,
+    ) -> Result<ExecReport, CacheError> {
+        let mut keys: Vec<&str> = Vec::new();
+        let mut patterns: Vec<&str> = Vec::new();
+        for t in targets {
+            match t {
+                Target::Key(k) => keys.push(k),
+                Target::Pattern(p) => patterns.push(p),
+            }
+        }
+        let mut report = ExecReport::default();
+        let r = self.unlink_keys(&keys, &mut report).await;
+        self.forget_on_error(r)?;
+        for p in patterns {
+            let r = self.unlink_pattern(p, &mut report).await;
+            self.forget_on_error(r)?;
+        }
+        Ok(report)
+    }
+
+    async fn unlink_keys(
+        &mut self,
+        keys: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        // Bound one pipeline so a huge batch does not build a huge request.
+        for group in keys.chunks(self.opts.unlink_chunk * 64) {
+            let mut pipe = redis::pipe();
+            for chunk in group.chunks(self.opts.unlink_chunk) {
+                pipe.cmd("UNLINK").arg(chunk);
+                report.unlink_commands += 1;
+            }
+            let removed: Vec<u64> = pipe.query_async(&mut conn).await?;
+            report.removed += removed.iter().sum::<u64>();
+        }
+        Ok(())
+    }
+
+    async fn unlink_pattern(
+        &mut self,
+        pattern: &str,
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(self.opts.scan_count)
+                .query_async(&mut conn)
+                .await?;
+            report.scans += 1;
+            if !found.is_empty() {
+                let removed: u64 = redis::cmd("UNLINK")
+                    .arg(&found)
+                    .query_async(&mut conn)
+                    .await?;
+                report.unlink_commands += 1;
+                report.removed += removed;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn into_redis(e: CacheError) -> redis::RedisError {
+    match e {
+        CacheError::Redis(e) => e,
+        CacheError::Timeout => {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        }
+    }
+}
+
+/// Redis' glob matching (`*`, `?`, `[...]` with ranges and `^`, `\` escapes), byte-wise.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn m(p: &[u8], t: &[u8]) -> bool {
+        let (mut pi, mut ti) = (0, 0);
+        let (mut star_p, mut star_t) = (None, 0);
+        while ti < t.len() {
+            if pi < p.len() {
+                match p[pi] {
+                    b'*' => {
+                        star_p = Some(pi);
+                        star_t = ti;
+                        pi += 1;
+                        continue;
+                    }
+                    b'?' => {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                    b'[' => {
+                        if let Some((matched, next)) = class(p, pi, t[ti]) {
+                            if matched {
+                                pi = next;
+                                ti += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    b'\\' if pi + 1 < p.len() && p[pi + 1] == t[ti] => {
+                        pi += 2;
+                        ti += 1;
+                        continue;
+                    }
+                    b'\\' if pi + 1 < p.len() => {}
+                    c if c == t[ti] => {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            match star_p {
+                Some(sp) => {
+                    pi = sp + 1;
+                    star_t += 1;
+                    ti = star_t;
+                }
+                None => return false,
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+    fn class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+        let mut i = start + 1;
+        let negate = p.get(i) == Some(&b'^');
+        if negate {
+            i += 1;
+        }
+        let mut matched = false;
+        loop {
+            match p.get(i)? {
+                b']' => break,
+                b'\\' => {
+                    if *p.get(i + 1)? == c {
+                        matched = true;
+                    }
+                    i += 2;
+                }
+                &lo if p.get(i + 1) == Some(&b'-') && p.get(i + 2).is_some_and(|&h| h != b']') => {
+                    let hi = p[i + 2];
+                    let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+                    if (lo..=hi).contains(&c) {
+                        matched = true;
+                    }
+                    i += 3;
+                }
+                &x => {
+                    if x == c {
+                        matched = true;
+                    }
+                    i += 1;
+                }
+            }
+        }
+        Some((matched != negate, i + 1))
+    }
+    m(pattern.as_bytes(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_matches_like_redis() {
+        assert!(glob_match("catalog:page:*", "catalog:page:3"));
+        assert!(!glob_match("catalog:page:*", "catalog:pages"));
+        assert!(glob_match("c?t", "cat"));
+        assert!(glob_match("c[a-c]t", "cbt"));
+        assert!(!glob_match("c[^a-c]t", "cbt"));
+        assert!(glob_match("a\\*b", "a*b"));
+        assert!(!glob_match("a\\*b", "axb"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match(":1:course:*", ":1:course:42"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Command-line interface: argument definitions and the commands' edges.
+//!
+//! `run` starts the worker and the status endpoint; `migrate` applies the schema; `check`
+//! validates rule files (and, with a database, against the schema); `explain` dry-runs an
+//! event. Everything here is thin: it loads configuration, calls the library and turns
+//! outcomes into exit codes (0 ok, 1 invalid input, 2 runtime failure).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cachewarden",
+    version,
+    about = "Keeps Redis caches correct from a PostgreSQL change stream"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "cachewarden.toml",
+        env = "CACHEWARDEN_CONFIG"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes and invalidate cache keys until SIGTERM/SIGINT.
+    Run,
+    /// Apply cachewarden's schema migrations to the database.
+    Migrate,
+    /// Validate rule files; with a reachable database, also against its schema.
+    Check {
+        /// Only check syntax; do not connect to PostgreSQL.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Print the keys an event would invalidate, without touching Redis.
+    Explain {
+        /// Event JSON file, or - for standard input.
+        #[arg(long)]
+        event: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}

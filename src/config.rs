@@ -1,0 +1,368 @@
+//! Configuration: `cachewarden.toml`, with environment overrides.
+//!
+//! Every setting has a documented default except the database and Redis URLs. Unknown keys are
+//! refused with their position, so a typo never silently falls back to a default.
+//! `CACHEWARDEN_POSTGRES_URL` and `CACHEWARDEN_REDIS_URL` override the file (handy for secrets);
+//! relative paths (`rules_dir`) are resolved against the config file's directory.
+//! [`redact_url`] keeps passwords out of logs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: error: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{path}: error: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_rules_dir")]
+    pub rules_dir: PathBuf,
+    #[serde(default)]
+    pub source: SourceConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("rules")
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Postgres,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default)]
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: String,
+    #[serde(default = "default_name")]
+    pub slot: String,
+    #[serde(default = "default_name")]
+    pub publication: String,
+    /// Apply pending migrations when `run` starts.
+    #[serde(default = "yes")]
+    pub auto_migrate: bool,
+}
+
+fn default_name() -> String {
+    "cachewarden".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prepended to every key, pattern and tag (e.g. ":1:" for django-redis).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Keys per UNLINK command.
+    #[serde(default = "default_unlink_chunk")]
+    pub unlink_chunk: usize,
+    /// COUNT hint for SCAN.
+    #[serde(default = "default_scan_count")]
+    pub scan_count: usize,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_unlink_chunk() -> usize {
+    500
+}
+fn default_scan_count() -> usize {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Cut a batch at this many changes.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_changes: usize,
+    /// Wait this long for more transactions before executing a batch (0: only what arrived).
+    #[serde(default)]
+    pub batch_linger_ms: u64,
+    /// Standby status update interval while idle.
+    #[serde(default = "default_status_interval")]
+    pub status_interval_ms: u64,
+    /// Upper bound of the retry backoff when PostgreSQL or Redis is unavailable.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_batch_changes: default_max_batch(),
+            batch_linger_ms: 0,
+            status_interval_ms: default_status_interval(),
+            max_backoff_ms: default_max_backoff(),
+        }
+    }
+}
+
+fn default_max_batch() -> usize {
+    10_000
+}
+fn default_status_interval() -> u64 {
+    10_000
+}
+fn default_max_backoff() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as "info" or "cachewarden=debug"; RUST_LOG wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Loads the file at `path`, applies environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path, |k| {
+            std::env::var(k).ok().filter(|v| !v.is_empty())
+        })
+    }
+
+    /// Parses config text; `env` supplies overrides (a function so tests stay hermetic).
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                col,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        if let Some(url) = env("CACHEWARDEN_POSTGRES_URL") {
+            cfg.postgres.url = url;
+        }
+        if let Some(url) = env("CACHEWARDEN_REDIS_URL") {
+            cfg.redis.url = url;
+        }
+        if cfg.rules_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.rules_dir = base.join(&cfg.rules_dir);
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        cfg.postgres_config()
+            .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
+        redis::Client::open(cfg.redis.url.as_str())
+            .map_err(|e| invalid(format!("[redis] url: {e}")))?;
+        cfg.status
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid(format!("[status] listen {:?}: {e}", cfg.status.listen)))?;
+        if cfg.worker.max_batch_changes == 0
+            || cfg.redis.unlink_chunk == 0
+            || cfg.redis.scan_count == 0
+        {
+            return Err(invalid(
+                "[worker] max_batch_changes, [redis] unlink_chunk and scan_count must be positive"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn postgres_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+        self.postgres.url.parse()
+    }
+
+    pub fn batch_limits(&self) -> crate::source::postgres::BatchLimits {
+        crate::source::postgres::BatchLimits {
+            max_changes: self.worker.max_batch_changes,
+            linger: Duration::from_millis(self.worker.batch_linger_ms),
+            status_interval: Duration::from_millis(self.worker.status_interval_ms.max(100)),
+        }
+    }
+
+    pub fn cache_options(&self) -> crate::cache::CacheOptions {
+        crate::cache::CacheOptions {
+            unlink_chunk: self.redis.unlink_chunk,
+            scan_count: self.redis.scan_count,
+            timeout: Duration::from_millis(self.redis.timeout_ms),
+        }
+    }
+}
+
+/// Replaces the password in a URL with `***` for logging.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{userinfo}@{host}{tail}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+rules_dir = "rules"
+[source]
+kind = "postgres"
+[postgres]
+url = "postgres://postgres@127.0.0.1:5432/edurise"
+slot = "cachewarden"
+publication = "cachewarden"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+key_prefix = ""
+[status]
+listen = "127.0.0.1:9187"
+"#;
+
+    #[test]
+    fn parses_the_documented_example_with_env_overrides() {
+        let cfg = Config::from_toml(EXAMPLE, Path::new("/etc/cw/cachewarden.toml"), |k| {
+            (k == "CACHEWARDEN_REDIS_URL").then(|| "redis://10.0.0.1/2".to_string())
+        })
+        .unwrap();
+        assert_eq!(cfg.redis.url, "redis://10.0.0.1/2");
+        assert_eq!(cfg.rules_dir, Path::new("/etc/cw/rules"));
+        assert_eq!(cfg.postgres.slot, "cachewarden");
+        assert_eq!(cfg.worker.max_batch_changes, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_position() {
+        let text = EXAMPLE.replace("key_prefix", "key_prefx");
+        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:11:1: error: unknown field `key_prefx`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
+    }
+}

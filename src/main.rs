@@ -1,0 +1,236 @@
+//! The `cachewarden` binary: parses arguments, sets up logging and signals, and runs a command.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use cachewarden::cli::{Cli, Command};
+use cachewarden::config::{Config, LogFormat};
+use cachewarden::rules::{self, Severity};
+use cachewarden::status::Status;
+use cachewarden::worker::{Worker, WorkerError};
+use cachewarden::{explain, journal, migrate};
+
+fn init_logging(cfg: Option<&Config>) {
+    let level = cfg.map_or("info", |c| c.log.level.as_str());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.is_some_and(|c| c.log.format == LogFormat::Json) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config);
+    match cli.command {
+        Command::Run => {
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            init_logging(Some(&config));
+            run(config).await
+        }
+        Command::Migrate => {
+            let config = config?;
+            init_logging(Some(&config));
+            let pg = config.postgres_config().context("[postgres] url")?;
+            let mut client = journal::connect(&pg)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let applied = migrate::apply(&mut client).await?;
+            if applied.is_empty() {
+                println!(
+                    "schema is up to date ({} migrations)",
+                    migrate::MIGRATIONS.len()
+                );
+            }
+            for (v, name) in applied {
+                println!("applied {v:04}_{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { offline } => check(config, offline).await,
+        Command::Explain { event, json } => {
+            let config = config?;
+            let text = if event.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(&event)
+                    .with_context(|| format!("reading {}", event.display()))?
+            };
+            let rules = match rules::load_dir(&config.rules_dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let events = match explain::parse_events(&text) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("{}: {e}", event.display());
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let out: Vec<_> = events
+                .iter()
+                .map(|e| explain::explain(&rules, &config.redis.key_prefix, e))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", explain::render_text(&out));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn check(
+    config: Result<Config, cachewarden::config::ConfigError>,
+    offline: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let rules = match rules::load_dir(&config.rules_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut errors = 0;
+    if !offline {
+        let pg = config.postgres_config().context("[postgres] url")?;
+        match journal::connect(&pg).await {
+            Ok(client) => {
+                let catalog = rules::check::load_catalog(&client, &rules.tables()).await?;
+                for d in rules::check::check(&rules, &catalog) {
+                    if d.severity == Severity::Error {
+                        errors += 1;
+                    }
+                    eprintln!("{d}");
+                }
+            }
+            Err(e) => {
+                eprintln!("warning: schema checks skipped: cannot connect to PostgreSQL: {e} (use --offline to check syntax only)");
+            }
+        }
+    }
+    if errors > 0 {
+        eprintln!("{errors} error(s)");
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "ok: {} rules on {} tables",
+        rules.len(),
+        rules.tables().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let rules = match rules::load_dir(&config.rules_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight work");
+        let _ = stop_tx.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now; unconfirmed changes will be replayed");
+        std::process::exit(130);
+    });
+    let status = Arc::new(Status::default());
+    let listener = tokio::net::TcpListener::bind(&config.status.listen)
+        .await
+        .with_context(|| format!("binding the status endpoint on {}", config.status.listen))?;
+    tracing::info!(listen = %config.status.listen, "status endpoint up");
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(cachewarden::status::serve(
+        listener,
+        status.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let worker = match Worker::start(config, rules, status, stop_rx).await {
+        Ok(w) => w,
+        Err(WorkerError::Rules(e)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    worker.run().await?;
+    let _ = http.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Planning: a batch of transactions becomes one deduplicated set of cache actions.
+//!
+//! [`build`] is pure. It runs every change through the rules of its table, renders keys and
+//! patterns with the configured prefix, and keeps each distinct target once, remembering the
+//! first change that caused it (for the journal's `reason`), the earliest commit time
+//! (`triggered_at`) and how many changes asked for it. TRUNCATE and undecodable changes ask for
+//! every key family their table's rules can produce. Planning never drops a target it cannot
+//! render exactly: it widens it to a pattern instead.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use crate::rules::{Rendered, RowView, Rule, RuleSet, Verdict};
+use crate::source::{Change, Datum, Lsn, Op, Transaction};
+
+/// What to do to Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// `UNLINK` one key.
+    Key(String),
+    /// `SCAN MATCH` the pattern and `UNLINK` every key found.
+    Pattern(String),
+}
+
+impl Target {
+    pub fn text(&self) -> &str {
+        match self {
+            Target::Key(k) | Target::Pattern(k) => k,
+        }
+    }
+
+    /// The journal's `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Key(_) => "key",
+            Target::Pattern(_) => "pattern",
+        }
+    }
+}
+
+/// One planned action with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub target: Target,
+    /// Why: table, operation, primary key, LSN and rule of the first change that asked for it.
+    pub reason: String,
+    pub rule: String,
+    pub table: String,
+    pub lsn: Lsn,
+    /// The earliest commit time among the changes that asked for it.
+    pub triggered_at: DateTime<Utc>,
+    /// How many changes asked for it.
+    pub causes: u32,
+}
+
+/// A deduplicated set of actions for one batch.
+#[derive(Debug, Default, Clone)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Keys that were skipped (absent or NULL values), for logs and `explain`.
+    pub skipped: usize,
+    /// Keys widened to patterns because a value was not carried by the source.
+    pub widened: usize,
+    /// Changes that could not be decoded.
+    pub undecodable: usize,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.actions.iter().filter_map(|a| match &a.target {
+            Target::Key(k) => Some(k.as_str()),
+            Target::Pattern(_) => None,
+        })
+    }
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.actions.iter().filter_map(|a| match &a.target {
+            Target::Pattern(p) => Some(p.as_str()),
+            Target::Key(_) => None,
+        })
+    }
+}
+
+/// What planning needs besides the rules.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Prepended to every key and pattern.
+    pub key_prefix: String,
+    /// Primary key columns by `schema.table`, to name rows in reasons. Tables missing here
+    /// fall back to the replica identity columns the source marked.
+    pub primary_keys: HashMap<String, Vec<String>>,
+}
+
+/// `id=42` (the primary key, or else the replica identity columns), for reasons.
+pub fn describe_identity(change: &Change, primary_key: Option<&[String]>) -> String {
+    let row = if change.op == Op::Delete {
+        change.old.as_ref()
+    } else {
+        change.new.as_ref().or(change.old.as_ref())
+    };
+    let mut out = String::new();
+    if let Some(row) = row {
+        for (c, d) in change.relation.columns.iter().zip(row.0.iter()) {
+            let named = match primary_key {
+                Some(pk) if !pk.is_empty() => pk.contains(&c.name),
+                _ => c.is_key,
+            };
+            if named {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                match d {
+                    Datum::Text(v) => {
+                        let _ = write!(out, "{}={}", c.name, v);
+                    }
+                    _ => {
+                        let _ = write!(out, "{}=?", c.name);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Builder<'a> {
+    cx: &'a Context,
+    index: HashMap<Target, usize>,
+    plan: Plan,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, target: Target, rule: &Rule, change: &Change, tx: &Transaction) {
+        if let Some(&i) = self.index.get(&target) {
+            let a = &mut self.plan.actions[i];
+            a.causes += 1;
+            a.triggered_at = a.triggered_at.min(tx.commit_time);
+            return;
+        }
+        let table = if change.relation.schema.is_empty() {
+            format!("relation {}", change.relation.oid)
+        } else {
+            change.relation.qualified_name()
+        };
+        let mut reason = format!("{table} {}", change.op);
+        let pk = self.cx.primary_keys.get(&table).map(Vec::as_slice);
+        let ident = describe_identity(change, pk);
+        if !ident.is_empty() {
+            let _ = write!(reason, " {ident}");
+        }
+        let _ = write!(reason, " lsn={} rule={}", tx.commit_lsn, rule.name);
+        if let Some(why) = &change.undecodable {
+            let _ = write!(reason, " undecodable: {why}");
+        }
+        self.index.insert(target.clone(), self.plan.actions.len());
+        self.plan.actions.push(Action {
+            target,
+            reason,
+            rule: rule.name.clone(),
+            table,
+            lsn: tx.commit_lsn,
+            triggered_at: tx.commit_time,
+            causes: 1,
+        });
+    }
+
+    fn change(&mut self, rules: &RuleSet, change: &Change, tx: &Transaction) {
+        if change.undecodable.is_some() {
+            self.plan.undecodable += 1;
+        }
+        for rule in rules.concerned(change) {
+            match rule.verdict(change) {
+                Verdict::FiresWholeFamily => {
+                    for t in rule.templates() {
+                        let p = t.value.family_pattern(&self.cx.key_prefix);
+                        self.add(Target::Pattern(p), rule, change, tx);
+                    }
+                }
+                Verdict::Fires => {
+                    let row = RowView::new(change);
+                    for t in rule.templates() {
+                        match t.value.render(&row, &self.cx.key_prefix) {
+                            Rendered::Key(k) => self.add(Target::Key(k), rule, change, tx),
+                            Rendered::Pattern(p) => {
+                                if t.value.kind == crate::rules::TemplateKind::Key {
+                                    self.plan.widened += 1;
+                                }
+                                self.add(Target::Pattern(p), rule, change, tx)
+                            }
+                            Rendered::Skipped(_) => self.plan.skipped += 1,
+                        }
+                    }
+                }
+                Verdict::OpNotSelected(_) | Verdict::NothingWatchedChanged => {}
+            }
+        }
+    }
+}
+
+/// Plans a batch of transactions. Pure.
+pub fn build(rules: &RuleSet, cx: &Context, transactions: &[Transaction]) -> Plan {
+    let mut b = Builder {
+        cx,
+        index: HashMap::new(),
+        plan: Plan::default(),
+    };
+    for tx in transactions {
+        for change in &tx.changes {
+            b.change(rules, change, tx);
+        }
+    }
+    b.plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::parse_file;
+    use crate::source::{Column, Relation, Tuple};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn rules() -> RuleSet {
+        RuleSet::new(
+            parse_file(
+                Path::new("r.toml"),
+                r#"
+[[rule]]
+name = "course-detail"
+table = "public.courses"
+changed = ["title", "slug"]
+keys = ["course:{id}", "course-slug:{old.slug}", "course-slug:{new.slug}"]
+patterns = ["catalog:page:*"]
+"#,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn rel() -> Arc<Relation> {
+        let col = |n: &str| Column {
+            name: n.into(),
+            type_oid: 25,
+            is_key: n == "id",
+        };
+        Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "courses".into(),
+            replica_identity: b'f',
+            columns: vec![col("id"), col("slug"), col("title"), col("views")],
+        })
+    }
+
+    fn row(v: &[&str]) -> Option<Tuple> {
+        Some(Tuple(
+            v.iter().map(|s| Datum::Text(s.to_string())).collect(),
+        ))
+    }
+
+    fn cx(prefix: &str) -> Context {
+        Context {
+            key_prefix: prefix.into(),
+            primary_keys: HashMap::from([("public.courses".to_string(), vec!["id".to_string()])]),
+        }
+    }
+
+    fn tx(changes: Vec<Change>) -> Transaction {
+        Transaction {
+            xid: 1,
+            commit_lsn: Lsn(10),
+            end_lsn: Lsn(20),
+            commit_time: Utc::now(),
+            changes,
+        }
+    }
+
+    fn change(op: Op, old: Option<Tuple>, new: Option<Tuple>) -> Change {
+        Change {
+            relation: rel(),
+            op,
+            old,
+            new,
+            undecodable: None,
+        }
+    }
+
+    #[test]
+    fn slug_change_invalidates_old_and_new_keys_once() {
+        let up = change(
+            Op::Update,
+            row(&["1", "rust", "T", "0"]),
+            row(&["1", "rust-2", "T", "0"]),
+        );
+        let plan = build(&rules(), &cx(":1:"), &[tx(vec![up.clone(), up])]);
+        let keys: Vec<&str> = plan.keys().collect();
+        assert_eq!(
+            keys,
+            [
+                ":1:course:1",
+                ":1:course-slug:rust",
+                ":1:course-slug:rust-2"
+            ]
+        );
+        assert_eq!(plan.patterns().collect::<Vec<_>>(), [":1:catalog:page:*"]);
+        assert_eq!(plan.actions[0].causes, 2);
+        assert_eq!(
+            plan.actions[0].reason,
+            "public.courses update id=1 lsn=0/A rule=course-detail"
+        );
+    }
+
+    #[test]
+    fn changed_filter_ignores_unwatched_columns() {
+        let up = change(
+            Op::Update,
+            row(&["1", "rust", "T", "0"]),
+            row(&["1", "rust", "T", "99"]),
+        );
+        assert!(build(&rules(), &cx(""), &[tx(vec![up])]).is_empty());
+    }
+
+    #[test]
+    fn insert_skips_old_keys() {
+        let ins = change(Op::Insert, None, row(&["5", "go", "G", "0"]));
+        let plan = build(&rules(), &cx(""), &[tx(vec![ins])]);
+        assert_eq!(
+            plan.keys().collect::<Vec<_>>(),
+            ["course:5", "course-slug:go"]
+        );
+        assert_eq!(plan.skipped, 1);
+    }
+
+    #[test]
+    fn truncate_and_undecodable_invalidate_every_family() {
+        let mut t = change(Op::Truncate, None, None);
+        let plan = build(&rules(), &cx(""), &[tx(vec![t.clone()])]);
+        assert_eq!(
+            plan.patterns().collect::<Vec<_>>(),
+            ["course:*", "course-slug:*", "catalog:page:*"]
+        );
+        t.undecodable = Some("bad".into());
+        t.relation = Arc::new(Relation {
+            schema: String::new(),
+            ..(*rel()).clone()
+        });
+        let plan = build(&rules(), &cx(""), &[tx(vec![t])]);
+        assert_eq!(plan.undecodable, 1);
+        assert_eq!(plan.patterns().count(), 3);
+    }
+
+    #[test]
+    fn other_tables_are_ignored() {
+        let mut c = change(Op::Insert, None, row(&["5", "go", "G", "0"]));
+        c.relation = Arc::new(Relation {
+            name: "lessons".into(),
+            ..(*rel()).clone()
+        });
+        assert!(build(&rules(), &cx(""), &[tx(vec![c])]).is_empty());
+    }
+}

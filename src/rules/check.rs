@@ -1,0 +1,245 @@
+//! Semantic checks of a rule set against the database schema.
+//!
+//! [`load_catalog`] reads what the rules need to know about their tables (columns, replica
+//! identity) — the only I/O here; [`check`] is pure and reports unknown tables and columns, and
+//! rules that read old-row columns the table's REPLICA IDENTITY does not carry, with the exact
+//! `ALTER TABLE … REPLICA IDENTITY FULL` that fixes them.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{Diagnostic, Location, RuleSet, Severity, Side};
+use crate::source::Op;
+
+/// What a rule check needs to know about one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub columns: Vec<String>,
+    /// Columns the WAL carries for the old row (all of them with REPLICA IDENTITY FULL).
+    pub identity_columns: BTreeSet<String>,
+    /// `d`, `n`, `f` or `i`.
+    pub replica_identity: char,
+    /// Primary key columns, in key order of appearance (empty without a primary key).
+    pub primary_key: Vec<String>,
+}
+
+/// Reads the columns and replica identity of `tables` (`schema.table`). Missing tables are
+/// simply absent from the result.
+pub async fn load_catalog(
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<HashMap<String, TableInfo>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.relreplident::text, a.attname::text, \
+                    coalesce(a.attnum = ANY(i.indkey::int2[]), false), \
+                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_index i ON i.indrelid = c.oid AND \
+                  ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)) \
+             LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1) \
+             ORDER BY 1, a.attnum",
+            &[&tables],
+        )
+        .await?;
+    let mut out: HashMap<String, TableInfo> = HashMap::new();
+    for row in rows {
+        let table: String = row.get(0);
+        let ident: String = row.get(1);
+        let column: String = row.get(2);
+        let in_key: bool = row.get(3);
+        let in_pk: bool = row.get(4);
+        let ident = ident.chars().next().unwrap_or('d');
+        let info = out.entry(table).or_insert_with(|| TableInfo {
+            columns: Vec::new(),
+            identity_columns: BTreeSet::new(),
+            replica_identity: ident,
+            primary_key: Vec::new(),
+        });
+        if in_pk {
+            info.primary_key.push(column.clone());
+        }
+        if in_key || ident == 'f' {
+            info.identity_columns.insert(column.clone());
+        }
+        info.columns.push(column);
+    }
+    Ok(out)
+}
+
+/// Primary key columns by table, for journal reasons.
+pub fn primary_keys(catalog: &HashMap<String, TableInfo>) -> HashMap<String, Vec<String>> {
+    catalog
+        .iter()
+        .map(|(t, i)| (t.clone(), i.primary_key.clone()))
+        .collect()
+}
+
+fn diag(at: &Location, severity: Severity, message: String) -> Diagnostic {
+    Diagnostic {
+        at: at.clone(),
+        severity,
+        message,
+    }
+}
+
+/// Checks every rule against the catalog. Pure.
+pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for rule in &rules.rules {
+        let Some(info) = catalog.get(&rule.table) else {
+            out.push(diag(
+                &rule.table_at,
+                Severity::Error,
+                format!("rule {:?}: table {} does not exist", rule.name, rule.table),
+            ));
+            continue;
+        };
+        let unknown_column = |col: &str, at: &Location| {
+            diag(
+                at,
+                Severity::Error,
+                format!(
+                    "rule {:?}: column {col:?} does not exist in {} (columns: {})",
+                    rule.name,
+                    rule.table,
+                    info.columns.join(", ")
+                ),
+            )
+        };
+        for c in &rule.changed {
+            if !info.columns.contains(&c.value) {
+                out.push(unknown_column(&c.value, &c.at));
+            }
+        }
+        let fires_on_delete = rule.ops.contains(&Op::Delete.into());
+        for t in rule.templates() {
+            for (side, col) in t.value.fields() {
+                if !info.columns.iter().any(|c| c == col) {
+                    out.push(unknown_column(col, &t.at));
+                    continue;
+                }
+                let reads_old = side == Side::Old || (side == Side::Current && fires_on_delete);
+                if reads_old && !info.identity_columns.contains(col) {
+                    let why = if side == Side::Old {
+                        format!("{{old.{col}}}")
+                    } else {
+                        format!("{{{col}}} on delete")
+                    };
+                    out.push(diag(
+                        &t.at,
+                        Severity::Error,
+                        format!(
+                            "rule {:?}: {why} reads the old row, but {}'s REPLICA IDENTITY ({}) \
+                             does not carry column {col:?}; fix with: ALTER TABLE {} REPLICA IDENTITY FULL;",
+                            rule.name,
+                            rule.table,
+                            identity_name(info.replica_identity),
+                            rule.table
+                        ),
+                    ));
+                }
+            }
+        }
+        if !rule.changed.is_empty() && info.replica_identity != 'f' {
+            let missing: Vec<&str> = rule
+                .changed
+                .iter()
+                .map(|c| c.value.as_str())
+                .filter(|c| !info.identity_columns.contains(*c))
+                .collect();
+            if !missing.is_empty() {
+                out.push(diag(
+                    &rule.changed[0].at,
+                    Severity::Warning,
+                    format!(
+                        "rule {:?}: changed = [...] cannot see old values of {} without REPLICA \
+                         IDENTITY FULL, so every update fires; fix with: ALTER TABLE {} REPLICA IDENTITY FULL;",
+                        rule.name,
+                        missing.join(", "),
+                        rule.table
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn identity_name(c: char) -> &'static str {
+    match c {
+        'f' => "FULL",
+        'n' => "NOTHING",
+        'i' => "USING INDEX",
+        _ => "DEFAULT, the primary key",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::parse_file;
+    use std::path::Path;
+
+    fn rules(text: &str) -> RuleSet {
+        RuleSet::new(parse_file(Path::new("r.toml"), text).unwrap())
+    }
+
+    fn catalog(ident: char) -> HashMap<String, TableInfo> {
+        let cols = ["id", "slug", "title"];
+        HashMap::from([(
+            "public.courses".to_string(),
+            TableInfo {
+                columns: cols.iter().map(|s| s.to_string()).collect(),
+                identity_columns: if ident == 'f' {
+                    cols.iter().map(|s| s.to_string()).collect()
+                } else {
+                    BTreeSet::from(["id".to_string()])
+                },
+                replica_identity: ident,
+                primary_key: vec!["id".to_string()],
+            },
+        )])
+    }
+
+    #[test]
+    fn unknown_table_and_column_are_errors() {
+        let r = rules("[[rule]]\nname='a'\ntable='nope'\nkeys=['k:{id}']\n");
+        let d = check(&r, &catalog('d'));
+        assert!(
+            d[0].to_string().starts_with("r.toml:3:7: error:"),
+            "{}",
+            d[0]
+        );
+        let r = rules("[[rule]]\nname='a'\ntable='courses'\nkeys=['k:{titel}']\n");
+        let d = check(&r, &catalog('f'));
+        assert!(
+            d[0].message.contains("\"titel\" does not exist"),
+            "{}",
+            d[0]
+        );
+    }
+
+    #[test]
+    fn old_columns_outside_replica_identity_print_the_fix() {
+        let r = rules("[[rule]]\nname='a'\ntable='courses'\nkeys=['s:{old.slug}', 'c:{id}']\n");
+        let d = check(&r, &catalog('d'));
+        assert_eq!(d.len(), 1);
+        assert!(d[0]
+            .message
+            .contains("ALTER TABLE public.courses REPLICA IDENTITY FULL;"));
+        assert!(check(&r, &catalog('f')).is_empty());
+        // {slug} on delete reads the old row too.
+        let r = rules("[[rule]]\nname='a'\ntable='courses'\nops=['delete']\nkeys=['s:{slug}']\n");
+        assert_eq!(check(&r, &catalog('d')).len(), 1);
+    }
+
+    #[test]
+    fn changed_without_full_identity_warns() {
+        let r = rules("[[rule]]\nname='a'\ntable='courses'\nchanged=['title']\nops=['update']\nkeys=['c:{id}']\n");
+        let d = check(&r, &catalog('d'));
+        assert_eq!(d[0].severity, Severity::Warning);
+    }
+}

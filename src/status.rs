@@ -1,0 +1,234 @@
+//! The HTTP status endpoint: `/healthz`, `/readyz` and `/status`.
+//!
+//! [`Status`] is the worker's shared, lock-light state (atomics for counters, one mutex for the
+//! few strings and the lag window). The HTTP side only reads it. `/healthz` answers while the
+//! process runs; `/readyz` is 200 only while both the replication source and Redis are
+//! connected; `/status` is a JSON snapshot for humans and dashboards.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::source::Lsn;
+
+const LAG_WINDOW: usize = 8192;
+
+/// Counters, as monotonically increasing totals.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub transactions: AtomicU64,
+    pub changes: AtomicU64,
+    pub batches: AtomicU64,
+    pub keys: AtomicU64,
+    pub patterns: AtomicU64,
+    pub keys_removed: AtomicU64,
+    pub journal_rows: AtomicU64,
+    pub skipped_keys: AtomicU64,
+    pub widened_keys: AtomicU64,
+    pub undecodable_changes: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub journal_errors: AtomicU64,
+    pub source_errors: AtomicU64,
+    pub recovered_rows: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slot: String,
+    publication: String,
+    confirmed_lsn: Lsn,
+    server_lsn: Lsn,
+    rules_loaded: usize,
+    tables: Vec<String>,
+    last_error: Option<String>,
+    last_batch_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Commit-to-invalidated latencies in milliseconds, newest last.
+    lag_ms: VecDeque<f64>,
+}
+
+/// Shared worker state.
+#[derive(Debug)]
+pub struct Status {
+    started: Instant,
+    pub source_connected: AtomicBool,
+    pub redis_connected: AtomicBool,
+    pub counters: Counters,
+    inner: Mutex<Inner>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            started: Instant::now(),
+            source_connected: AtomicBool::new(false),
+            redis_connected: AtomicBool::new(false),
+            counters: Counters::default(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+}
+
+/// Adds to a counter.
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub source: &'static str,
+    pub slot: String,
+    pub publication: String,
+    pub source_connected: bool,
+    pub redis_connected: bool,
+    pub confirmed_lsn: String,
+    pub server_lsn: String,
+    /// WAL bytes received from the server but not yet confirmed.
+    pub lag_bytes: u64,
+    pub lag_ms_p50: Option<f64>,
+    pub lag_ms_p99: Option<f64>,
+    pub lag_samples: usize,
+    pub rules_loaded: usize,
+    pub tables: Vec<String>,
+    pub uptime_seconds: u64,
+    pub last_batch_at: Option<String>,
+    pub last_error: Option<String>,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    Some((sorted[idx.min(sorted.len() - 1)] * 100.0).round() / 100.0)
+}
+
+impl Status {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_source(&self, slot: &str, publication: &str, tables: Vec<String>, rules: usize) {
+        let mut i = self.inner();
+        i.slot = slot.into();
+        i.publication = publication.into();
+        i.tables = tables;
+        i.rules_loaded = rules;
+    }
+
+    pub fn set_positions(&self, confirmed: Lsn, server: Lsn) {
+        let mut i = self.inner();
+        i.confirmed_lsn = i.confirmed_lsn.max(confirmed);
+        i.server_lsn = i.server_lsn.max(server);
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        self.inner().last_error = e;
+    }
+
+    /// Records commit-to-invalidated latencies for one batch.
+    pub fn record_lags(&self, lags_ms: impl IntoIterator<Item = f64>) {
+        let mut i = self.inner();
+        for l in lags_ms {
+            if i.lag_ms.len() == LAG_WINDOW {
+                i.lag_ms.pop_front();
+            }
+            i.lag_ms.push_back(l.max(0.0));
+        }
+        i.last_batch_at = Some(chrono::Utc::now());
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.source_connected.load(Ordering::Relaxed)
+            && self.redis_connected.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let i = self.inner();
+        let mut lags: Vec<f64> = i.lag_ms.iter().copied().collect();
+        lags.sort_by(|a, b| a.total_cmp(b));
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters = [
+            ("transactions", get(&c.transactions)),
+            ("changes", get(&c.changes)),
+            ("batches", get(&c.batches)),
+            ("keys", get(&c.keys)),
+            ("patterns", get(&c.patterns)),
+            ("keys_removed", get(&c.keys_removed)),
+            ("journal_rows", get(&c.journal_rows)),
+            ("skipped_keys", get(&c.skipped_keys)),
+            ("widened_keys", get(&c.widened_keys)),
+            ("undecodable_changes", get(&c.undecodable_changes)),
+            ("redis_errors", get(&c.redis_errors)),
+            ("journal_errors", get(&c.journal_errors)),
+            ("source_errors", get(&c.source_errors)),
+            ("recovered_rows", get(&c.recovered_rows)),
+        ]
+        .into_iter()
+        .collect();
+        Snapshot {
+            source: "postgres",
+            slot: i.slot.clone(),
+            publication: i.publication.clone(),
+            source_connected: self.source_connected.load(Ordering::Relaxed),
+            redis_connected: self.redis_connected.load(Ordering::Relaxed),
+            confirmed_lsn: i.confirmed_lsn.to_string(),
+            server_lsn: i.server_lsn.to_string(),
+            lag_bytes: i.server_lsn.0.saturating_sub(i.confirmed_lsn.0),
+            lag_ms_p50: quantile(&lags, 0.5),
+            lag_ms_p99: quantile(&lags, 0.99),
+            lag_samples: lags.len(),
+            rules_loaded: i.rules_loaded,
+            tables: i.tables.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            last_batch_at: i.last_batch_at.map(|t| t.to_rfc3339()),
+            last_error: i.last_error.clone(),
+            counters,
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {
+    if s.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn status_json(State(s): State<Arc<Status>>) -> Json<Snapshot> {
+    Json(s.snapshot())
+}
+
+/// The status routes.
+pub fn router(status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
+        .with_state(status)
+}
+
+/// Serves the status endpoint until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    status: Arc<Status>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(status))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,381 @@
+//! The worker: source → plan → cache → journal → acknowledge, in a loop.
+//!
+//! # The acknowledgement contract
+//!
+//! A source position (the replication slot's confirmed flush LSN) is confirmed only after
+//! **every** cache action planned from changes before it has completed on Redis **and** its
+//! journal rows are final (`completed`). This is enforced in [`Worker::stream`]: a batch is
+//! planned, executed and journaled by [`Worker::process`], which retries until it succeeds, and
+//! only then is `batch.confirmable` passed to [`PostgresSource::confirm`]. A crash at any point
+//! therefore replays every change after the last confirmed position; since every action is
+//! idempotent (UNLINK of a key that is gone is a no-op) replay is safe, and nothing is lost.
+//! Journal rows left `pending` by a crash are re-executed and completed at the next start
+//! ([`Worker::recover`]).
+//!
+//! Failures never skip work: Redis or journal errors mark the batch's rows `failed`, back off
+//! and retry the same batch; a lost replication connection reconnects and resumes from the slot.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::config::{redact_url, Config};
+use crate::journal::Journal;
+use crate::plan;
+use crate::rules::{check, RuleErrors, RuleSet, Severity};
+use crate::source::postgres::{prepare, Batch, PostgresSource, SourceError};
+use crate::source::Lsn;
+use crate::status::{add, Status};
+
+/// Why the worker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid postgres url: {0}")]
+    Url(tokio_postgres::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] crate::migrate::MigrateError),
+    #[error("rules do not match the database:\n{0}")]
+    Rules(RuleErrors),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// Grows a retry delay up to a bound.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Duration::from_millis(50),
+            max,
+        }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(50);
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// The running pipeline.
+pub struct Worker {
+    config: Config,
+    rules: Arc<RuleSet>,
+    plan_cx: plan::Context,
+    status: Arc<Status>,
+    journal: Journal,
+    cache: Cache,
+    shutdown: watch::Receiver<bool>,
+    backoff: Backoff,
+    /// The last position confirmed to the source.
+    confirmed: Lsn,
+}
+
+impl Worker {
+    /// Connects, migrates, checks the rules against the schema, syncs `cache_configs` and
+    /// prepares the publication and slot. Errors here are configuration errors: the caller
+    /// should report them and exit non-zero.
+    pub async fn start(
+        config: Config,
+        rules: RuleSet,
+        status: Arc<Status>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Worker, WorkerError> {
+        let pg = config.postgres_config().map_err(WorkerError::Url)?;
+        tracing::info!(postgres = %redact_url(&config.postgres.url), redis = %redact_url(&config.redis.url),
+            rules = rules.len(), "starting");
+        let mut client = crate::journal::connect(&pg).await?;
+        if config.postgres.auto_migrate {
+            for (version, name) in crate::migrate::apply(&mut client).await? {
+                tracing::info!(version, name, "applied migration");
+            }
+        }
+        let tables = rules.tables();
+        let catalog = check::load_catalog(&client, &tables).await?;
+        let diags = check::check(&rules, &catalog);
+        for d in diags.iter().filter(|d| d.severity == Severity::Warning) {
+            tracing::warn!("{d}");
+        }
+        let errors: Vec<_> = diags
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect();
+        if !errors.is_empty() {
+            return Err(WorkerError::Rules(RuleErrors(errors)));
+        }
+        crate::registry::sync(&client, &rules).await?;
+        let confirmed = prepare(
+            &client,
+            &config.postgres.slot,
+            &config.postgres.publication,
+            &tables,
+        )
+        .await?;
+        status.set_source(
+            &config.postgres.slot,
+            &config.postgres.publication,
+            tables,
+            rules.len(),
+        );
+        status.set_positions(confirmed, confirmed);
+        drop(client);
+        let cache = Cache::new(&config.redis.url, config.cache_options())?;
+        let backoff = Backoff::new(Duration::from_millis(config.worker.max_backoff_ms.max(50)));
+        let plan_cx = plan::Context {
+            key_prefix: config.redis.key_prefix.clone(),
+            primary_keys: check::primary_keys(&catalog),
+        };
+        Ok(Worker {
+            plan_cx,
+            journal: Journal::new(pg),
+            cache,
+            rules: Arc::new(rules),
+            status,
+            shutdown,
+            backoff,
+            config,
+            confirmed,
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs until shutdown: recovers open journal rows, then streams, reconnecting on errors.
+    pub async fn run(mut self) -> Result<(), WorkerError> {
+        self.recover().await;
+        let pg = self.config.postgres_config().map_err(WorkerError::Url)?;
+        while !self.stopping() {
+            let confirmed = self.confirmed;
+            let started = PostgresSource::start(
+                &pg,
+                &self.config.postgres.slot,
+                &self.config.postgres.publication,
+                confirmed,
+                self.config.batch_limits(),
+            )
+            .await;
+            let result = match started {
+                Ok(source) => {
+                    self.status.source_connected.store(true, Ordering::Relaxed);
+                    tracing::info!(slot = %self.config.postgres.slot, "replication started");
+                    self.stream(source).await
+                }
+                Err(e) => Err(e),
+            };
+            self.status.source_connected.store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    add(&self.status.counters.source_errors, 1);
+                    tracing::warn!(error = %e, "replication stream failed; reconnecting");
+                    self.status.set_error(Some(format!("source: {e}")));
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = self.backoff.wait() => {}
+                        _ = shutdown.wait_for(|s| *s) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// The main loop on one replication connection. See the module docs for the contract.
+    async fn stream(&mut self, mut source: PostgresSource) -> Result<(), SourceError> {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let batch = source.next_batch(&mut shutdown).await?;
+            if !batch.transactions.is_empty() && !self.process(&batch).await {
+                // Shutdown while the batch could not finish: leave it unconfirmed for replay.
+                tracing::warn!("stopping with an unfinished batch; it will be replayed on restart");
+                source.close().await;
+                return Ok(());
+            }
+            self.backoff.reset();
+            if let Some(lsn) = batch.confirmable {
+                // Every action before `lsn` is done on Redis and journaled: confirm it.
+                source.confirm(lsn).await?;
+                self.confirmed = source.confirmed();
+                tracing::debug!(lsn = %lsn, "confirmed");
+            }
+            self.status
+                .set_positions(source.confirmed(), source.server_wal_end());
+            if batch.shutdown {
+                source.close().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Plans, executes and journals one batch, retrying until it succeeds. Returns false only
+    /// if shutdown was requested while it kept failing.
+    async fn process(&mut self, batch: &Batch) -> bool {
+        let plan = plan::build(&self.rules, &self.plan_cx, &batch.transactions);
+        let c = &self.status.counters;
+        add(&c.batches, 1);
+        add(&c.transactions, batch.transactions.len() as u64);
+        add(&c.changes, batch.change_count() as u64);
+        add(&c.skipped_keys, plan.skipped as u64);
+        add(&c.widened_keys, plan.widened as u64);
+        add(&c.undecodable_changes, plan.undecodable as u64);
+        if plan.undecodable > 0 {
+            tracing::error!(
+                count = plan.undecodable,
+                "undecodable changes: invalidating every key family of their tables"
+            );
+        }
+        if plan.widened > 0 {
+            tracing::warn!(count = plan.widened, "keys widened to patterns: a value the rule needs was not in the WAL (check REPLICA IDENTITY)");
+        }
+        let done_at = if plan.is_empty() {
+            Utc::now()
+        } else {
+            loop {
+                match self.execute(&plan).await {
+                    Ok(at) => break at,
+                    Err(e) => {
+                        self.status.set_error(Some(e.clone()));
+                        if self.stopping() {
+                            return false;
+                        }
+                        self.backoff.wait().await;
+                    }
+                }
+            }
+        };
+        let lags = batch
+            .transactions
+            .iter()
+            .filter(|t| !t.changes.is_empty())
+            .map(|t| (done_at - t.commit_time).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        self.status.record_lags(lags);
+        if let Some(last) = batch.transactions.last() {
+            tracing::debug!(
+                transactions = batch.transactions.len(),
+                changes = batch.change_count(),
+                keys = plan.keys().count(),
+                patterns = plan.patterns().count(),
+                lsn = %last.commit_lsn,
+                "batch done"
+            );
+        }
+        true
+    }
+
+    /// One attempt: journal `pending` and unlink concurrently, then journal the outcome.
+    async fn execute(&mut self, plan: &plan::Plan) -> Result<chrono::DateTime<Utc>, String> {
+        let targets = plan.actions.iter().map(|a| &a.target);
+        let cache = &mut self.cache;
+        let exec = async {
+            let r = cache.execute(targets).await;
+            (r, Utc::now())
+        };
+        let (ids, (exec, done_at)) = tokio::join!(self.journal.record_pending(&plan.actions), exec);
+        let c = &self.status.counters;
+        let ids = match ids {
+            Ok(ids) => ids,
+            Err(e) => {
+                add(&c.journal_errors, 1);
+                tracing::warn!(error = %e, "journal write failed; retrying the batch");
+                return Err(e.to_string());
+            }
+        };
+        add(&c.journal_rows, ids.len() as u64);
+        match exec {
+            Ok(report) => {
+                self.status.redis_connected.store(true, Ordering::Relaxed);
+                if let Err(e) = self.journal.mark_completed(&ids, done_at).await {
+                    add(&c.journal_errors, 1);
+                    tracing::warn!(error = %e, "journal completion failed; retrying the batch");
+                    return Err(e.to_string());
+                }
+                add(&c.keys, plan.keys().count() as u64);
+                add(&c.patterns, plan.patterns().count() as u64);
+                add(&c.keys_removed, report.removed);
+                self.status.set_error(None);
+                Ok(done_at)
+            }
+            Err(e) => {
+                self.status.redis_connected.store(false, Ordering::Relaxed);
+                add(&c.redis_errors, 1);
+                tracing::warn!(error = %e, actions = ids.len(), "redis failed; batch journaled as failed and retried");
+                if let Err(je) = self.journal.mark_failed(&ids, &e.to_string()).await {
+                    tracing::warn!(error = %je, "could not journal the failure");
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Re-executes journal rows left `pending`/`running` (by a crash, or requested by an
+    /// application) and completes them. Retries until done or shutdown.
+    async fn recover(&mut self) {
+        loop {
+            if self.stopping() {
+                return;
+            }
+            match self.recover_once().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    add(&self.status.counters.recovered_rows, n as u64);
+                    tracing::info!(rows = n, "re-executed open journal rows");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovering open journal rows failed; retrying");
+                    self.status.set_error(Some(e));
+                    self.backoff.wait().await;
+                    continue;
+                }
+            }
+            match self.cache.ping().await {
+                Ok(()) => self.status.redis_connected.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    self.status.redis_connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "redis is not reachable yet");
+                }
+            }
+            self.backoff.reset();
+            return;
+        }
+    }
+
+    async fn recover_once(&mut self) -> Result<usize, String> {
+        let mut total = 0;
+        loop {
+            let rows = self
+                .journal
+                .open_rows(5000)
+                .await
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            self.cache
+                .execute(rows.iter().map(|r| &r.target))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.journal
+                .mark_completed(&ids, Utc::now())
+                .await
+                .map_err(|e| e.to_string())?;
+            total += rows.len();
+        }
+    }
+}

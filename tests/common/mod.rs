@@ -1,0 +1,305 @@
+//! Shared harness for integration tests against the real local PostgreSQL and Redis.
+//!
+//! Every test gets its own database (`cwt_<name>`), replication slot and publication of the same
+//! name, and Redis key prefix (`cwt:<name>:`), so tests run in parallel without touching each
+//! other. Leftovers of an interrupted earlier run are dropped when a test starts.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachewarden::config::Config;
+use cachewarden::status::Status;
+use cachewarden::worker::{Worker, WorkerError};
+use redis::AsyncCommands;
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+pub async fn pg(db: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(&format!("{PG_BASE}/{db}"), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to PostgreSQL database {db}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub db: Client,
+    pub dir: PathBuf,
+    pub prefix: String,
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+async fn drop_everything(admin: &Client, name: &str) {
+    for _ in 0..50 {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        let dropped = admin
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&name],
+            )
+            .await;
+        if dropped.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+impl TestEnv {
+    /// Creates the test's database with `schema` and an empty rules directory.
+    pub async fn new(name: &str, schema: &str) -> TestEnv {
+        let name = format!("cwt_{name}");
+        let admin = pg("postgres").await;
+        drop_everything(&admin, &name).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let db = pg(&name).await;
+        db.batch_execute(schema).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("cachewarden-tests/{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        let prefix = format!("{}:", name.replace('_', "-"));
+        let client = redis::Client::open(REDIS_URL).unwrap();
+        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        let env = TestEnv {
+            name,
+            db,
+            dir,
+            prefix,
+            redis,
+        };
+        env.clear_redis().await;
+        env
+    }
+
+    pub fn write_rules(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.join("rules").join(file), text).unwrap();
+    }
+
+    pub fn config_text(&self, status_listen: &str, extra: &str) -> String {
+        format!(
+            r#"rules_dir = "rules"
+[postgres]
+url = "{PG_BASE}/{name}"
+slot = "{name}"
+publication = "{name}"
+[redis]
+url = "{REDIS_URL}"
+key_prefix = "{prefix}"
+[status]
+listen = "{status_listen}"
+[worker]
+status_interval_ms = 200
+max_backoff_ms = 500
+{extra}
+"#,
+            name = self.name,
+            prefix = self.prefix,
+        )
+    }
+
+    /// Writes `cachewarden.toml` into the test directory and returns its path.
+    pub fn write_config(&self, status_listen: &str, extra: &str) -> PathBuf {
+        let path = self.dir.join("cachewarden.toml");
+        std::fs::write(&path, self.config_text(status_listen, extra)).unwrap();
+        path
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.write_config("127.0.0.1:0", "")).unwrap()
+    }
+
+    pub fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.prefix)
+    }
+
+    pub async fn set_keys(&self, keys: &[&str]) {
+        let mut r = self.redis.clone();
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.set(self.key(k), "cached").ignore();
+        }
+        let () = pipe.query_async(&mut r).await.unwrap();
+    }
+
+    pub async fn exists(&self, k: &str) -> bool {
+        let mut r = self.redis.clone();
+        r.exists(self.key(k)).await.unwrap()
+    }
+
+    /// Waits until none of `keys` exists; panics with the survivors after `timeout`.
+    pub async fn wait_gone(&self, keys: &[&str], timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let mut alive = Vec::new();
+            for k in keys {
+                if self.exists(k).await {
+                    alive.push(*k);
+                }
+            }
+            if alive.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "keys still cached after {timeout:?}: {alive:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn clear_redis(&self) {
+        let mut r = self.redis.clone();
+        let keys: Vec<String> = r.keys(format!("{}*", self.prefix)).await.unwrap();
+        if !keys.is_empty() {
+            let _: () = r.del(keys).await.unwrap();
+        }
+    }
+
+    /// The slot's confirmed flush position as a number.
+    pub async fn confirmed(&self) -> u64 {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        row.and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub async fn current_lsn(&self) -> u64 {
+        let row = self
+            .db
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0).parse().unwrap()
+    }
+
+    /// Waits until the slot has confirmed everything written so far.
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        let target = self.current_lsn().await;
+        let start = Instant::now();
+        loop {
+            let c = self.confirmed().await;
+            if c >= target {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "slot confirmed {c} < {target} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// (status, count) of journal rows.
+    pub async fn journal_counts(&self) -> Vec<(String, i64)> {
+        self.db
+            .query(
+                "SELECT status, count(*) FROM cache_invalidations GROUP BY 1 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    pub async fn cleanup(self) {
+        let admin = pg("postgres").await;
+        self.clear_redis().await;
+        drop(self.db);
+        drop_everything(&admin, &self.name).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Starts the worker in-process.
+    pub async fn start_worker(&self) -> RunningWorker {
+        self.start_worker_with(self.config()).await
+    }
+
+    pub async fn start_worker_with(&self, config: Config) -> RunningWorker {
+        let (stop, rx) = watch::channel(false);
+        let status = Arc::new(Status::default());
+        let rules = cachewarden::rules::load_dir(&config.rules_dir).expect("valid rules");
+        let worker = Worker::start(config, rules, status.clone(), rx)
+            .await
+            .expect("worker starts");
+        let handle = tokio::spawn(worker.run());
+        // Wait until the replication stream is up, so changes made next are streamed.
+        let start = Instant::now();
+        while !status
+            .source_connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "worker did not connect"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        RunningWorker {
+            stop,
+            handle,
+            status,
+        }
+    }
+}
+
+pub struct RunningWorker {
+    pub stop: watch::Sender<bool>,
+    pub handle: tokio::task::JoinHandle<Result<(), WorkerError>>,
+    pub status: Arc<Status>,
+}
+
+impl RunningWorker {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("worker stops within 20s")
+            .expect("worker task")
+            .expect("worker exits cleanly");
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cachewarden"))
+}
+
+pub const WAIT: Duration = Duration::from_secs(15);

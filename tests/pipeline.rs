@@ -1,0 +1,352 @@
+//! End-to-end behaviour of the pipeline against real PostgreSQL and Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, WAIT};
+
+const SCHEMA: &str = r#"
+CREATE TABLE courses (
+    id bigint PRIMARY KEY,
+    slug text NOT NULL,
+    title text NOT NULL,
+    view_count bigint NOT NULL DEFAULT 0
+);
+ALTER TABLE courses REPLICA IDENTITY FULL;
+CREATE TABLE lessons (
+    id bigint PRIMARY KEY,
+    course_id bigint NOT NULL,
+    title text NOT NULL
+);
+ALTER TABLE lessons REPLICA IDENTITY FULL;
+"#;
+
+const RULES: &str = r#"
+[[rule]]
+name = "course-detail"
+table = "public.courses"
+changed = ["title", "slug"]
+keys = ["course:{id}", "course-slug:{old.slug}", "course-slug:{new.slug}"]
+patterns = ["catalog:page:*"]
+
+[[rule]]
+name = "lesson"
+table = "lessons"
+keys = ["lesson:{id}", "course:{course_id}:lessons"]
+"#;
+
+async fn env(name: &str) -> TestEnv {
+    let env = TestEnv::new(name, SCHEMA).await;
+    env.write_rules("rules.toml", RULES);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_update_delete_invalidate_and_journal() {
+    let env = env("iud").await;
+    let w = env.start_worker().await;
+
+    env.set_keys(&[
+        "course:1",
+        "course-slug:intro",
+        "catalog:page:1",
+        "catalog:page:2",
+    ])
+    .await;
+    env.db
+        .execute(
+            "INSERT INTO courses (id, slug, title) VALUES (1, 'intro', 'Intro')",
+            &[],
+        )
+        .await
+        .unwrap();
+    env.wait_gone(
+        &[
+            "course:1",
+            "course-slug:intro",
+            "catalog:page:1",
+            "catalog:page:2",
+        ],
+        WAIT,
+    )
+    .await;
+
+    env.set_keys(&["course:1", "catalog:page:1"]).await;
+    env.db
+        .execute("UPDATE courses SET title = 'Intro 2' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["course:1", "catalog:page:1"], WAIT).await;
+
+    env.set_keys(&["course:1", "course-slug:intro"]).await;
+    env.db
+        .execute("DELETE FROM courses WHERE id = 1", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["course:1", "course-slug:intro"], WAIT)
+        .await;
+    env.wait_caught_up(WAIT).await;
+
+    // Every row is final, carries the commit time, and says why.
+    let rows = env
+        .db
+        .query(
+            "SELECT key_pattern, kind, reason, status, triggered_at <= completed_at, rule_name \
+             FROM cache_invalidations ORDER BY created_at, key_pattern",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let status: String = r.get(3);
+        assert_eq!(status, "completed");
+        assert!(
+            r.get::<_, bool>(4),
+            "triggered_at is the commit time, before completion"
+        );
+    }
+    let delete_reason: String = rows
+        .iter()
+        .find(|r| {
+            r.get::<_, String>(0) == env.key("course:1") && r.get::<_, String>(2).contains("delete")
+        })
+        .expect("a journal row for the delete")
+        .get(2);
+    assert!(
+        delete_reason.starts_with("public.courses delete id=1 lsn=")
+            && delete_reason.ends_with("rule=course-detail"),
+        "{delete_reason}"
+    );
+    // cache_configs holds the rules.
+    let n: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM cache_configs WHERE is_active", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slug_change_invalidates_old_and_new_slug_keys() {
+    let env = env("slug").await;
+    env.db
+        .execute(
+            "INSERT INTO courses (id, slug, title) VALUES (7, 'rust', 'Rust')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    env.set_keys(&["course:7", "course-slug:rust", "course-slug:rust-2024"])
+        .await;
+    env.db
+        .execute("UPDATE courses SET slug = 'rust-2024' WHERE id = 7", &[])
+        .await
+        .unwrap();
+    env.wait_gone(
+        &["course:7", "course-slug:rust", "course-slug:rust-2024"],
+        WAIT,
+    )
+    .await;
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_filter_ignores_unwatched_columns() {
+    let env = env("changed").await;
+    env.db
+        .execute(
+            "INSERT INTO courses (id, slug, title) VALUES (1, 'a', 'A')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    env.set_keys(&["course:1", "lesson:9"]).await;
+    // view_count is not watched; the lesson insert afterwards is a sentinel: once it is
+    // processed, the earlier update has been too.
+    env.db
+        .execute(
+            "UPDATE courses SET view_count = view_count + 1 WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    env.db
+        .execute("INSERT INTO lessons VALUES (9, 1, 'L')", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["lesson:9"], WAIT).await;
+    assert!(
+        env.exists("course:1").await,
+        "an unwatched column change must not invalidate"
+    );
+    env.db
+        .execute("UPDATE courses SET title = 'B' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["course:1"], WAIT).await;
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_invalidates_every_key_family() {
+    let env = env("truncate").await;
+    let w = env.start_worker().await;
+    env.set_keys(&[
+        "lesson:1",
+        "lesson:2",
+        "course:5:lessons",
+        "course:5",
+        "unrelated:1",
+    ])
+    .await;
+    env.db.execute("TRUNCATE lessons", &[]).await.unwrap();
+    env.wait_gone(&["lesson:1", "lesson:2", "course:5:lessons"], WAIT)
+        .await;
+    env.wait_caught_up(WAIT).await;
+    assert!(
+        env.exists("course:5").await,
+        "course:{{id}} is not a lessons family"
+    );
+    assert!(env.exists("unrelated:1").await);
+    let kinds: Vec<String> = env
+        .db
+        .query("SELECT DISTINCT kind FROM cache_invalidations", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds, ["pattern"]);
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_row_and_multi_statement_transactions_dedupe() {
+    let env = env("multi").await;
+    let w = env.start_worker().await;
+    let keys: Vec<String> = (1..=50).map(|i| format!("lesson:{i}")).collect();
+    let mut all: Vec<&str> = keys.iter().map(String::as_str).collect();
+    all.extend(["course:1:lessons", "course:2:lessons"]);
+    env.set_keys(&all).await;
+    env.db
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO lessons SELECT g, 1 + g % 2, 'L' || g FROM generate_series(1, 50) g;
+             UPDATE lessons SET title = title || '!' WHERE id <= 25;
+             DELETE FROM lessons WHERE id > 45;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&all, WAIT).await;
+    env.wait_caught_up(WAIT).await;
+    // 50 lesson keys + 2 list keys, each journaled once although touched up to 3 times.
+    let rows = env
+        .db
+        .query(
+            "SELECT key_pattern, count(*) FROM cache_invalidations GROUP BY 1 HAVING count(*) > 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "one journal row per key per batch");
+    let total: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM cache_invalidations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 52);
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_columns_are_not_changes() {
+    let env = TestEnv::new(
+        "toast",
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);",
+    )
+    .await;
+    env.write_rules(
+        "docs.toml",
+        "[[rule]]\nname='doc-body'\ntable='docs'\nchanged=['body']\nkeys=['doc:{id}:body']\n\
+         [[rule]]\nname='doc'\ntable='docs'\nkeys=['doc:{id}']\n",
+    );
+    // A body large and random enough to be stored out of line (TOAST), uncompressible.
+    env.db
+        .execute(
+            "INSERT INTO docs SELECT 1, 't', string_agg(md5(g::text), '') FROM generate_series(1, 4000) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    env.set_keys(&["doc:1:body", "doc:1"]).await;
+    env.db
+        .execute("UPDATE docs SET title = 't2' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["doc:1"], WAIT).await;
+    assert!(
+        env.exists("doc:1:body").await,
+        "unchanged TOAST body is not a change"
+    );
+    env.db
+        .execute("UPDATE docs SET body = 'short' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["doc:1:body"], WAIT).await;
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_while_stopped_are_invalidated_after_restart() {
+    let env = env("restart").await;
+    let w = env.start_worker().await;
+    w.stop().await;
+    env.set_keys(&["lesson:1", "lesson:2"]).await;
+    env.db
+        .batch_execute(
+            "INSERT INTO lessons VALUES (1, 1, 'a'); INSERT INTO lessons VALUES (2, 1, 'b');",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(env.exists("lesson:1").await);
+    let w = env.start_worker().await;
+    env.wait_gone(&["lesson:1", "lesson:2"], WAIT).await;
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_names_only_rule_tables() {
+    let env = env("publication").await;
+    let w = env.start_worker().await;
+    let tables: Vec<String> = env
+        .db
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            &[&env.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["public.courses", "public.lessons"]);
+    w.stop().await;
+    env.cleanup().await;
+}
