@@ -1,0 +1,167 @@
+//! The binary's commands: check, explain, run (status endpoint, graceful shutdown).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{free_port, http_get, run_bin, sigterm, spawn_run, TestEnv, WAIT};
+
+const SCHEMA: &str = "CREATE TABLE courses (id bigint PRIMARY KEY, slug text NOT NULL, title text);
+                      ALTER TABLE courses REPLICA IDENTITY FULL;";
+const RULES: &str = r#"[[rule]]
+name = "course-detail"
+table = "public.courses"
+keys = ["course:{id}", "course-slug:{old.slug}", "course-slug:{new.slug}"]
+patterns = ["catalog:*"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_accepts_good_rules_and_explain_prints_keys() {
+    let env = TestEnv::new("cli_ok", SCHEMA).await;
+    env.write_rules("courses.toml", RULES);
+    let cfg = env.write_config("127.0.0.1:0", "");
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = run_bin(&["--config", cfg, "check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok: 1 rules on 1 tables"), "{out}");
+
+    let event = r#"{"table": "public.courses", "op": "update",
+                    "old": {"id": 42, "slug": "rust-101", "title": "Rust"},
+                    "new": {"id": 42, "slug": "rust-102", "title": "Rust"}}"#;
+    let (code, out, err) = run_bin(&["--config", cfg, "explain", "--event", "-"], Some(event));
+    assert_eq!(code, 0, "{err}");
+    let p = &env.prefix;
+    for line in [
+        "event: update public.courses".to_string(),
+        format!("key      {p}course:42"),
+        format!("key      {p}course-slug:rust-101"),
+        format!("key      {p}course-slug:rust-102"),
+        format!("pattern  {p}catalog:*"),
+    ] {
+        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+    }
+    let file = env.dir.join("insert.json");
+    std::fs::write(
+        &file,
+        r#"{"table": "courses", "op": "insert", "new": {"id": 1, "slug": "a"}}"#,
+    )
+    .unwrap();
+    let (code, out, _) = run_bin(
+        &[
+            "--config",
+            cfg,
+            "explain",
+            "--event",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["rules"][0]["keys"][0], format!("{p}course:1"));
+    assert!(v[0]["rules"][0]["skipped"][0]
+        .as_str()
+        .unwrap()
+        .contains("{old.slug} is absent"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rule_files_are_refused_with_file_and_line() {
+    let env = TestEnv::new("cli_bad", SCHEMA).await;
+    env.write_rules(
+        "broken.toml",
+        "[[rule]]\nname = \"x\"\ntable = \"courses\"\nkeys = [\"course:{id\"]\n",
+    );
+    let cfg = env.write_config(&format!("127.0.0.1:{}", free_port()), "");
+    let cfg = cfg.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let (code, _, err) = run_bin(&["--config", cfg, cmd], None);
+        assert_eq!(code, 1, "{cmd}: {err}");
+        assert!(
+            err.contains("broken.toml:4:17: error: in \"course:{id\": unclosed '{'"),
+            "{cmd}: {err}"
+        );
+    }
+    // Syntax is fine, but the table and a column do not exist.
+    env.write_rules(
+        "broken.toml",
+        "[[rule]]\nname = \"x\"\ntable = \"coursez\"\nkeys = [\"c:{id}\"]\n\
+         [[rule]]\nname = \"y\"\ntable = \"courses\"\nkeys = [\"c:{titel}\"]\n",
+    );
+    let (code, _, err) = run_bin(&["--config", cfg, "check"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("broken.toml:3:9: error: rule \"x\": table public.coursez does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.toml:8:9: error: rule \"y\": column \"titel\" does not exist"),
+        "{err}"
+    );
+    let (code, _, err) = run_bin(&["--config", cfg, "run"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    // --offline checks syntax only.
+    let (code, _, _) = run_bin(&["--config", cfg, "check", "--offline"], None);
+    assert_eq!(code, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_status_and_shuts_down_gracefully() {
+    let env = TestEnv::new("cli_run", SCHEMA).await;
+    env.write_rules("courses.toml", RULES);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = env.write_config(&addr, "");
+    let log = env.dir.join("worker.log");
+    let mut child = spawn_run(&cfg, &log);
+    let start = Instant::now();
+    loop {
+        if let Some((200, _)) = http_get(&addr, "/readyz").await {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "never ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
+
+    env.set_keys(&["course:1"]).await;
+    env.db
+        .execute("INSERT INTO courses VALUES (1, 'a', 'A')", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["course:1"], WAIT).await;
+    env.wait_caught_up(WAIT).await;
+
+    let (code, body) = http_get(&addr, "/status").await.unwrap();
+    assert_eq!(code, 200);
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["slot"], env.name);
+    assert_eq!(s["rules_loaded"], 1);
+    assert_eq!(s["source_connected"], true);
+    assert!(s["counters"]["transactions"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["counters"]["keys"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["lag_ms_p50"].as_f64().is_some(), "{s}");
+    assert!(s["confirmed_lsn"].as_str().unwrap().contains('/'), "{s}");
+
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within 15s of SIGTERM")
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit {status:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("shutdown requested"), "{log}");
+    assert!(!log.contains("postgres://postgres:"), "no secrets in logs");
+    env.cleanup().await;
+}
