@@ -1,0 +1,164 @@
+//! Failure handling: Redis stalls, open journal rows left by a crash.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{free_port, TestEnv, WAIT};
+use redis::AsyncCommands;
+
+const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, val int NOT NULL);";
+const RULES: &str = "[[rule]]\nname = \"item\"\ntable = \"items\"\nkeys = [\"item:{id}\"]\n";
+
+/// A private Redis server, so stalling it cannot disturb other tests.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = redis::Client::open(url.as_str()) {
+                if c.get_multiplexed_async_connection().await.is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "private redis did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PrivateRedis { child, url }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stall_is_retried_and_the_position_waits() {
+    let env = TestEnv::new("redis_stall", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let redis = PrivateRedis::start().await;
+    let mut cfg = env.config();
+    cfg.redis.url = redis.url.clone();
+    cfg.redis.timeout_ms = 300;
+    let mut r = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = env.key("item:1");
+    let () = r.set(&key, "cached").await.unwrap();
+    let w = env.start_worker_with(cfg).await;
+    env.wait_caught_up(WAIT).await;
+    let before = env.confirmed().await;
+
+    // Redis stops answering for 2 s while the change arrives.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("ALL")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let paused_at = Instant::now();
+    env.db
+        .execute("INSERT INTO items VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        paused_at.elapsed() < Duration::from_millis(1900),
+        "test machine too slow to observe the stall"
+    );
+    let commit_lsn = env.current_lsn().await;
+    assert!(
+        env.confirmed().await < commit_lsn,
+        "the position must not pass a change whose keys are not yet deleted"
+    );
+    assert!(!w.status.is_ready(), "readyz reports Redis as down");
+
+    // After the stall the same batch is retried to completion.
+    let start = Instant::now();
+    loop {
+        // Our own reads time out while Redis is still paused.
+        let exists: bool = r.exists(&key).await.unwrap_or(true);
+        if !exists {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "key never deleted after the stall");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.wait_caught_up(WAIT).await;
+    assert!(env.confirmed().await > before);
+    let statuses: Vec<(String, i64)> = env.journal_counts().await;
+    assert!(
+        statuses.iter().any(|(s, n)| s == "failed" && *n >= 1),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|(s, n)| s == "completed" && *n >= 1),
+        "{statuses:?}"
+    );
+    let error: String = env
+        .db
+        .query_one(
+            "SELECT error FROM cache_invalidations WHERE status = 'failed' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!error.is_empty());
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_journal_rows_are_executed_at_start() {
+    let env = TestEnv::new("recover", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    // A first start creates the schema; stop, then leave rows as a crash would.
+    env.start_worker().await.stop().await;
+    env.set_keys(&["item:5", "feed:1", "feed:2", "other:1"])
+        .await;
+    env.db
+        .execute(
+            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status) VALUES \
+             ($1, 'key', 'left by a crash', 'pending'), ($2, 'pattern', 'requested by the app', 'pending')",
+            &[&env.key("item:5"), &env.key("feed:*")],
+        )
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    env.wait_gone(&["item:5", "feed:1", "feed:2"], WAIT).await;
+    assert!(env.exists("other:1").await);
+    let counts = env.journal_counts().await;
+    assert_eq!(counts, [("completed".to_string(), 2)]);
+    w.stop().await;
+    env.cleanup().await;
+}
