@@ -31,9 +31,17 @@ CREATE INDEX IF NOT EXISTS cache_metrics_time_idx ON cache_metrics ("timestamp" 
 
 CREATE TABLE IF NOT EXISTS cache_invalidations (
     id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    -- An exact key (kind = 'key') or a Redis glob pattern (kind = 'pattern'), prefix included.
+    -- What was invalidated, prefix included:
+    --   kind = 'key'      key_pattern is one exact key
+    --   kind = 'pattern'  key_pattern is one Redis glob, SCANned and unlinked
+    --   kind = 'keys'     many exact keys from one rule template in one batch: `keys` lists
+    --                     them, key_pattern is the glob of their family (e.g. ':1:course:*')
+    --   kind = 'patterns' likewise for many patterns
     key_pattern  text NOT NULL,
-    kind         text NOT NULL DEFAULT 'pattern' CHECK (kind IN ('key', 'pattern')),
+    kind         text NOT NULL DEFAULT 'pattern'
+                 CHECK (kind IN ('key', 'keys', 'pattern', 'patterns')),
+    keys         text[],
+    key_count    integer NOT NULL DEFAULT 1 CHECK (key_count >= 0),
     reason       text NOT NULL DEFAULT '',
     status       text NOT NULL DEFAULT 'pending'
                  CHECK (status IN ('pending', 'running', 'completed', 'failed')),
@@ -44,7 +52,8 @@ CREATE TABLE IF NOT EXISTS cache_invalidations (
     triggered_at timestamptz NOT NULL DEFAULT now(),
     completed_at timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    CHECK (status <> 'completed' OR completed_at IS NOT NULL)
+    CHECK (status <> 'completed' OR completed_at IS NOT NULL),
+    CHECK (kind NOT IN ('keys', 'patterns') OR keys IS NOT NULL)
 ) WITH (fillfactor = 80);
 -- Work still open (recovery after a crash; requests inserted by applications).
 CREATE INDEX IF NOT EXISTS cache_invalidations_open_idx

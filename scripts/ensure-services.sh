@@ -49,6 +49,11 @@ if [ "$(setting max_wal_senders)" -lt 32 ]; then
   psql -d postgres -qc "ALTER SYSTEM SET max_wal_senders = 32"
   restart=1
 fi
+# A slot that nobody reads any more must not fill the disk with retained WAL.
+if [ "$(setting max_slot_wal_keep_size)" = "-1" ]; then
+  psql -d postgres -qc "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'"
+  psql -d postgres -qc "SELECT pg_reload_conf()" >/dev/null
+fi
 if [ "$restart" = 1 ]; then
   log "restarting PostgreSQL to apply settings"
   pg_ctl_main restart

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::rules::{Rendered, RowView, Rule, RuleSet, Verdict};
+use crate::rules::{Rendered, RowView, Rule, RuleSet, Template, Verdict};
 use crate::source::{Change, Datum, Lsn, Op, Transaction};
 
 /// What to do to Redis.
@@ -53,6 +53,9 @@ pub struct Action {
     pub triggered_at: DateTime<Utc>,
     /// How many changes asked for it.
     pub causes: u32,
+    /// The glob covering every key the producing template can render (for a pattern, the
+    /// pattern itself). The journal groups a batch's keys by it.
+    pub family: String,
 }
 
 /// A deduplicated set of actions for one batch.
@@ -134,7 +137,14 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn add(&mut self, target: Target, rule: &Rule, change: &Change, tx: &Transaction) {
+    fn add(
+        &mut self,
+        target: Target,
+        template: &Template,
+        rule: &Rule,
+        change: &Change,
+        tx: &Transaction,
+    ) {
         if let Some(&i) = self.index.get(&target) {
             let a = &mut self.plan.actions[i];
             a.causes += 1;
@@ -156,6 +166,10 @@ impl Builder<'_> {
         if let Some(why) = &change.undecodable {
             let _ = write!(reason, " undecodable: {why}");
         }
+        let target_family = match &target {
+            Target::Pattern(p) => Some(p.clone()),
+            Target::Key(_) => None,
+        };
         self.index.insert(target.clone(), self.plan.actions.len());
         self.plan.actions.push(Action {
             target,
@@ -165,6 +179,10 @@ impl Builder<'_> {
             lsn: tx.commit_lsn,
             triggered_at: tx.commit_time,
             causes: 1,
+            family: match &target_family {
+                Some(p) => p.clone(),
+                None => template.family_pattern(&self.cx.key_prefix),
+            },
         });
     }
 
@@ -177,19 +195,21 @@ impl Builder<'_> {
                 Verdict::FiresWholeFamily => {
                     for t in rule.templates() {
                         let p = t.value.family_pattern(&self.cx.key_prefix);
-                        self.add(Target::Pattern(p), rule, change, tx);
+                        self.add(Target::Pattern(p), &t.value, rule, change, tx);
                     }
                 }
                 Verdict::Fires => {
                     let row = RowView::new(change);
                     for t in rule.templates() {
                         match t.value.render(&row, &self.cx.key_prefix) {
-                            Rendered::Key(k) => self.add(Target::Key(k), rule, change, tx),
+                            Rendered::Key(k) => {
+                                self.add(Target::Key(k), &t.value, rule, change, tx)
+                            }
                             Rendered::Pattern(p) => {
                                 if t.value.kind == crate::rules::TemplateKind::Key {
                                     self.plan.widened += 1;
                                 }
-                                self.add(Target::Pattern(p), rule, change, tx)
+                                self.add(Target::Pattern(p), &t.value, rule, change, tx)
                             }
                             Rendered::Skipped(_) => self.plan.skipped += 1,
                         }

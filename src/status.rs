@@ -38,6 +38,10 @@ pub struct Counters {
     pub journal_errors: AtomicU64,
     pub source_errors: AtomicU64,
     pub recovered_rows: AtomicU64,
+    /// Time spent writing the journal (pending rows and their completion), in microseconds.
+    pub journal_us: AtomicU64,
+    /// Time spent executing actions on Redis, in microseconds.
+    pub redis_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +176,8 @@ impl Status {
             ("journal_errors", get(&c.journal_errors)),
             ("source_errors", get(&c.source_errors)),
             ("recovered_rows", get(&c.recovered_rows)),
+            ("journal_us", get(&c.journal_us)),
+            ("redis_us", get(&c.redis_us)),
         ]
         .into_iter()
         .collect();

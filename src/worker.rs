@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -158,6 +158,12 @@ impl Worker {
     /// Runs until shutdown: recovers open journal rows, then streams, reconnecting on errors.
     pub async fn run(mut self) -> Result<(), WorkerError> {
         self.recover().await;
+        let health = tokio::spawn(watch_redis(
+            self.config.redis.url.clone(),
+            self.config.cache_options(),
+            self.status.clone(),
+            self.shutdown.clone(),
+        ));
         let pg = self.config.postgres_config().map_err(WorkerError::Url)?;
         while !self.stopping() {
             let confirmed = self.confirmed;
@@ -192,6 +198,7 @@ impl Worker {
                 }
             }
         }
+        health.abort();
         tracing::info!("stopped");
         Ok(())
     }
@@ -283,11 +290,19 @@ impl Worker {
         let targets = plan.actions.iter().map(|a| &a.target);
         let cache = &mut self.cache;
         let exec = async {
+            let t = Instant::now();
             let r = cache.execute(targets).await;
-            (r, Utc::now())
+            (r, Utc::now(), t.elapsed())
         };
-        let (ids, (exec, done_at)) = tokio::join!(self.journal.record_pending(&plan.actions), exec);
+        let journal = &mut self.journal;
+        let pending = async {
+            let t = Instant::now();
+            (journal.record_pending(&plan.actions).await, t.elapsed())
+        };
+        let ((ids, journal_time), (exec, done_at, redis_time)) = tokio::join!(pending, exec);
         let c = &self.status.counters;
+        add(&c.journal_us, journal_time.as_micros() as u64);
+        add(&c.redis_us, redis_time.as_micros() as u64);
         let ids = match ids {
             Ok(ids) => ids,
             Err(e) => {
@@ -300,7 +315,10 @@ impl Worker {
         match exec {
             Ok(report) => {
                 self.status.redis_connected.store(true, Ordering::Relaxed);
-                if let Err(e) = self.journal.mark_completed(&ids, done_at).await {
+                let t = Instant::now();
+                let completed = self.journal.mark_completed(&ids, done_at).await;
+                add(&c.journal_us, t.elapsed().as_micros() as u64);
+                if let Err(e) = completed {
                     add(&c.journal_errors, 1);
                     tracing::warn!(error = %e, "journal completion failed; retrying the batch");
                     return Err(e.to_string());
@@ -368,7 +386,7 @@ impl Worker {
             }
             let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
             self.cache
-                .execute(rows.iter().map(|r| &r.target))
+                .execute(rows.iter().flat_map(|r| r.targets.iter()))
                 .await
                 .map_err(|e| e.to_string())?;
             self.journal
@@ -376,6 +394,27 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?;
             total += rows.len();
+        }
+    }
+}
+
+/// Keeps `redis_connected` (and so `/readyz`) truthful while the worker is idle: PINGs Redis
+/// every second on a connection of its own.
+async fn watch_redis(
+    url: String,
+    opts: crate::cache::CacheOptions,
+    status: Arc<Status>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(mut cache) = Cache::new(&url, opts) else {
+        return;
+    };
+    loop {
+        let ok = cache.ping().await.is_ok();
+        status.redis_connected.store(ok, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }

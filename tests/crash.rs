@@ -162,7 +162,9 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
     let completed_keys: i64 = env
         .db
         .query_one(
-            "SELECT count(DISTINCT key_pattern) FROM cache_invalidations WHERE status = 'completed' AND kind = 'key'",
+            "SELECT count(DISTINCT k) FROM cache_invalidations, \
+                    unnest(CASE WHEN kind = 'keys' THEN keys ELSE ARRAY[key_pattern] END) k \
+             WHERE status = 'completed' AND kind IN ('key', 'keys')",
             &[],
         )
         .await
