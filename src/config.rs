@@ -148,6 +148,9 @@ pub struct WorkerConfig {
     /// Upper bound of the retry backoff when PostgreSQL or Redis is unavailable.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_ms: u64,
+    /// Sample Redis INFO into `/status` and `cache_metrics` this often (0: never).
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -157,6 +160,7 @@ impl Default for WorkerConfig {
             batch_linger_ms: 0,
             status_interval_ms: default_status_interval(),
             max_backoff_ms: default_max_backoff(),
+            metrics_interval_secs: default_metrics_interval(),
         }
     }
 }
@@ -169,6 +173,9 @@ fn default_status_interval() -> u64 {
 }
 fn default_max_backoff() -> u64 {
     5_000
+}
+fn default_metrics_interval() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -184,8 +184,9 @@ pub fn explain(rules: &RuleSet, prefix: &str, event: &EventJson) -> Explanation 
                 o.fires = true;
                 for t in rule.templates() {
                     match t.value.render(&row, prefix) {
-                        Rendered::Key(k) => o.keys.push(k),
-                        Rendered::Pattern(p) => o.patterns.push(p),
+                        Rendered::Key(k) if !o.keys.contains(&k) => o.keys.push(k),
+                        Rendered::Pattern(p) if !o.patterns.contains(&p) => o.patterns.push(p),
+                        Rendered::Key(_) | Rendered::Pattern(_) => {}
                         Rendered::Skipped(why) => {
                             o.skipped.push(format!("{}: {why}", t.value.source))
                         }

@@ -21,7 +21,8 @@ fn init_logging(cfg: Option<&Config>) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if cfg.is_some_and(|c| c.log.format == LogFormat::Json) {
         builder.json().init();
     } else {
@@ -204,13 +205,30 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             let _ = http_stop.wait_for(|s| *s).await;
         },
     ));
-    let worker = match Worker::start(config, rules, status, stop_rx).await {
-        Ok(w) => w,
-        Err(WorkerError::Rules(e)) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(1));
+    // Wait for PostgreSQL at start-up (containers often start before the database).
+    let mut delay = std::time::Duration::from_millis(200);
+    let worker = loop {
+        match Worker::start(
+            config.clone(),
+            rules.clone(),
+            status.clone(),
+            stop_rx.clone(),
+        )
+        .await
+        {
+            Ok(w) => break w,
+            Err(WorkerError::Rules(e)) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(_) if *stop_rx.borrow() => return Ok(ExitCode::SUCCESS),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL unavailable at start-up");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     };
     worker.run().await?;
     let _ = http.await;

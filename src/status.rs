@@ -54,6 +54,7 @@ struct Inner {
     tables: Vec<String>,
     last_error: Option<String>,
     last_batch_at: Option<chrono::DateTime<chrono::Utc>>,
+    redis_stats: Option<crate::cache::RedisStats>,
     /// Commit-to-invalidated latencies in milliseconds, newest last.
     lag_ms: VecDeque<f64>,
 }
@@ -105,6 +106,16 @@ pub struct Snapshot {
     pub last_batch_at: Option<String>,
     pub last_error: Option<String>,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
+    /// The last Redis INFO sample: hit ratio, memory against maxmemory, evictions.
+    pub redis: Option<RedisSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RedisSnapshot {
+    #[serde(flatten)]
+    pub stats: crate::cache::RedisStats,
+    pub hit_ratio: Option<f64>,
+    pub memory_ratio: Option<f64>,
 }
 
 fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -132,6 +143,10 @@ impl Status {
         let mut i = self.inner();
         i.confirmed_lsn = i.confirmed_lsn.max(confirmed);
         i.server_lsn = i.server_lsn.max(server);
+    }
+
+    pub fn set_redis_stats(&self, stats: crate::cache::RedisStats) {
+        self.inner().redis_stats = Some(stats);
     }
 
     pub fn set_error(&self, e: Option<String>) {
@@ -199,6 +214,11 @@ impl Status {
             last_batch_at: i.last_batch_at.map(|t| t.to_rfc3339()),
             last_error: i.last_error.clone(),
             counters,
+            redis: i.redis_stats.map(|stats| RedisSnapshot {
+                hit_ratio: stats.hit_ratio(),
+                memory_ratio: stats.memory_ratio(),
+                stats,
+            }),
         }
     }
 }

@@ -48,6 +48,20 @@ pub enum WorkerError {
     Cache(#[from] crate::cache::CacheError),
 }
 
+impl WorkerError {
+    /// Whether retrying later may succeed (the database is unreachable, as opposed to refusing
+    /// what we asked).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Postgres(e) | WorkerError::Source(SourceError::Postgres(e)) => {
+                e.code().is_none()
+            }
+            WorkerError::Migrate(crate::migrate::MigrateError::Postgres(e)) => e.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
 /// Grows a retry delay up to a bound.
 struct Backoff {
     next: Duration,
@@ -159,8 +173,7 @@ impl Worker {
     pub async fn run(mut self) -> Result<(), WorkerError> {
         self.recover().await;
         let health = tokio::spawn(watch_redis(
-            self.config.redis.url.clone(),
-            self.config.cache_options(),
+            self.config.clone(),
             self.status.clone(),
             self.shutdown.clone(),
         ));
@@ -399,22 +412,55 @@ impl Worker {
 }
 
 /// Keeps `redis_connected` (and so `/readyz`) truthful while the worker is idle: PINGs Redis
-/// every second on a connection of its own.
-async fn watch_redis(
-    url: String,
-    opts: crate::cache::CacheOptions,
-    status: Arc<Status>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let Ok(mut cache) = Cache::new(&url, opts) else {
+/// every second on a connection of its own. Every `metrics_interval` it also samples Redis
+/// `INFO` into `/status` and a whole-instance `cache_metrics` row (NULL `config_id`: Redis keeps
+/// no per-rule figures).
+async fn watch_redis(config: Config, status: Arc<Status>, mut shutdown: watch::Receiver<bool>) {
+    let Ok(mut cache) = Cache::new(&config.redis.url, config.cache_options()) else {
         return;
     };
+    let interval = Duration::from_secs(config.worker.metrics_interval_secs.max(1));
+    let mut next_sample = Instant::now();
+    let mut db: Option<tokio_postgres::Client> = None;
     loop {
         let ok = cache.ping().await.is_ok();
         status.redis_connected.store(ok, Ordering::Relaxed);
+        if ok && config.worker.metrics_interval_secs > 0 && Instant::now() >= next_sample {
+            next_sample = Instant::now() + interval;
+            if let Ok(stats) = cache.stats().await {
+                status.set_redis_stats(stats);
+                if let Err(e) = record_metrics(&config, &mut db, &stats).await {
+                    tracing::debug!(error = %e, "could not record cache_metrics");
+                    db = None;
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+async fn record_metrics(
+    config: &Config,
+    db: &mut Option<tokio_postgres::Client>,
+    stats: &crate::cache::RedisStats,
+) -> Result<(), tokio_postgres::Error> {
+    if db.as_ref().is_none_or(|c| c.is_closed()) {
+        let pg = config.postgres_config()?;
+        *db = Some(crate::journal::connect(&pg).await?);
+    }
+    let Some(client) = db.as_ref() else {
+        return Ok(());
+    };
+    let v = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    client
+        .execute(
+            "INSERT INTO cache_metrics (config_id, hit_count, miss_count, eviction_count, memory_usage) \
+             VALUES (NULL, $1, $2, $3, $4)",
+            &[&v(stats.keyspace_hits), &v(stats.keyspace_misses), &v(stats.evicted_keys), &v(stats.used_memory)],
+        )
+        .await?;
+    Ok(())
 }

@@ -149,6 +149,18 @@ async fn run_serves_status_and_shuts_down_gracefully() {
     assert!(s["counters"]["keys"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["lag_ms_p50"].as_f64().is_some(), "{s}");
     assert!(s["confirmed_lsn"].as_str().unwrap().contains('/'), "{s}");
+    // Redis INFO is sampled at start into /status and cache_metrics.
+    assert!(s["redis"]["used_memory"].as_u64().unwrap() > 0, "{s}");
+    let samples: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM cache_metrics WHERE config_id IS NULL AND memory_usage > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(samples >= 1);
 
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())

@@ -192,6 +192,66 @@ fn into_redis(e: CacheError) -> redis::RedisError {
     }
 }
 
+/// Figures from Redis `INFO` that users judge a cache by.
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RedisStats {
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+    pub evicted_keys: u64,
+    pub used_memory: u64,
+    /// 0 when no limit is set.
+    pub maxmemory: u64,
+}
+
+impl RedisStats {
+    /// Parses the `stats` and `memory` sections of `INFO`. Pure.
+    pub fn parse(info: &str) -> RedisStats {
+        let mut s = RedisStats::default();
+        for line in info.lines() {
+            let Some((k, v)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let v = v.trim().parse().unwrap_or(0);
+            match k {
+                "keyspace_hits" => s.keyspace_hits = v,
+                "keyspace_misses" => s.keyspace_misses = v,
+                "evicted_keys" => s.evicted_keys = v,
+                "used_memory" => s.used_memory = v,
+                "maxmemory" => s.maxmemory = v,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Hits / (hits + misses), when there were any lookups.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let total = self.keyspace_hits + self.keyspace_misses;
+        (total > 0).then(|| self.keyspace_hits as f64 / total as f64)
+    }
+
+    /// used_memory / maxmemory, when a limit is set.
+    pub fn memory_ratio(&self) -> Option<f64> {
+        (self.maxmemory > 0).then(|| self.used_memory as f64 / self.maxmemory as f64)
+    }
+}
+
+impl Cache {
+    /// Reads [`RedisStats`] with `INFO stats` and `INFO memory`.
+    pub async fn stats(&mut self) -> Result<RedisStats, CacheError> {
+        let mut c = self.connection().await?;
+        let r: Result<(String, String), _> = redis::pipe()
+            .cmd("INFO")
+            .arg("stats")
+            .cmd("INFO")
+            .arg("memory")
+            .query_async(&mut c)
+            .await;
+        let (stats, memory) = self.forget_on_error(r)?;
+        Ok(RedisStats::parse(&format!("{stats}\n{memory}")))
+    }
+}
+
 /// Redis' glob matching (`*`, `?`, `[...]` with ranges and `^`, `\` escapes), byte-wise.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     fn m(p: &[u8], t: &[u8]) -> bool {
@@ -285,6 +345,17 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::glob_match;
+
+    #[test]
+    fn parses_info() {
+        let s = super::RedisStats::parse(
+            "# Stats\r\nkeyspace_hits:80\r\nkeyspace_misses:20\r\nevicted_keys:3\r\n# Memory\r\nused_memory:700\r\nmaxmemory:1000\r\n",
+        );
+        assert_eq!(s.hit_ratio(), Some(0.8));
+        assert_eq!(s.memory_ratio(), Some(0.7));
+        assert_eq!(s.evicted_keys, 3);
+        assert_eq!(super::RedisStats::default().hit_ratio(), None);
+    }
 
     #[test]
     fn glob_matches_like_redis() {
