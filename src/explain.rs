@@ -10,7 +10,8 @@
 //! {"table": "public.courses", "op": "update",
 //!  "old": {"id": 42, "slug": "rust-101"}, "new": {"id": 42, "slug": "rust-102"}}
 //! ```
-//! Values are rendered as PostgreSQL's text output would be (`true` → `t`, `null` → NULL).
+//! Values are rendered canonically, as the worker renders them (`true`, numbers as written,
+//! `null` → NULL).
 //! On update, a missing `old` means the source did not carry the old row (REPLICA IDENTITY
 //! DEFAULT): old-row values are then unknown and keys that need them widen to patterns.
 
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::rules::{Rendered, RowView, RuleSet, Verdict};
-use crate::source::{Change, Column, Datum, Op, Relation, Tuple};
+use crate::rules::{RuleSet, Verdict};
+use crate::source::{oid, Change, Column, Datum, Op, Relation, Tuple};
 
 /// An event as users write it.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,7 +49,51 @@ pub enum EventError {
     Invalid { index: usize, message: String },
 }
 
-/// Parses one event object or an array of them.
+/// Reads a Debezium change event (with or without the `schema`/`payload` envelope) as an
+/// [`EventJson`]; `None` when the value is not one.
+pub fn from_debezium(value: &Value) -> Option<Result<EventJson, String>> {
+    let payload = value
+        .get("payload")
+        .filter(|p| p.is_object())
+        .unwrap_or(value);
+    let source = payload.get("source")?.as_object()?;
+    let op = payload.get("op")?.as_str()?;
+    let op = match op {
+        "c" | "r" => Op::Insert,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "t" => Op::Truncate,
+        other => return Some(Err(format!("unknown Debezium op {other:?}"))),
+    };
+    let schema = source
+        .get("schema")
+        .and_then(Value::as_str)
+        .unwrap_or("public");
+    let Some(table) = source.get("table").and_then(Value::as_str) else {
+        return Some(Err("Debezium event without source.table".into()));
+    };
+    let row = |k: &str| payload.get(k).and_then(Value::as_object).cloned();
+    Some(Ok(EventJson {
+        table: format!("{schema}.{table}"),
+        op,
+        old: row("before"),
+        new: row("after"),
+    }))
+}
+
+fn parse_one(value: Value, index: usize) -> Result<EventJson, EventError> {
+    if let Some(ev) = from_debezium(&value) {
+        return ev.map_err(|message| EventError::Invalid { index, message });
+    }
+    serde_json::from_value(value).map_err(|e| EventError::Invalid {
+        index,
+        message: format!(
+            "{e} (expected {{\"table\", \"op\", \"old\", \"new\"}} or a Debezium change event)"
+        ),
+    })
+}
+
+/// Parses one event object or an array of them, in the project's format or Debezium's.
 pub fn parse_events(text: &str) -> Result<Vec<EventJson>, EventError> {
     let json_err = |e: serde_json::Error| EventError::Json {
         line: e.line(),
@@ -59,10 +104,10 @@ pub fn parse_events(text: &str) -> Result<Vec<EventJson>, EventError> {
     let events: Vec<EventJson> = match value {
         Value::Array(items) => items
             .into_iter()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()
-            .map_err(json_err)?,
-        other => vec![serde_json::from_value(other).map_err(json_err)?],
+            .enumerate()
+            .map(|(i, v)| parse_one(v, i))
+            .collect::<Result<_, _>>()?,
+        other => vec![parse_one(other, 0)?],
     };
     for (index, e) in events.iter().enumerate() {
         let need = match e.op {
@@ -84,7 +129,7 @@ pub fn parse_events(text: &str) -> Result<Vec<EventJson>, EventError> {
 fn to_datum(v: &Value) -> Datum {
     match v {
         Value::Null => Datum::Null,
-        Value::Bool(b) => Datum::Text(if *b { "t" } else { "f" }.into()),
+        Value::Bool(b) => Datum::Text(if *b { "true" } else { "false" }.into()),
         Value::Number(n) => Datum::Text(n.to_string()),
         Value::String(s) => Datum::Text(s.clone()),
         other => Datum::Text(other.to_string()),
@@ -112,7 +157,16 @@ impl EventJson {
                 .iter()
                 .map(|n| Column {
                     name: n.to_string(),
-                    type_oid: 25,
+                    type_oid: [&self.new, &self.old]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r.get(n.as_str()))
+                        .find(|v| !v.is_null())
+                        .map_or(oid::TEXT, |v| match v {
+                            Value::Bool(_) => oid::BOOL,
+                            Value::Number(_) => oid::NUMERIC,
+                            _ => oid::TEXT,
+                        }),
                     is_key: n.as_str() == "id",
                 })
                 .collect(),
@@ -150,9 +204,20 @@ pub struct RuleOutcome {
     pub fires: bool,
     /// Why the rule did not fire, when it did not.
     pub reason: Option<String>,
-    pub keys: Vec<String>,
-    pub patterns: Vec<String>,
+    /// `(kind, text)`: kind is key, pattern, tag, tag-pattern, bump or bump-pattern.
+    pub targets: Vec<(&'static str, String)>,
     pub skipped: Vec<String>,
+}
+
+impl RuleOutcome {
+    /// The targets of one kind.
+    pub fn of_kind(&self, kind: &str) -> Vec<&str> {
+        self.targets
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, t)| t.as_str())
+            .collect()
+    }
 }
 
 /// The explanation of one event.
@@ -167,7 +232,6 @@ pub struct Explanation {
 pub fn explain(rules: &RuleSet, prefix: &str, event: &EventJson) -> Explanation {
     let change = event.to_change();
     let table = change.relation.qualified_name();
-    let row = RowView::new(&change);
     let mut out = Vec::new();
     for rule in rules.for_table(&table) {
         let mut o = RuleOutcome {
@@ -175,30 +239,25 @@ pub fn explain(rules: &RuleSet, prefix: &str, event: &EventJson) -> Explanation 
             defined_at: rule.at.to_string(),
             fires: false,
             reason: None,
-            keys: vec![],
-            patterns: vec![],
+            targets: vec![],
             skipped: vec![],
         };
         match rule.verdict(&change) {
-            Verdict::Fires => {
+            v @ (Verdict::Fires | Verdict::FiresWholeFamily) => {
                 o.fires = true;
-                for t in rule.templates() {
-                    match t.value.render(&row, prefix) {
-                        Rendered::Key(k) if !o.keys.contains(&k) => o.keys.push(k),
-                        Rendered::Pattern(p) if !o.patterns.contains(&p) => o.patterns.push(p),
-                        Rendered::Key(_) | Rendered::Pattern(_) => {}
-                        Rendered::Skipped(why) => {
-                            o.skipped.push(format!("{}: {why}", t.value.source))
-                        }
+                let out = crate::plan::rule_targets(
+                    rule,
+                    &change,
+                    prefix,
+                    v == Verdict::FiresWholeFamily,
+                );
+                for (t, _) in out.targets {
+                    let line = (t.kind(), t.text().to_string());
+                    if !o.targets.contains(&line) {
+                        o.targets.push(line);
                     }
                 }
-            }
-            Verdict::FiresWholeFamily => {
-                o.fires = true;
-                o.patterns = rule
-                    .templates()
-                    .map(|t| t.value.family_pattern(prefix))
-                    .collect();
+                o.skipped = out.skipped;
             }
             Verdict::OpNotSelected(op) => {
                 let ops: Vec<&str> = Op::ALL
@@ -207,6 +266,23 @@ pub fn explain(rules: &RuleSet, prefix: &str, event: &EventJson) -> Explanation 
                     .map(|o| o.as_str())
                     .collect();
                 o.reason = Some(format!("{op} is not in ops = [{}]", ops.join(", ")));
+            }
+            Verdict::OnlyIgnoredChanged => {
+                let cols: Vec<&str> = rule
+                    .ignore_changed
+                    .iter()
+                    .map(|c| c.value.as_str())
+                    .collect();
+                o.reason = Some(format!(
+                    "only ignore_changed = [{}] columns changed",
+                    cols.join(", ")
+                ));
+            }
+            Verdict::ConditionFalse => {
+                o.reason = Some(format!(
+                    "when = {:?} is false",
+                    rule.when.as_ref().map_or("", |w| w.value.source.as_str())
+                ));
             }
             Verdict::NothingWatchedChanged => {
                 let cols: Vec<&str> = rule.changed.iter().map(|c| c.value.as_str()).collect();
@@ -243,11 +319,8 @@ pub fn render_text(explanations: &[Explanation]) -> String {
                     );
                 }
             }
-            for k in &r.keys {
-                let _ = writeln!(s, "    key      {k}");
-            }
-            for p in &r.patterns {
-                let _ = writeln!(s, "    pattern  {p}");
+            for (kind, t) in &r.targets {
+                let _ = writeln!(s, "    {kind:<8} {t}");
             }
             for k in &r.skipped {
                 let _ = writeln!(s, "    skipped  {k}");
@@ -305,7 +378,22 @@ mod tests {
         let ev = &parse_events(r#"{"table":"courses","op":"update","new":{"id":1,"slug":"b"}}"#)
             .unwrap()[0];
         let e = explain(&rules(), "", ev);
-        assert_eq!(e.rules[0].patterns, ["slug:*"]);
+        assert_eq!(e.rules[0].of_kind("pattern"), ["slug:*"]);
+    }
+
+    #[test]
+    fn reads_debezium_events() {
+        let text = r#"{"schema": {}, "payload": {
+            "before": {"id": 1, "slug": "a"}, "after": {"id": 1, "slug": "b"},
+            "source": {"connector": "postgresql", "schema": "public", "table": "courses"},
+            "op": "u", "ts_ms": 1}}"#;
+        let ev = &parse_events(text).unwrap()[0];
+        assert_eq!((ev.table.as_str(), ev.op), ("public.courses", Op::Update));
+        let e = explain(&rules(), "", ev);
+        assert_eq!(e.rules[0].of_kind("key"), ["course:1", "slug:a", "slug:b"]);
+        let bare = r#"{"before": null, "after": {"id": 2, "slug": "c"},
+                       "source": {"schema": "public", "table": "courses"}, "op": "c"}"#;
+        assert_eq!(parse_events(bare).unwrap()[0].op, Op::Insert);
     }
 
     #[test]

@@ -63,11 +63,10 @@ pub struct Entry {
 /// patterns) sharing a template family are folded into one row. Pure.
 pub fn entries(actions: &[Action]) -> Vec<Entry> {
     let mut groups: Vec<Vec<&Action>> = Vec::new();
-    let mut index: HashMap<(&str, bool), usize> = HashMap::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
     for a in actions {
-        let is_pattern = matches!(a.target, Target::Pattern(_));
         let slot = *index
-            .entry((a.family.as_str(), is_pattern))
+            .entry((a.family.as_str(), a.target.kind()))
             .or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
@@ -84,7 +83,6 @@ pub fn entries(actions: &[Action]) -> Vec<Entry> {
             } else {
                 first.reason.clone()
             };
-            let is_pattern = matches!(first.target, Target::Pattern(_));
             let (key_pattern, kind, members) = if g.len() == 1 {
                 (
                     first.target.text().to_string(),
@@ -94,7 +92,7 @@ pub fn entries(actions: &[Action]) -> Vec<Entry> {
             } else {
                 (
                     first.family.clone(),
-                    if is_pattern { "patterns" } else { "keys" },
+                    plural(first.target.kind()),
                     g.iter().map(|a| a.target.text().to_string()).collect(),
                 )
             };
@@ -113,6 +111,40 @@ pub fn entries(actions: &[Action]) -> Vec<Entry> {
                 lsn: first.lsn,
             }
         })
+        .collect()
+}
+
+/// The `kind` of a row holding several targets of one kind.
+pub fn plural(kind: &str) -> &'static str {
+    match kind {
+        "key" => "keys",
+        "pattern" => "patterns",
+        "tag" => "tags",
+        "tag-pattern" => "tag-patterns",
+        "bump" => "bumps",
+        _ => "bump-patterns",
+    }
+}
+
+/// The targets of a journal row (`kind`, `key_pattern`, `keys`). Unknown kinds are treated as
+/// one pattern: the widest reading of an application's request.
+pub fn row_targets(kind: &str, key_pattern: String, members: Option<Vec<String>>) -> Vec<Target> {
+    let singular = match kind {
+        "keys" => "key",
+        "patterns" => "pattern",
+        "tags" => "tag",
+        "tag-patterns" => "tag-pattern",
+        "bumps" => "bump",
+        "bump-patterns" => "bump-pattern",
+        other => {
+            let fallback = Target::Pattern(key_pattern.clone());
+            return vec![Target::from_kind(other, key_pattern).unwrap_or(fallback)];
+        }
+    };
+    members
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| Target::from_kind(singular, m))
         .collect()
 }
 
@@ -275,20 +307,7 @@ impl Journal {
                 let text: String = r.get(1);
                 let kind: String = r.get(2);
                 let members: Option<Vec<String>> = r.get(3);
-                let targets = match kind.as_str() {
-                    "key" => vec![Target::Key(text)],
-                    "keys" => members
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(Target::Key)
-                        .collect(),
-                    "patterns" => members
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(Target::Pattern)
-                        .collect(),
-                    _ => vec![Target::Pattern(text)],
-                };
+                let targets = row_targets(&kind, text, members);
                 OpenRow {
                     id: r.get(0),
                     targets,

@@ -22,12 +22,25 @@ pub enum Target {
     Key(String),
     /// `SCAN MATCH` the pattern and `UNLINK` every key found.
     Pattern(String),
+    /// Unlink every member of the tag set and the set itself, atomically.
+    Tag(String),
+    /// Invalidate every tag set whose name matches the pattern.
+    TagPattern(String),
+    /// `INCR` a namespace version key.
+    Bump(String),
+    /// `INCR` every existing version key matching the pattern.
+    BumpPattern(String),
 }
 
 impl Target {
     pub fn text(&self) -> &str {
         match self {
-            Target::Key(k) | Target::Pattern(k) => k,
+            Target::Key(k)
+            | Target::Pattern(k)
+            | Target::Tag(k)
+            | Target::TagPattern(k)
+            | Target::Bump(k)
+            | Target::BumpPattern(k) => k,
         }
     }
 
@@ -36,6 +49,56 @@ impl Target {
         match self {
             Target::Key(_) => "key",
             Target::Pattern(_) => "pattern",
+            Target::Tag(_) => "tag",
+            Target::TagPattern(_) => "tag-pattern",
+            Target::Bump(_) => "bump",
+            Target::BumpPattern(_) => "bump-pattern",
+        }
+    }
+
+    /// The inverse of [`Target::kind`], for journal rows.
+    pub fn from_kind(kind: &str, text: String) -> Option<Target> {
+        Some(match kind {
+            "key" => Target::Key(text),
+            "pattern" => Target::Pattern(text),
+            "tag" => Target::Tag(text),
+            "tag-pattern" => Target::TagPattern(text),
+            "bump" => Target::Bump(text),
+            "bump-pattern" => Target::BumpPattern(text),
+            _ => return None,
+        })
+    }
+
+    /// Whether the target is a glob over keys, tags or version keys.
+    pub fn is_pattern(&self) -> bool {
+        matches!(
+            self,
+            Target::Pattern(_) | Target::TagPattern(_) | Target::BumpPattern(_)
+        )
+    }
+}
+
+/// Which family of targets a template produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Cache,
+    Tag,
+    Bump,
+}
+
+impl Flavor {
+    fn exact(self, s: String) -> Target {
+        match self {
+            Flavor::Cache => Target::Key(s),
+            Flavor::Tag => Target::Tag(s),
+            Flavor::Bump => Target::Bump(s),
+        }
+    }
+    fn pattern(self, s: String) -> Target {
+        match self {
+            Flavor::Cache => Target::Pattern(s),
+            Flavor::Tag => Target::TagPattern(s),
+            Flavor::Bump => Target::BumpPattern(s),
         }
     }
 }
@@ -77,13 +140,22 @@ impl Plan {
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.actions.iter().filter_map(|a| match &a.target {
             Target::Key(k) => Some(k.as_str()),
-            Target::Pattern(_) => None,
+            _ => None,
         })
     }
     pub fn patterns(&self) -> impl Iterator<Item = &str> {
         self.actions.iter().filter_map(|a| match &a.target {
             Target::Pattern(p) => Some(p.as_str()),
-            Target::Key(_) => None,
+            _ => None,
+        })
+    }
+    /// Tag and bump targets (exact or pattern).
+    pub fn tags_and_bumps(&self) -> impl Iterator<Item = &Target> {
+        self.actions.iter().map(|a| &a.target).filter(|t| {
+            matches!(
+                t,
+                Target::Tag(_) | Target::TagPattern(_) | Target::Bump(_) | Target::BumpPattern(_)
+            )
         })
     }
 }
@@ -96,6 +168,8 @@ pub struct Context {
     /// Primary key columns by `schema.table`, to name rows in reasons. Tables missing here
     /// fall back to the replica identity columns the source marked.
     pub primary_keys: HashMap<String, Vec<String>>,
+    /// Rules switched off in `cache_configs` (`is_active = false`).
+    pub disabled: std::collections::HashSet<String>,
 }
 
 /// `id=42` (the primary key, or else the replica identity columns), for reasons.
@@ -140,7 +214,7 @@ impl Builder<'_> {
     fn add(
         &mut self,
         target: Target,
-        template: &Template,
+        family: String,
         rule: &Rule,
         change: &Change,
         tx: &Transaction,
@@ -166,10 +240,6 @@ impl Builder<'_> {
         if let Some(why) = &change.undecodable {
             let _ = write!(reason, " undecodable: {why}");
         }
-        let target_family = match &target {
-            Target::Pattern(p) => Some(p.clone()),
-            Target::Key(_) => None,
-        };
         self.index.insert(target.clone(), self.plan.actions.len());
         self.plan.actions.push(Action {
             target,
@@ -179,10 +249,7 @@ impl Builder<'_> {
             lsn: tx.commit_lsn,
             triggered_at: tx.commit_time,
             causes: 1,
-            family: match &target_family {
-                Some(p) => p.clone(),
-                None => template.family_pattern(&self.cx.key_prefix),
-            },
+            family,
         });
     }
 
@@ -191,34 +258,79 @@ impl Builder<'_> {
             self.plan.undecodable += 1;
         }
         for rule in rules.concerned(change) {
-            match rule.verdict(change) {
-                Verdict::FiresWholeFamily => {
-                    for t in rule.templates() {
-                        let p = t.value.family_pattern(&self.cx.key_prefix);
-                        self.add(Target::Pattern(p), &t.value, rule, change, tx);
-                    }
-                }
-                Verdict::Fires => {
-                    let row = RowView::new(change);
-                    for t in rule.templates() {
-                        match t.value.render(&row, &self.cx.key_prefix) {
-                            Rendered::Key(k) => {
-                                self.add(Target::Key(k), &t.value, rule, change, tx)
-                            }
-                            Rendered::Pattern(p) => {
-                                if t.value.kind == crate::rules::TemplateKind::Key {
-                                    self.plan.widened += 1;
-                                }
-                                self.add(Target::Pattern(p), &t.value, rule, change, tx)
-                            }
-                            Rendered::Skipped(_) => self.plan.skipped += 1,
-                        }
-                    }
-                }
-                Verdict::OpNotSelected(_) | Verdict::NothingWatchedChanged => {}
+            if self.cx.disabled.contains(&rule.name) {
+                continue;
+            }
+            let whole_family = match rule.verdict(change) {
+                Verdict::FiresWholeFamily => true,
+                Verdict::Fires => false,
+                _ => continue,
+            };
+            let out = rule_targets(rule, change, &self.cx.key_prefix, whole_family);
+            self.plan.skipped += out.skipped.len();
+            self.plan.widened += out.widened;
+            for (target, family) in out.targets {
+                self.add(target, family, rule, change, tx);
             }
         }
     }
+}
+
+/// What one firing rule asks for on one change.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RuleTargets {
+    /// Each target with the family glob of the template that produced it.
+    pub targets: Vec<(Target, String)>,
+    /// Templates not rendered, with the reason (`course-slug:{old.slug}: {old.slug} is absent`).
+    pub skipped: Vec<String>,
+    /// Keys widened to patterns because a value was not carried.
+    pub widened: usize,
+}
+
+/// Renders every template of a rule that fires on `change`: keys, patterns, tags (`tag:`
+/// prefixed) and bumps, or — for TRUNCATE and undecodable changes — their whole families.
+/// Pure; used by planning and by `explain`.
+pub fn rule_targets(
+    rule: &Rule,
+    change: &Change,
+    key_prefix: &str,
+    whole_family: bool,
+) -> RuleTargets {
+    let tag_prefix = format!("{key_prefix}tag:");
+    let row = RowView::new(change);
+    let mut out = RuleTargets::default();
+    let groups = [
+        (Flavor::Cache, &rule.keys, key_prefix),
+        (Flavor::Cache, &rule.patterns, key_prefix),
+        (Flavor::Tag, &rule.tags, tag_prefix.as_str()),
+        (Flavor::Bump, &rule.bumps, key_prefix),
+    ];
+    for (flavor, templates, prefix) in groups {
+        for t in templates {
+            let t: &Template = &t.value;
+            let family = t.family_pattern(prefix);
+            if whole_family {
+                out.targets.push((flavor.pattern(family.clone()), family));
+                continue;
+            }
+            match t.render(&row, prefix) {
+                Rendered::Key(k) => out.targets.push((flavor.exact(k), family)),
+                Rendered::Pattern(p) => {
+                    if t.kind == crate::rules::TemplateKind::Key {
+                        out.widened += 1;
+                    }
+                    let family = if t.kind == crate::rules::TemplateKind::Pattern {
+                        p.clone()
+                    } else {
+                        family
+                    };
+                    out.targets.push((flavor.pattern(p), family));
+                }
+                Rendered::Skipped(why) => out.skipped.push(format!("{}: {why}", t.source)),
+            }
+        }
+    }
+    out
 }
 
 /// Plans a batch of transactions. Pure.
@@ -286,6 +398,7 @@ patterns = ["catalog:page:*"]
         Context {
             key_prefix: prefix.into(),
             primary_keys: HashMap::from([("public.courses".to_string(), vec!["id".to_string()])]),
+            disabled: Default::default(),
         }
     }
 

@@ -8,9 +8,9 @@ use tokio_postgres::Client;
 
 use crate::rules::RuleSet;
 
-/// The `key_pattern` column for a rule: its keys and patterns, comma-separated.
+/// The `key_pattern` column for a rule: its keys, patterns, tags and bumps, comma-separated.
 pub fn key_pattern(rule: &crate::rules::Rule) -> String {
-    rule.templates()
+    rule.all_templates()
         .map(|t| t.value.source.as_str())
         .collect::<Vec<_>>()
         .join(", ")

@@ -151,6 +151,7 @@ impl Worker {
         let plan_cx = plan::Context {
             key_prefix: config.redis.key_prefix.clone(),
             primary_keys: check::primary_keys(&catalog),
+            disabled: Default::default(),
         };
         Ok(Worker {
             plan_cx,

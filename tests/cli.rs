@@ -59,7 +59,10 @@ async fn check_accepts_good_rules_and_explain_prints_keys() {
     );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["rules"][0]["keys"][0], format!("{p}course:1"));
+    assert_eq!(
+        v[0]["rules"][0]["targets"][0],
+        serde_json::json!(["key", format!("{p}course:1")])
+    );
     assert!(v[0]["rules"][0]["skipped"][0]
         .as_str()
         .unwrap()

@@ -366,3 +366,36 @@ async fn publication_names_only_rule_tables() {
     w.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_transactions_are_invalidated_in_chunks() {
+    let env = env("chunks").await;
+    let cfg = env.write_config("127.0.0.1:0", "max_batch_changes = 100");
+    let config = cachewarden::config::Config::load(&cfg).unwrap();
+    assert_eq!(config.worker.max_batch_changes, 100);
+    let w = env.start_worker_with(config).await;
+    let keys: Vec<String> = (1..=1000).map(|i| format!("lesson:{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    env.set_keys(&refs).await;
+    env.db
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO lessons SELECT g, 1, 'L' FROM generate_series(1, 1000) g;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&refs, WAIT).await;
+    env.wait_caught_up(WAIT).await;
+    let batches = w
+        .status
+        .counters
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        batches >= 10,
+        "1000 changes in batches of at most 100: {batches} batches"
+    );
+    w.stop().await;
+    env.cleanup().await;
+}

@@ -31,7 +31,25 @@ pub struct ExecReport {
     pub unlink_commands: u64,
     /// SCAN iterations run for patterns.
     pub scans: u64,
+    /// Tag sets invalidated.
+    pub tags: u64,
+    /// Version keys incremented.
+    pub bumps: u64,
 }
+
+/// Invalidates tag sets atomically: for each set in KEYS, unlink its members (in chunks, to
+/// stay within Lua's unpack limit) and the set. Returns how many members existed.
+const TAG_SCRIPT: &str = r"
+local removed = 0
+for _, tag in ipairs(KEYS) do
+  local members = redis.call('SMEMBERS', tag)
+  for i = 1, #members, 1000 do
+    removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, #members)))
+  end
+  redis.call('UNLINK', tag)
+end
+return removed
+";
 
 /// Tunables for [`Cache`].
 #[derive(Debug, Clone)]
@@ -105,17 +123,27 @@ impl Cache {
         })
     }
 
-    /// Unlinks every key and every pattern's matches. Idempotent, so safe to retry.
+    /// Executes every target: unlinks keys and pattern matches, invalidates tag sets, bumps
+    /// version keys. Idempotent apart from bumps (a retried bump increments again, which only
+    /// invalidates once more), so safe to retry.
     pub async fn execute<'a>(
         &mut self,
         targets: impl IntoIterator<Item = &'a Target>,
     ) -> Result<ExecReport, CacheError> {
         let mut keys: Vec<&str> = Vec::new();
         let mut patterns: Vec<&str> = Vec::new();
+        let mut tags: Vec<&str> = Vec::new();
+        let mut tag_patterns: Vec<&str> = Vec::new();
+        let mut bumps: Vec<&str> = Vec::new();
+        let mut bump_patterns: Vec<&str> = Vec::new();
         for t in targets {
             match t {
                 Target::Key(k) => keys.push(k),
                 Target::Pattern(p) => patterns.push(p),
+                Target::Tag(k) => tags.push(k),
+                Target::TagPattern(p) => tag_patterns.push(p),
+                Target::Bump(k) => bumps.push(k),
+                Target::BumpPattern(p) => bump_patterns.push(p),
             }
         }
         let mut report = ExecReport::default();
@@ -125,7 +153,100 @@ impl Cache {
             let r = self.unlink_pattern(p, &mut report).await;
             self.forget_on_error(r)?;
         }
+        let r = self.invalidate_tags(&tags, &mut report).await;
+        self.forget_on_error(r)?;
+        for p in tag_patterns {
+            let found = self.scan(p, Some("set"), &mut report).await;
+            let found = self.forget_on_error(found)?;
+            let names: Vec<&str> = found.iter().map(String::as_str).collect();
+            let r = self.invalidate_tags(&names, &mut report).await;
+            self.forget_on_error(r)?;
+        }
+        let r = self.incr(&bumps, &mut report).await;
+        self.forget_on_error(r)?;
+        for p in bump_patterns {
+            let found = self.scan(p, None, &mut report).await;
+            let found = self.forget_on_error(found)?;
+            let names: Vec<&str> = found.iter().map(String::as_str).collect();
+            let r = self.incr(&names, &mut report).await;
+            self.forget_on_error(r)?;
+        }
         Ok(report)
+    }
+
+    /// Unlinks each tag set's members and the set, atomically per set (one Lua script call
+    /// for up to 100 sets).
+    async fn invalidate_tags(
+        &mut self,
+        tags: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let script = redis::Script::new(TAG_SCRIPT);
+        for chunk in tags.chunks(100) {
+            let mut inv = script.prepare_invoke();
+            for t in chunk {
+                inv.key(*t);
+            }
+            let removed: u64 = inv.invoke_async(&mut conn).await?;
+            report.removed += removed;
+            report.tags += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Increments version keys in one pipeline.
+    async fn incr(
+        &mut self,
+        keys: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("INCR").arg(*k).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        report.bumps += keys.len() as u64;
+        Ok(())
+    }
+
+    /// Every key matching `pattern` (optionally of one type), by SCAN.
+    async fn scan(
+        &mut self,
+        pattern: &str,
+        kind: Option<&str>,
+        report: &mut ExecReport,
+    ) -> Result<Vec<String>, redis::RedisError> {
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(self.opts.scan_count);
+            if let Some(kind) = kind {
+                cmd.arg("TYPE").arg(kind);
+            }
+            let (next, found): (u64, Vec<String>) = cmd.query_async(&mut conn).await?;
+            report.scans += 1;
+            out.extend(found);
+            if next == 0 {
+                out.sort();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
     }
 
     async fn unlink_keys(

@@ -14,6 +14,8 @@ use crate::source::Op;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
     pub columns: Vec<String>,
+    /// Type OID of each column, parallel to `columns`.
+    pub types: Vec<u32>,
     /// Columns the WAL carries for the old row (all of them with REPLICA IDENTITY FULL).
     pub identity_columns: BTreeSet<String>,
     /// `d`, `n`, `f` or `i`.
@@ -32,7 +34,7 @@ pub async fn load_catalog(
         .query(
             "SELECT n.nspname || '.' || c.relname, c.relreplident::text, a.attname::text, \
                     coalesce(a.attnum = ANY(i.indkey::int2[]), false), \
-                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
+                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false), a.atttypid \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -51,9 +53,11 @@ pub async fn load_catalog(
         let column: String = row.get(2);
         let in_key: bool = row.get(3);
         let in_pk: bool = row.get(4);
+        let type_oid: u32 = row.get(5);
         let ident = ident.chars().next().unwrap_or('d');
         let info = out.entry(table).or_insert_with(|| TableInfo {
             columns: Vec::new(),
+            types: Vec::new(),
             identity_columns: BTreeSet::new(),
             replica_identity: ident,
             primary_key: Vec::new(),
@@ -65,6 +69,7 @@ pub async fn load_catalog(
             info.identity_columns.insert(column.clone());
         }
         info.columns.push(column);
+        info.types.push(type_oid);
     }
     Ok(out)
 }
@@ -109,19 +114,50 @@ pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagn
                 ),
             )
         };
-        for c in &rule.changed {
+        for c in rule.changed.iter().chain(rule.ignore_changed.iter()) {
             if !info.columns.contains(&c.value) {
                 out.push(unknown_column(&c.value, &c.at));
             }
         }
         let fires_on_delete = rule.ops.contains(&Op::Delete.into());
-        for t in rule.templates() {
+        let needs_old =
+            |side: Side| side == Side::Old || (side == Side::Current && fires_on_delete);
+        if let Some(when) = &rule.when {
+            let type_of = |name: &str| info.column_index(name).map(|i| info.types[i]);
+            if let Err(e) = when.value.check(&type_of) {
+                out.push(diag(
+                    &when.at,
+                    Severity::Error,
+                    format!("rule {:?}: when = {:?}: {e}", rule.name, when.value.source),
+                ));
+            }
+            for (side, col, _) in when.value.columns() {
+                if info.column_index(col).is_some()
+                    && needs_old(side)
+                    && !info.identity_columns.contains(col)
+                {
+                    out.push(diag(
+                        &when.at,
+                        Severity::Error,
+                        format!(
+                            "rule {:?}: when reads old.{col}, but {}'s REPLICA IDENTITY ({}) does not carry it, \
+                             so the condition can never be evaluated; fix with: ALTER TABLE {} REPLICA IDENTITY FULL;",
+                            rule.name,
+                            rule.table,
+                            identity_name(info.replica_identity),
+                            rule.table
+                        ),
+                    ));
+                }
+            }
+        }
+        for t in rule.all_templates() {
             for (side, col) in t.value.fields() {
                 if !info.columns.iter().any(|c| c == col) {
                     out.push(unknown_column(col, &t.at));
                     continue;
                 }
-                let reads_old = side == Side::Old || (side == Side::Current && fires_on_delete);
+                let reads_old = needs_old(side);
                 if reads_old && !info.identity_columns.contains(col) {
                     let why = if side == Side::Old {
                         format!("{{old.{col}}}")
@@ -168,6 +204,12 @@ pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagn
     out
 }
 
+impl TableInfo {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+}
+
 fn identity_name(c: char) -> &'static str {
     match c {
         'f' => "FULL",
@@ -193,6 +235,11 @@ mod tests {
             "public.courses".to_string(),
             TableInfo {
                 columns: cols.iter().map(|s| s.to_string()).collect(),
+                types: vec![
+                    crate::source::oid::INT4,
+                    crate::source::oid::TEXT,
+                    crate::source::oid::TEXT,
+                ],
                 identity_columns: if ident == 'f' {
                     cols.iter().map(|s| s.to_string()).collect()
                 } else {
@@ -234,6 +281,25 @@ mod tests {
         // {slug} on delete reads the old row too.
         let r = rules("[[rule]]\nname='a'\ntable='courses'\nops=['delete']\nkeys=['s:{slug}']\n");
         assert_eq!(check(&r, &catalog('d')).len(), 1);
+    }
+
+    #[test]
+    fn conditions_are_type_checked() {
+        let r =
+            rules("[[rule]]\nname='a'\ntable='courses'\nkeys=['c:{id}']\nwhen='new.slug > 3'\n");
+        let d = check(&r, &catalog('f'));
+        assert!(d[0].to_string().starts_with("r.toml:5:6: error: rule \"a\": when = \"new.slug > 3\": cannot compare text with a number"), "{}", d[0]);
+        let r = rules(
+            "[[rule]]\nname='a'\ntable='courses'\nkeys=['c:{id}']\nwhen='old.slug != new.slug'\n",
+        );
+        assert!(check(&r, &catalog('d'))[0]
+            .message
+            .contains("REPLICA IDENTITY FULL"));
+        assert!(check(&r, &catalog('f')).is_empty());
+        let r = rules("[[rule]]\nname='a'\ntable='courses'\ntags=['t:{nope}']\n");
+        assert!(check(&r, &catalog('f'))[0]
+            .message
+            .contains("\"nope\" does not exist"));
     }
 
     #[test]

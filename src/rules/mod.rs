@@ -8,6 +8,7 @@
 //! immutable once built; a new one replaces it whole, so a broken file never half-applies.
 
 pub mod check;
+pub mod condition;
 pub mod template;
 
 use std::collections::{BTreeSet, HashMap};
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::source::{Change, Datum, Op};
+pub use condition::{Condition, Truth};
 pub use template::{Lookup, Rendered, RowView, Side, Template, TemplateKind};
 
 /// A place in a rule file.
@@ -97,7 +99,7 @@ pub struct Located<T> {
 }
 
 /// One validated rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
     /// `schema.table`.
@@ -105,8 +107,16 @@ pub struct Rule {
     pub ops: BTreeSet<OpKey>,
     /// Updates fire only when one of these columns changed (empty: any update).
     pub changed: Vec<Located<String>>,
+    /// Updates that change only these columns do not fire.
+    pub ignore_changed: Vec<Located<String>>,
+    /// Fires only when this holds (unknown values count as holding).
+    pub when: Option<Located<Condition>>,
     pub keys: Vec<Located<Template>>,
     pub patterns: Vec<Located<Template>>,
+    /// Tag sets `tag:<name>` whose members are unlinked with the set.
+    pub tags: Vec<Located<Template>>,
+    /// Version keys to `INCR`.
+    pub bumps: Vec<Located<Template>>,
     pub ttl: Option<u64>,
     pub strategy: Strategy,
     pub at: Location,
@@ -131,6 +141,8 @@ pub enum Verdict {
     FiresWholeFamily,
     OpNotSelected(Op),
     NothingWatchedChanged,
+    OnlyIgnoredChanged,
+    ConditionFalse,
 }
 
 /// Whether a column's value differs between the old and new row of an update.
@@ -175,12 +187,33 @@ impl Rule {
         {
             return Verdict::NothingWatchedChanged;
         }
+        if change.op == Op::Update
+            && !self.ignore_changed.is_empty()
+            && change.relation.columns.iter().all(|c| {
+                self.ignore_changed.iter().any(|i| i.value == c.name)
+                    || column_change(change, &c.name) == ColumnChange::Unchanged
+            })
+        {
+            return Verdict::OnlyIgnoredChanged;
+        }
+        if let Some(when) = &self.when {
+            if when.value.eval(&RowView::new(change)) == Truth::False {
+                return Verdict::ConditionFalse;
+            }
+        }
         Verdict::Fires
     }
 
     /// Every template of the rule: keys, then patterns.
     pub fn templates(&self) -> impl Iterator<Item = &Located<Template>> {
         self.keys.iter().chain(self.patterns.iter())
+    }
+
+    /// Every template of the rule, including tags and bumps.
+    pub fn all_templates(&self) -> impl Iterator<Item = &Located<Template>> {
+        self.templates()
+            .chain(self.tags.iter())
+            .chain(self.bumps.iter())
     }
 }
 
@@ -252,8 +285,12 @@ struct RawRule {
     table: Spanned<String>,
     ops: Option<Spanned<Vec<Spanned<String>>>>,
     changed: Option<Vec<Spanned<String>>>,
+    ignore_changed: Option<Vec<Spanned<String>>>,
+    when: Option<Spanned<String>>,
     keys: Option<Vec<Spanned<String>>>,
     patterns: Option<Vec<Spanned<String>>>,
+    tags: Option<Vec<Spanned<String>>>,
+    bump: Option<Vec<Spanned<String>>>,
     ttl: Option<Spanned<i64>>,
     strategy: Option<Spanned<String>>,
 }
@@ -385,6 +422,27 @@ fn parse_templates(
     out
 }
 
+fn parse_columns(
+    cx: &mut FileCtx<'_>,
+    field: &str,
+    items: Option<Vec<Spanned<String>>>,
+) -> Vec<Located<String>> {
+    let mut out = Vec::new();
+    for c in items.unwrap_or_default() {
+        let loc = cx.at(c.span().start);
+        let col = c.into_inner();
+        if !is_sql_ident(&col) {
+            cx.error(loc, format!("{field}: {col:?} is not a column name"));
+        } else {
+            out.push(Located {
+                value: col,
+                at: loc,
+            });
+        }
+    }
+    out
+}
+
 fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rule> {
     let errors_before = cx.diags.len();
     let name = raw.name.get_ref().trim().to_string();
@@ -440,37 +498,83 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
             }
         }
     }
-    let mut changed = Vec::new();
-    for c in raw.changed.unwrap_or_default() {
-        let loc = cx.at(c.span().start);
-        let col = c.into_inner();
-        if !is_sql_ident(&col) {
-            cx.error(loc, format!("changed: {col:?} is not a column name"));
-        } else {
-            changed.push(Located {
-                value: col,
-                at: loc,
-            });
+    let changed = parse_columns(cx, "changed", raw.changed);
+    let ignore_changed = parse_columns(cx, "ignore_changed", raw.ignore_changed);
+    for (field, list) in [("changed", &changed), ("ignore_changed", &ignore_changed)] {
+        if !list.is_empty() && !op_list.contains(&Op::Update) {
+            let loc = list[0].at.clone();
+            cx.error(
+                loc,
+                format!("{field} = [...] filters updates, but ops does not include \"update\""),
+            );
         }
     }
-    if !changed.is_empty() && !op_list.contains(&Op::Update) {
-        let loc = changed[0].at.clone();
+    if !changed.is_empty() && !ignore_changed.is_empty() {
+        let loc = ignore_changed[0].at.clone();
         cx.error(
             loc,
-            "changed = [...] filters updates, but ops does not include \"update\"",
-        );
-    }
-    let keys = parse_templates(cx, raw.keys, TemplateKind::Key);
-    let patterns = parse_templates(cx, raw.patterns, TemplateKind::Pattern);
-    if keys.is_empty() && patterns.is_empty() && cx.diags.len() == errors_before {
-        cx.error(
-            at.clone(),
-            format!("rule {name:?} invalidates nothing: give it keys = [...] or patterns = [...]"),
+            "use either changed = [...] or ignore_changed = [...], not both",
         );
     }
     let only_insert = op_list.iter().all(|o| *o == Op::Insert);
     let only_delete = op_list.iter().all(|o| *o == Op::Delete);
-    for t in keys.iter().chain(patterns.iter()) {
+    let when = match raw.when {
+        None => None,
+        Some(w) => {
+            let span = w.span();
+            match Condition::parse(w.get_ref()) {
+                Ok(c) => {
+                    for (side, col, offset) in c.columns() {
+                        let never = (side == Side::Old && only_insert)
+                            || (side == Side::New && only_delete);
+                        if never {
+                            let loc = cx.inside(span.clone(), offset);
+                            cx.error(
+                                loc,
+                                format!(
+                                    "when: {}.{col} can never be evaluated: the rule only fires on {}",
+                                    if side == Side::Old { "old" } else { "new" },
+                                    if only_insert { "insert" } else { "delete" }
+                                ),
+                            );
+                        }
+                    }
+                    Some(Located {
+                        value: c,
+                        at: cx.at(span.start),
+                    })
+                }
+                Err(e) => {
+                    let loc = cx.inside(span, e.offset);
+                    cx.error(loc, format!("when: {e}"));
+                    None
+                }
+            }
+        }
+    };
+    let keys = parse_templates(cx, raw.keys, TemplateKind::Key);
+    let patterns = parse_templates(cx, raw.patterns, TemplateKind::Pattern);
+    let tags = parse_templates(cx, raw.tags, TemplateKind::Key);
+    let bumps = parse_templates(cx, raw.bump, TemplateKind::Key);
+    if keys.is_empty()
+        && patterns.is_empty()
+        && tags.is_empty()
+        && bumps.is_empty()
+        && cx.diags.len() == errors_before
+    {
+        cx.error(
+            at.clone(),
+            format!(
+                "rule {name:?} invalidates nothing: give it keys, patterns, tags or bump = [...]"
+            ),
+        );
+    }
+    for t in keys
+        .iter()
+        .chain(patterns.iter())
+        .chain(tags.iter())
+        .chain(bumps.iter())
+    {
         for (side, col) in t.value.fields() {
             let never = match side {
                 Side::Old => only_insert,
@@ -531,8 +635,12 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
         table,
         ops,
         changed,
+        ignore_changed,
+        when,
         keys,
         patterns,
+        tags,
+        bumps,
         ttl,
         strategy,
         at,
@@ -676,6 +784,19 @@ strategy = "invalidate"
     #[test]
     fn refuses_ambiguous_rules() {
         assert!(first_error("[[rule]]\nname='a'\ntable='t'\n").contains("invalidates nothing"));
+        assert!(first_error(
+            "[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nchanged=['a']\nignore_changed=['b']\n"
+        )
+        .contains("not both"));
+        let e = first_error("[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nwhen='new.x and'\n");
+        assert!(
+            e.starts_with("rules/x.toml:5:16: error: when: unexpected end"),
+            "{e}"
+        );
+        assert!(first_error(
+            "[[rule]]\nname='a'\ntable='t'\nops=['insert']\nkeys=['c']\nwhen='old.x'\n"
+        )
+        .contains("can never be evaluated"));
         assert!(first_error("[[rule]]\nname='a'\ntable='t'\nkeys=['c:*']\n").contains("glob"));
         assert!(
             first_error("[[rule]]\nname='a'\ntable='t'\npatterns=['c:1']\n")

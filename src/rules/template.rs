@@ -83,6 +83,12 @@ impl<'a> RowView<'a> {
         RowView { change }
     }
 
+    /// The type OID of a column of the change's table.
+    pub fn type_of(&self, column: &str) -> Option<u32> {
+        let rel = &self.change.relation;
+        rel.column_index(column).map(|i| rel.columns[i].type_oid)
+    }
+
     pub fn get(&self, side: Side, column: &str) -> Lookup<'a> {
         let c = self.change;
         let row = match side {

@@ -166,6 +166,57 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
+/// Well-known PostgreSQL type OIDs that rendering treats specially.
+pub mod oid {
+    pub const BOOL: u32 = 16;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+
+    /// Whether values of this type compare as numbers in conditions.
+    pub fn is_numeric(t: u32) -> bool {
+        matches!(t, INT2 | INT4 | INT8 | OID | FLOAT4 | FLOAT8 | NUMERIC)
+    }
+}
+
+/// The canonical text of a value, as keys embed it. The replication session runs with
+/// `TimeZone=UTC` and `DateStyle=ISO`, so PostgreSQL's text output is already stable; on top:
+/// booleans are `true`/`false`, timestamps are ISO 8601 (`2026-11-24T22:15:00.5Z` for
+/// timestamptz, no zone for timestamp), `char(n)` loses its padding. Integers, numeric (with
+/// its scale, like Django's `DecimalField`), uuid (lowercase), text and dates are unchanged.
+pub fn canonical_text(type_oid: u32, text: String) -> String {
+    match type_oid {
+        oid::BOOL => match text.as_str() {
+            "t" => "true".into(),
+            "f" => "false".into(),
+            _ => text,
+        },
+        oid::TIMESTAMPTZ | oid::TIMESTAMP if text.len() > 10 && text.as_bytes()[10] == b' ' => {
+            let mut s = text;
+            s.replace_range(10..11, "T");
+            if type_oid == oid::TIMESTAMPTZ {
+                if let Some(stripped) = s.strip_suffix("+00") {
+                    s = format!("{stripped}Z");
+                }
+            }
+            s
+        }
+        oid::BPCHAR => text.trim_end_matches(' ').to_string(),
+        _ => text,
+    }
+}
+
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 UTC).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
@@ -191,6 +242,27 @@ mod tests {
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
         assert!("16B374D848".parse::<Lsn>().is_err());
         assert!("x/1".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn canonical_values() {
+        assert_eq!(canonical_text(oid::BOOL, "t".into()), "true");
+        assert_eq!(canonical_text(oid::BOOL, "f".into()), "false");
+        assert_eq!(
+            canonical_text(oid::TIMESTAMPTZ, "2026-11-24 22:15:00.5+00".into()),
+            "2026-11-24T22:15:00.5Z"
+        );
+        assert_eq!(
+            canonical_text(oid::TIMESTAMP, "2026-11-24 22:15:00".into()),
+            "2026-11-24T22:15:00"
+        );
+        assert_eq!(
+            canonical_text(oid::TIMESTAMPTZ, "infinity".into()),
+            "infinity"
+        );
+        assert_eq!(canonical_text(oid::BPCHAR, "ab  ".into()), "ab");
+        assert_eq!(canonical_text(oid::NUMERIC, "10.50".into()), "10.50");
+        assert_eq!(canonical_text(oid::UUID, "a0ee-bc".into()), "a0ee-bc");
     }
 
     proptest! {

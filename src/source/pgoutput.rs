@@ -515,8 +515,23 @@ fn unknown_relation() -> Relation {
     }
 }
 
+/// Puts every text value of a tuple into its canonical form (see [`super::canonical_text`]).
+fn canonical(relation: &Relation, raw: RawTuple) -> RawTuple {
+    RawTuple(
+        raw.0
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| match (d, relation.columns.get(i)) {
+                (Datum::Text(v), Some(c)) => Datum::Text(super::canonical_text(c.type_oid, v)),
+                (d, _) => d,
+            })
+            .collect(),
+    )
+}
+
 /// A key-only old tuple: non-key columns are unknown, not NULL.
 fn resolve_old(relation: &Relation, kind: OldKind, raw: RawTuple) -> Tuple {
+    let raw = canonical(relation, raw);
     match kind {
         OldKind::Full => Tuple(raw.0),
         OldKind::Key => Tuple(
@@ -533,9 +548,10 @@ fn resolve_old(relation: &Relation, kind: OldKind, raw: RawTuple) -> Tuple {
 }
 
 /// Fills unchanged-TOAST columns of a new tuple from the old tuple where it has them.
-fn resolve_new(_relation: &Relation, raw: RawTuple, old: Option<&Tuple>) -> Tuple {
+fn resolve_new(relation: &Relation, raw: RawTuple, old: Option<&Tuple>) -> Tuple {
     Tuple(
-        raw.0
+        canonical(relation, raw)
+            .0
             .into_iter()
             .enumerate()
             .map(|(i, d)| match (d, old.and_then(|o| o.0.get(i))) {

@@ -216,6 +216,11 @@ impl ReplicationConnection {
             ("replication", "database"),
             ("application_name", "cachewarden"),
             ("client_encoding", "UTF8"),
+            // Stable text output for values that end up in keys (see `canonical_text`).
+            (
+                "options",
+                "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres",
+            ),
         ];
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)?;
         self.flush().await?;
