@@ -40,6 +40,18 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Invalidate every key matching PATTERN now, journaled like any other invalidation.
+    Invalidate {
+        /// A key or Redis glob, written as the application names keys ([redis] key_prefix is
+        /// prepended unless --raw).
+        pattern: String,
+        /// Why, recorded in cache_invalidations.reason.
+        #[arg(long, default_value = "manual invalidation")]
+        reason: String,
+        /// Use PATTERN as the full Redis key or glob, without key_prefix.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Print the keys an event would invalidate, without touching Redis.
     Explain {
         /// Event JSON file, or - for standard input.

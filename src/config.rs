@@ -148,6 +148,10 @@ pub struct WorkerConfig {
     /// Upper bound of the retry backoff when PostgreSQL or Redis is unavailable.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_ms: u64,
+    /// How often the control loop polls rule files, `cache_configs` switches and application
+    /// invalidation requests.
+    #[serde(default = "default_control_interval")]
+    pub control_interval_ms: u64,
     /// Sample Redis INFO into `/status` and `cache_metrics` this often (0: never).
     #[serde(default = "default_metrics_interval")]
     pub metrics_interval_secs: u64,
@@ -161,6 +165,7 @@ impl Default for WorkerConfig {
             status_interval_ms: default_status_interval(),
             max_backoff_ms: default_max_backoff(),
             metrics_interval_secs: default_metrics_interval(),
+            control_interval_ms: default_control_interval(),
         }
     }
 }
@@ -176,6 +181,9 @@ fn default_max_backoff() -> u64 {
 }
 fn default_metrics_interval() -> u64 {
     60
+}
+fn default_control_interval() -> u64 {
+    500
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

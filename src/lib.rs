@@ -17,13 +17,15 @@
 //! * [`worker`] — ties the path together and owns the acknowledgement contract: a position is
 //!   confirmed only after every action before it is done and journaled.
 //!
-//! Around it: [`status`] (HTTP health, readiness and status), [`config`] (`cachewarden.toml`),
+//! Around it: [`control`] (hot reload, live `cache_configs` switches, application requests),
+//! [`status`] (HTTP health, readiness and status), [`config`] (`cachewarden.toml`),
 //! [`cli`] (commands), [`migrate`] (schema), [`registry`] (`cache_configs` sync) and
 //! [`explain`] (dry runs). Pure logic — decoding, matching, rendering, planning — does no I/O.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod explain;
 pub mod journal;
 pub mod migrate;

@@ -87,6 +87,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { offline } => check(config, offline).await,
+        Command::Invalidate {
+            pattern,
+            reason,
+            raw,
+        } => {
+            let config = config?;
+            init_logging(Some(&config));
+            invalidate(&config, &pattern, &reason, raw).await
+        }
         Command::Explain { event, json } => {
             let config = config?;
             let text = if event.as_os_str() == "-" {
@@ -230,9 +239,79 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         }
     };
+    let reload = worker.reload_handle();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading rules");
+            reload.notify_one();
+        }
+    });
     worker.run().await?;
     let _ = http.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cachewarden invalidate`: journal a request as `running`, execute it, complete it.
+async fn invalidate(
+    config: &Config,
+    pattern: &str,
+    reason: &str,
+    raw: bool,
+) -> anyhow::Result<ExitCode> {
+    use cachewarden::plan::Target;
+    let full = if raw {
+        pattern.to_string()
+    } else {
+        format!("{}{pattern}", config.redis.key_prefix)
+    };
+    let target = if full.chars().any(|c| matches!(c, '*' | '?' | '[')) {
+        Target::Pattern(full.clone())
+    } else {
+        Target::Key(full.clone())
+    };
+    let pg = config.postgres_config().context("[postgres] url")?;
+    let client = journal::connect(&pg)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let id: String = client
+        .query_one(
+            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status) \
+             VALUES ($1, $2, $3, 'running') RETURNING id::text",
+            &[&full, &target.kind(), &reason],
+        )
+        .await
+        .context("journaling the request (has `cachewarden migrate` run?)")?
+        .get(0);
+    let mut cache = cachewarden::cache::Cache::new(&config.redis.url, config.cache_options())?;
+    match cache.execute([&target]).await {
+        Ok(report) => {
+            client
+                .execute(
+                    "UPDATE cache_invalidations SET status = 'completed', completed_at = now() WHERE id = $1::text::uuid",
+                    &[&id],
+                )
+                .await?;
+            println!(
+                "invalidated {full}: {} keys removed (journal {id})",
+                report.removed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            client
+                .execute(
+                    "UPDATE cache_invalidations SET status = 'failed', completed_at = now(), error = $2 WHERE id = $1::text::uuid",
+                    &[&id, &e.to_string()],
+                )
+                .await?;
+            eprintln!("error: invalidating {full} failed: {e} (journal {id})");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 async fn wait_for_signal() {

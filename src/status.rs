@@ -42,6 +42,10 @@ pub struct Counters {
     pub journal_us: AtomicU64,
     /// Time spent executing actions on Redis, in microseconds.
     pub redis_us: AtomicU64,
+    /// Successful rule reloads.
+    pub rule_reloads: AtomicU64,
+    /// Application invalidation requests executed.
+    pub requests: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +59,9 @@ struct Inner {
     last_error: Option<String>,
     last_batch_at: Option<chrono::DateTime<chrono::Utc>>,
     redis_stats: Option<crate::cache::RedisStats>,
+    rules_error: Option<String>,
+    disabled_rules: Vec<String>,
+    drift: Vec<String>,
     /// Commit-to-invalidated latencies in milliseconds, newest last.
     lag_ms: VecDeque<f64>,
 }
@@ -108,6 +115,12 @@ pub struct Snapshot {
     pub counters: std::collections::BTreeMap<&'static str, u64>,
     /// The last Redis INFO sample: hit ratio, memory against maxmemory, evictions.
     pub redis: Option<RedisSnapshot>,
+    /// Why the last rule reload was refused (the previous rules keep running).
+    pub rules_error: Option<String>,
+    /// Rules switched off in `cache_configs`.
+    pub disabled_rules: Vec<String>,
+    /// `cache_configs` values that differ from the rule files.
+    pub drift: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,6 +156,24 @@ impl Status {
         let mut i = self.inner();
         i.confirmed_lsn = i.confirmed_lsn.max(confirmed);
         i.server_lsn = i.server_lsn.max(server);
+    }
+
+    pub fn set_rules(&self, tables: Vec<String>, rules: usize) {
+        let mut i = self.inner();
+        i.tables = tables;
+        i.rules_loaded = rules;
+    }
+
+    pub fn set_rules_error(&self, e: Option<String>) {
+        self.inner().rules_error = e;
+    }
+
+    pub fn set_disabled(&self, names: Vec<String>) {
+        self.inner().disabled_rules = names;
+    }
+
+    pub fn set_drift(&self, drift: Vec<String>) {
+        self.inner().drift = drift;
     }
 
     pub fn set_redis_stats(&self, stats: crate::cache::RedisStats) {
@@ -193,6 +224,8 @@ impl Status {
             ("recovered_rows", get(&c.recovered_rows)),
             ("journal_us", get(&c.journal_us)),
             ("redis_us", get(&c.redis_us)),
+            ("rule_reloads", get(&c.rule_reloads)),
+            ("requests", get(&c.requests)),
         ]
         .into_iter()
         .collect();
@@ -219,6 +252,9 @@ impl Status {
                 memory_ratio: stats.memory_ratio(),
                 stats,
             }),
+            rules_error: i.rules_error.clone(),
+            disabled_rules: i.disabled_rules.clone(),
+            drift: i.drift.clone(),
         }
     }
 }

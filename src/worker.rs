@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
+use crate::control::{Controller, Live};
 use crate::journal::Journal;
 use crate::plan;
-use crate::rules::{check, RuleErrors, RuleSet, Severity};
+use crate::rules::{check, RuleErrors, RuleSet};
 use crate::source::postgres::{prepare, Batch, PostgresSource, SourceError};
 use crate::source::Lsn;
 use crate::status::{add, Status};
@@ -87,8 +88,8 @@ impl Backoff {
 /// The running pipeline.
 pub struct Worker {
     config: Config,
-    rules: Arc<RuleSet>,
-    plan_cx: plan::Context,
+    live: Arc<Live>,
+    reload: Arc<Notify>,
     status: Arc<Status>,
     journal: Journal,
     cache: Cache,
@@ -119,17 +120,7 @@ impl Worker {
         }
         let tables = rules.tables();
         let catalog = check::load_catalog(&client, &tables).await?;
-        let diags = check::check(&rules, &catalog);
-        for d in diags.iter().filter(|d| d.severity == Severity::Warning) {
-            tracing::warn!("{d}");
-        }
-        let errors: Vec<_> = diags
-            .into_iter()
-            .filter(|d| d.severity == Severity::Error)
-            .collect();
-        if !errors.is_empty() {
-            return Err(WorkerError::Rules(RuleErrors(errors)));
-        }
+        crate::control::check_schema(&rules, &catalog).map_err(WorkerError::Rules)?;
         crate::registry::sync(&client, &rules).await?;
         let confirmed = prepare(
             &client,
@@ -154,16 +145,21 @@ impl Worker {
             disabled: Default::default(),
         };
         Ok(Worker {
-            plan_cx,
+            live: Arc::new(Live::new(rules, plan_cx)),
+            reload: Arc::new(Notify::new()),
             journal: Journal::new(pg),
             cache,
-            rules: Arc::new(rules),
             status,
             shutdown,
             backoff,
             config,
             confirmed,
         })
+    }
+
+    /// Notifying this reloads the rules (what SIGHUP does).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 
     fn stopping(&self) -> bool {
@@ -173,6 +169,16 @@ impl Worker {
     /// Runs until shutdown: recovers open journal rows, then streams, reconnecting on errors.
     pub async fn run(mut self) -> Result<(), WorkerError> {
         self.recover().await;
+        let control = tokio::spawn(
+            Controller {
+                config: self.config.clone(),
+                live: self.live.clone(),
+                status: self.status.clone(),
+                reload: self.reload.clone(),
+                shutdown: self.shutdown.clone(),
+            }
+            .run(),
+        );
         let health = tokio::spawn(watch_redis(
             self.config.clone(),
             self.status.clone(),
@@ -213,6 +219,7 @@ impl Worker {
             }
         }
         health.abort();
+        control.abort();
         tracing::info!("stopped");
         Ok(())
     }
@@ -247,7 +254,9 @@ impl Worker {
     /// Plans, executes and journals one batch, retrying until it succeeds. Returns false only
     /// if shutdown was requested while it kept failing.
     async fn process(&mut self, batch: &Batch) -> bool {
-        let plan = plan::build(&self.rules, &self.plan_cx, &batch.transactions);
+        // One snapshot per batch: a reload or switch lands between batches, never inside one.
+        let snap = self.live.snapshot();
+        let plan = plan::build(&snap.rules, &snap.cx, &batch.transactions);
         let c = &self.status.counters;
         add(&c.batches, 1);
         add(&c.transactions, batch.transactions.len() as u64);

@@ -483,6 +483,19 @@ mod tests {
         }
 
         #[test]
+        fn every_rendered_key_matches_its_family_pattern(
+            lit in "[a-z:*?\\[\\]-]{0,8}", v in "\\PC{0,12}", prefix in "[a-z:*]{0,4}",
+        ) {
+            let tpl = Template::parse(&format!("{lit}{{id}}:{lit}"), TemplateKind::Key);
+            prop_assume!(tpl.is_ok());
+            let tpl = tpl.unwrap();
+            let c = change(Op::Insert, None, Some(vec![t(&v), t("s")]));
+            if let Rendered::Key(k) = tpl.render(&RowView::new(&c), &prefix) {
+                prop_assert!(crate::cache::glob_match(&tpl.family_pattern(&prefix), &k), "{k}");
+            }
+        }
+
+        #[test]
         fn parse_never_panics(s in "\\PC{0,40}") {
             let _ = Template::parse(&s, TemplateKind::Key);
         }

@@ -111,6 +111,7 @@ listen = "{status_listen}"
 [worker]
 status_interval_ms = 200
 max_backoff_ms = 500
+control_interval_ms = 100
 {extra}
 "#,
             name = self.name,
@@ -251,6 +252,7 @@ max_backoff_ms = 500
         let worker = Worker::start(config, rules, status.clone(), rx)
             .await
             .expect("worker starts");
+        let reload = worker.reload_handle();
         let handle = tokio::spawn(worker.run());
         // Wait until the replication stream is up, so changes made next are streamed.
         let start = Instant::now();
@@ -268,11 +270,13 @@ max_backoff_ms = 500
             stop,
             handle,
             status,
+            reload,
         }
     }
 }
 
 pub struct RunningWorker {
+    pub reload: Arc<tokio::sync::Notify>,
     pub stop: watch::Sender<bool>,
     pub handle: tokio::task::JoinHandle<Result<(), WorkerError>>,
     pub status: Arc<Status>,
@@ -374,4 +378,20 @@ pub fn sigterm(child: &tokio::process::Child) {
         .unwrap()
         .success();
     assert!(ok, "kill -TERM {pid}");
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
