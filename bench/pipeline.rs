@@ -86,6 +86,31 @@ async fn clear_prefix(r: &mut redis::aio::MultiplexedConnection) {
     }
 }
 
+/// Sets the row's key, commits `sql` for it, and returns the milliseconds from the commit's
+/// return until the key is gone (polled every 100 µs).
+async fn probe_once(
+    r: &mut redis::aio::MultiplexedConnection,
+    db: &Client,
+    id: i32,
+    sql: &str,
+) -> f64 {
+    let key = format!("{PREFIX}item:{id}");
+    let () = r.set(&key, "cached").await.unwrap();
+    db.execute(sql, &[&id]).await.unwrap();
+    let committed = Instant::now();
+    loop {
+        let e: bool = r.exists(&key).await.unwrap();
+        if !e {
+            return committed.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(30),
+            "probe key not invalidated within 30s"
+        );
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+}
+
 /// Drops the benchmark's slots and database even when the run panics: a slot left behind
 /// would retain WAL until the disk is full.
 struct Cleanup;
@@ -320,25 +345,8 @@ async fn main() {
     let mut lat_idle = Vec::with_capacity(probes);
     for i in 0..probes {
         let id = (i % n + 1) as i32;
-        let key = format!("{PREFIX}item:{id}");
-        let () = r.set(&key, "cached").await.unwrap();
-        probe
-            .execute("UPDATE items SET val = val + 1 WHERE id = $1", &[&id])
-            .await
-            .unwrap();
-        let committed = Instant::now();
-        loop {
-            let e: bool = r.exists(&key).await.unwrap();
-            if !e {
-                break;
-            }
-            assert!(
-                committed.elapsed() < Duration::from_secs(30),
-                "probe key not invalidated within 30s"
-            );
-            tokio::time::sleep(Duration::from_micros(100)).await;
-        }
-        lat_idle.push(committed.elapsed().as_secs_f64() * 1000.0);
+        let sql = "UPDATE items SET val = val + 1 WHERE id = $1";
+        lat_idle.push(probe_once(&mut r, &probe, id, sql).await);
     }
     // Under load: a bulk writer commits 100-row transactions at a fixed pace meanwhile
     // (bounded in rate and total, so a slow consumer cannot make the run grow without limit).
@@ -373,25 +381,8 @@ async fn main() {
     let mut lat_load = Vec::with_capacity(probes);
     for i in 0..probes {
         let id = (n - (i % n)) as i32;
-        let key = format!("{PREFIX}item:{id}");
-        let () = r.set(&key, "cached").await.unwrap();
-        probe
-            .execute("UPDATE items SET note = note WHERE id = $1", &[&id])
-            .await
-            .unwrap();
-        let committed = Instant::now();
-        loop {
-            let e: bool = r.exists(&key).await.unwrap();
-            if !e {
-                break;
-            }
-            assert!(
-                committed.elapsed() < Duration::from_secs(30),
-                "probe key not invalidated within 30s under load"
-            );
-            tokio::time::sleep(Duration::from_micros(100)).await;
-        }
-        lat_load.push(committed.elapsed().as_secs_f64() * 1000.0);
+        let sql = "UPDATE items SET note = note WHERE id = $1";
+        lat_load.push(probe_once(&mut r, &probe, id, sql).await);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let bulk_rows = bulk.await.unwrap();
