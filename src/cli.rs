@@ -52,6 +52,19 @@ pub enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Fill every key of refresh/write-through rules from the database (resumable, safe while
+    /// the worker runs).
+    Warm {
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only rows matching this SQL condition on the rule's table.
+        #[arg(long = "where")]
+        where_sql: Option<String>,
+        /// Start over instead of resuming an interrupted run.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Print the keys an event would invalidate, without touching Redis.
     Explain {
         /// Event JSON file, or - for standard input.

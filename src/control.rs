@@ -107,6 +107,10 @@ pub async fn load_checked(
             }])
         })?;
     check_schema(&rules, &catalog)?;
+    let queries = check::check_queries(client, &rules).await;
+    if !queries.is_empty() {
+        return Err(RuleErrors(queries));
+    }
     Ok((rules, catalog))
 }
 

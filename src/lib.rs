@@ -14,6 +14,8 @@
 //! * [`plan`] — a batch of transactions becomes one deduplicated set of cache actions.
 //! * [`cache`] — executes actions on Redis: pipelined `UNLINK`, `SCAN`-based patterns.
 //! * [`journal`] — `cache_invalidations` lifecycle rows (`pending` → `completed` | `failed`).
+//! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`) with
+//!   versioned compare-and-set writes that never put an older value over a newer one.
 //! * [`worker`] — ties the path together and owns the acknowledgement contract: a position is
 //!   confirmed only after every action before it is done and journaled.
 //!
@@ -34,4 +36,5 @@ pub mod registry;
 pub mod rules;
 pub mod source;
 pub mod status;
+pub mod warm;
 pub mod worker;

@@ -87,6 +87,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { offline } => check(config, offline).await,
+        Command::Warm {
+            rule,
+            where_sql,
+            restart,
+        } => {
+            let config = config?;
+            init_logging(Some(&config));
+            warm(&config, rule.as_deref(), where_sql.as_deref(), restart).await
+        }
         Command::Invalidate {
             pattern,
             reason,
@@ -160,7 +169,9 @@ async fn check(
         match journal::connect(&pg).await {
             Ok(client) => {
                 let catalog = rules::check::load_catalog(&client, &rules.tables()).await?;
-                for d in rules::check::check(&rules, &catalog) {
+                let mut diags = rules::check::check(&rules, &catalog);
+                diags.extend(rules::check::check_queries(&client, &rules).await);
+                for d in diags {
                     if d.severity == Severity::Error {
                         errors += 1;
                     }
@@ -252,6 +263,112 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     });
     worker.run().await?;
     let _ = http.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cachewarden warm`: bulk-fill rules with a progress line on stderr.
+async fn warm(
+    config: &Config,
+    only: Option<&str>,
+    where_sql: Option<&str>,
+    restart: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let rules = match rules::load_dir(&config.rules_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let chosen: Vec<_> = rules
+        .rules
+        .iter()
+        .filter(|r| r.warm.is_some() && only.is_none_or(|n| n == r.name))
+        .collect();
+    if chosen.is_empty() {
+        eprintln!(
+            "error: {}",
+            match only {
+                Some(n) => format!("no rule {n:?} with strategy refresh or write-through"),
+                None => "no rule has strategy refresh or write-through".into(),
+            }
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let pg = config.postgres_config().context("[postgres] url")?;
+    let mut client = journal::connect(&pg)
+        .await
+        .context("connecting to PostgreSQL")?;
+    migrate::apply(&mut client).await?;
+    let mut cache = cachewarden::cache::Cache::new(&config.redis.url, config.cache_options())?;
+    let tty = std::io::stderr().is_terminal();
+    for rule in chosen {
+        let mut last_print = std::time::Instant::now();
+        let name = rule.name.clone();
+        let print = move |p: cachewarden::warm::Progress, last: bool| {
+            let rate = p.done as f64 / p.elapsed.as_secs_f64().max(1e-3);
+            let eta = (p.total.saturating_sub(p.done)) as f64 / rate.max(1.0);
+            let pct = (p.done * 100).checked_div(p.total).unwrap_or(100).min(100);
+            let width = 30usize;
+            let filled = (pct as usize * width / 100).min(width);
+            let line = format!(
+                "{name}: [{}{}] {}/{} keys ({pct}%)  {:.0} keys/s  ETA {:.0}s",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                p.done,
+                p.total,
+                rate,
+                eta
+            );
+            let mut err = std::io::stderr();
+            if tty {
+                let _ = write!(err, "\r{line}\x1b[K");
+                if last {
+                    let _ = writeln!(err);
+                }
+            } else {
+                let _ = writeln!(err, "{line}");
+            }
+        };
+        let mut print_progress = |p: cachewarden::warm::Progress| {
+            if last_print.elapsed()
+                >= std::time::Duration::from_millis(if tty { 200 } else { 2000 })
+            {
+                last_print = std::time::Instant::now();
+                print(p, false);
+            }
+        };
+        match cachewarden::warm::resumable_warm(
+            &client,
+            &mut cache,
+            rule,
+            &config.redis.key_prefix,
+            where_sql,
+            restart,
+            &mut print_progress,
+        )
+        .await
+        {
+            Ok(p) => {
+                print(p, true);
+                println!(
+                    "{}: {} keys written, {} refused by newer invalidations, in {:.1}s",
+                    rule.name,
+                    p.written,
+                    p.done.saturating_sub(p.written),
+                    p.elapsed.as_secs_f64()
+                );
+            }
+            Err(e) => {
+                eprintln!(
+                    "\nerror: warming {} failed: {e} (run again to resume)",
+                    rule.name
+                );
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

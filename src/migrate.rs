@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tags_bumps_requests",
         sql: include_str!("../migrations/0002_tags_bumps_requests.sql"),
     },
+    Migration {
+        version: 3,
+        name: "warm_runs",
+        sql: include_str!("../migrations/0003_warm_runs.sql"),
+    },
 ];
 
 /// Errors applying migrations.

@@ -121,10 +121,73 @@ pub struct Action {
     pub family: String,
 }
 
+/// How a warm job gets its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fill {
+    /// `refresh`: run the rule's warm query with these arguments (NULL as `None`).
+    Query { args: Vec<Option<String>> },
+    /// `write-through`: this value, rendered from the change.
+    Value(String),
+}
+
+/// A key to fill once its invalidation is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmJob {
+    pub rule: String,
+    /// The full key (prefix included).
+    pub key: String,
+    /// The position of the change that asked for it: the value's version.
+    pub version: Lsn,
+    /// The transaction whose commit must be visible before a refresh reads.
+    pub xid: u32,
+    pub ttl: Option<u64>,
+    pub fill: Fill,
+}
+
+/// The mark key recording the newest invalidation of `key` (see [`crate::cache`]).
+pub fn mark_key(key: &str) -> String {
+    format!("cw:v:{key}")
+}
+
+/// The mark key recording the newest whole-family invalidation of a rule.
+pub fn rule_mark_key(prefix: &str, rule: &str) -> String {
+    format!("{prefix}cw:v:rule:{rule}")
+}
+
+/// A change's new row as a JSON object, typed by column type (numbers, booleans, null,
+/// strings) — the value `write-through` writes.
+pub fn row_json(change: &Change) -> Option<String> {
+    let row = change.new.as_ref()?;
+    let mut map = serde_json::Map::new();
+    for (c, d) in change.relation.columns.iter().zip(row.0.iter()) {
+        let v = match d {
+            Datum::Null => serde_json::Value::Null,
+            Datum::Text(t) if c.type_oid == crate::source::oid::BOOL => {
+                serde_json::Value::Bool(t == "true")
+            }
+            Datum::Text(t) if crate::source::oid::is_numeric(c.type_oid) => {
+                serde_json::from_str::<serde_json::Number>(t)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or_else(|_| serde_json::Value::String(t.clone()))
+            }
+            Datum::Text(t) => serde_json::Value::String(t.clone()),
+            // A value the WAL did not carry: the row cannot be rendered faithfully.
+            Datum::Unknown | Datum::UnchangedToast => return None,
+        };
+        map.insert(c.name.clone(), v);
+    }
+    Some(serde_json::Value::Object(map).to_string())
+}
+
 /// A deduplicated set of actions for one batch.
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub actions: Vec<Action>,
+    /// Keys to fill after the invalidation, one per key (the last change wins).
+    pub warms: Vec<WarmJob>,
+    /// Mark keys to raise to a version before anything is unlinked, so no older warm write
+    /// can land afterwards.
+    pub marks: Vec<(String, Lsn)>,
     /// Keys that were skipped (absent or NULL values), for logs and `explain`.
     pub skipped: usize,
     /// Keys widened to patterns because a value was not carried by the source.
@@ -208,6 +271,9 @@ struct Builder<'a> {
     cx: &'a Context,
     index: HashMap<Target, usize>,
     plan: Plan,
+    warms: HashMap<String, Option<WarmJob>>,
+    warm_order: Vec<String>,
+    marks: HashMap<String, Lsn>,
 }
 
 impl Builder<'_> {
@@ -266,6 +332,9 @@ impl Builder<'_> {
                 Verdict::Fires => false,
                 _ => continue,
             };
+            if rule.warm.is_some() {
+                self.warm(rule, change, tx, whole_family);
+            }
             let out = rule_targets(rule, change, &self.cx.key_prefix, whole_family);
             self.plan.skipped += out.skipped.len();
             self.plan.widened += out.widened;
@@ -273,6 +342,70 @@ impl Builder<'_> {
                 self.add(target, family, rule, change, tx);
             }
         }
+    }
+}
+
+impl Builder<'_> {
+    fn mark(&mut self, key: String, lsn: Lsn) {
+        let m = self.marks.entry(key).or_insert(lsn);
+        *m = (*m).max(lsn);
+    }
+
+    /// Marks and warm jobs of a `refresh`/`write-through` rule that fires.
+    fn warm(&mut self, rule: &Rule, change: &Change, tx: &Transaction, whole_family: bool) {
+        let Some(warm) = &rule.warm else {
+            return;
+        };
+        let prefix = &self.cx.key_prefix;
+        let rendered = if whole_family {
+            None
+        } else {
+            match warm.key.value.render(&RowView::new(change), prefix) {
+                Rendered::Key(k) => Some(k),
+                _ => None,
+            }
+        };
+        let Some(key) = rendered else {
+            // The whole family (or an unrenderable key) is invalidated: fence every in-flight
+            // warm write of this rule.
+            self.mark(rule_mark_key(prefix, &rule.name), tx.commit_lsn);
+            for job in self.warms.values_mut() {
+                if job.as_ref().is_some_and(|j| j.rule == rule.name) {
+                    *job = None;
+                }
+            }
+            return;
+        };
+        self.mark(mark_key(&key), tx.commit_lsn);
+        let fill = match (rule.strategy, change.op) {
+            (_, Op::Delete) => None,
+            (crate::rules::Strategy::WriteThrough, _) => row_json(change).map(Fill::Value),
+            _ => {
+                let row = RowView::new(change);
+                let args = warm
+                    .args
+                    .iter()
+                    .map(|a| match row.get(crate::rules::Side::Current, &a.value) {
+                        crate::rules::Lookup::Value(v) => Some(Some(v.to_string())),
+                        crate::rules::Lookup::Null => Some(None),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>();
+                args.map(|args| Fill::Query { args })
+            }
+        };
+        if !self.warms.contains_key(&key) {
+            self.warm_order.push(key.clone());
+        }
+        let job = fill.map(|fill| WarmJob {
+            rule: rule.name.clone(),
+            key: key.clone(),
+            version: tx.commit_lsn,
+            xid: tx.xid,
+            ttl: rule.ttl,
+            fill,
+        });
+        self.warms.insert(key, job);
     }
 }
 
@@ -339,13 +472,26 @@ pub fn build(rules: &RuleSet, cx: &Context, transactions: &[Transaction]) -> Pla
         cx,
         index: HashMap::new(),
         plan: Plan::default(),
+        warms: HashMap::new(),
+        warm_order: Vec::new(),
+        marks: HashMap::new(),
     };
     for tx in transactions {
         for change in &tx.changes {
             b.change(rules, change, tx);
         }
     }
-    b.plan
+    let mut plan = b.plan;
+    let mut warms = b.warms;
+    plan.warms = b
+        .warm_order
+        .iter()
+        .filter_map(|k| warms.remove(k).flatten())
+        .collect();
+    let mut marks: Vec<(String, Lsn)> = b.marks.into_iter().collect();
+    marks.sort();
+    plan.marks = marks;
+    plan
 }
 
 #[cfg(test)]
@@ -484,6 +630,77 @@ patterns = ["catalog:page:*"]
         let plan = build(&rules(), &cx(""), &[tx(vec![t])]);
         assert_eq!(plan.undecodable, 1);
         assert_eq!(plan.patterns().count(), 3);
+    }
+
+    fn warm_rules(strategy: &str) -> RuleSet {
+        let warm = if strategy == "refresh" {
+            "query = 'SELECT title FROM courses WHERE id = $1'\nargs = ['id']\n"
+        } else {
+            ""
+        };
+        RuleSet::new(
+            parse_file(
+                Path::new("w.toml"),
+                &format!(
+                    "[[rule]]\nname='w'\ntable='public.courses'\nstrategy='{strategy}'\nttl=60\n[rule.warm]\nkey='course:{{id}}'\n{warm}"
+                ),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn refresh_plans_marks_and_one_warm_job_per_key() {
+        let up = change(
+            Op::Update,
+            row(&["1", "a", "T", "0"]),
+            row(&["1", "a", "U", "0"]),
+        );
+        let mut later = tx(vec![up.clone()]);
+        later.commit_lsn = Lsn(30);
+        let plan = build(&warm_rules("refresh"), &cx(":1:"), &[tx(vec![up]), later]);
+        assert_eq!(
+            plan.keys().collect::<Vec<_>>(),
+            [":1:course:1"],
+            "the warm key is invalidated"
+        );
+        assert_eq!(plan.marks, [("cw:v::1:course:1".to_string(), Lsn(30))]);
+        assert_eq!(plan.warms.len(), 1);
+        assert_eq!(plan.warms[0].version, Lsn(30));
+        assert_eq!(
+            plan.warms[0].fill,
+            Fill::Query {
+                args: vec![Some("1".into())]
+            }
+        );
+        // A delete leaves the key deleted: no warm job, but still a mark.
+        let del = change(Op::Delete, row(&["1", "a", "U", "0"]), None);
+        let plan = build(&warm_rules("refresh"), &cx(""), &[tx(vec![del])]);
+        assert!(plan.warms.is_empty());
+        assert_eq!(plan.marks.len(), 1);
+    }
+
+    #[test]
+    fn write_through_renders_the_new_row() {
+        let ins = change(Op::Insert, None, row(&["1", "a", "T", "0"]));
+        let plan = build(&warm_rules("write-through"), &cx(""), &[tx(vec![ins])]);
+        let Fill::Value(v) = &plan.warms[0].fill else {
+            panic!("a value")
+        };
+        let v: serde_json::Value = serde_json::from_str(v).unwrap();
+        assert_eq!(v["slug"], "a");
+        assert_eq!(plan.warms[0].ttl, Some(60));
+    }
+
+    #[test]
+    fn truncate_fences_the_rule_family() {
+        let plan = build(
+            &warm_rules("refresh"),
+            &cx("p:"),
+            &[tx(vec![change(Op::Truncate, None, None)])],
+        );
+        assert_eq!(plan.marks, [("p:cw:v:rule:w".to_string(), Lsn(10))]);
+        assert!(plan.warms.is_empty());
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub struct Counters {
     pub rule_reloads: AtomicU64,
     /// Application invalidation requests executed.
     pub requests: AtomicU64,
+    /// Warm writes that landed, were refused by compare-and-set (a newer invalidation came
+    /// first), found no row, failed, or were dropped because the queue was full.
+    pub warm_writes: AtomicU64,
+    pub warm_rejected: AtomicU64,
+    pub warm_empty: AtomicU64,
+    pub warm_failures: AtomicU64,
+    pub warm_dropped: AtomicU64,
+    /// Delayed second invalidations executed (`reinvalidate_after`).
+    pub reinvalidations: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -226,6 +235,12 @@ impl Status {
             ("redis_us", get(&c.redis_us)),
             ("rule_reloads", get(&c.rule_reloads)),
             ("requests", get(&c.requests)),
+            ("warm_writes", get(&c.warm_writes)),
+            ("warm_rejected", get(&c.warm_rejected)),
+            ("warm_empty", get(&c.warm_empty)),
+            ("warm_failures", get(&c.warm_failures)),
+            ("warm_dropped", get(&c.warm_dropped)),
+            ("reinvalidations", get(&c.reinvalidations)),
         ]
         .into_iter()
         .collect();

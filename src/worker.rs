@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
@@ -97,6 +97,117 @@ pub struct Worker {
     backoff: Backoff,
     /// The last position confirmed to the source.
     confirmed: Lsn,
+    warm_tx: Option<mpsc::Sender<Vec<plan::WarmJob>>>,
+    delayed_tx: Option<mpsc::Sender<Delayed>>,
+}
+
+/// Work scheduled by `reinvalidate_after`.
+#[derive(Debug)]
+pub struct Delayed {
+    due: tokio::time::Instant,
+    /// Unlinked again (rules with strategy `invalidate`), journaled like any invalidation.
+    actions: Vec<plan::Action>,
+    /// Refetched or rewritten again (`refresh`, `write-through`), with their original versions.
+    warms: Vec<plan::WarmJob>,
+}
+
+/// Bulk-warms the rules marked `warm_on_start`, beside the stream.
+async fn warm_on_start(config: Config, live: Arc<Live>) {
+    let snap = live.snapshot();
+    let rules: Vec<_> = snap
+        .rules
+        .rules
+        .iter()
+        .filter(|r| r.warm_on_start)
+        .collect();
+    if rules.is_empty() {
+        return;
+    }
+    let Ok(pg) = config.postgres_config() else {
+        return;
+    };
+    let (client, mut cache) = match (
+        crate::journal::connect(&pg).await,
+        Cache::new(&config.redis.url, config.cache_options()),
+    ) {
+        (Ok(c), Ok(r)) => (c, r),
+        _ => {
+            tracing::warn!("warm_on_start skipped: cannot connect");
+            return;
+        }
+    };
+    for rule in rules {
+        let mut last = Instant::now();
+        let r = crate::warm::resumable_warm(&client, &mut cache, rule, &snap.cx.key_prefix, None, false, |p| {
+            if last.elapsed() > Duration::from_secs(5) {
+                last = Instant::now();
+                tracing::info!(rule = %rule.name, done = p.done, total = p.total, "warming on start");
+            }
+        })
+        .await;
+        match r {
+            Ok(p) => {
+                tracing::info!(rule = %rule.name, written = p.written, seconds = p.elapsed.as_secs_f64(), "warmed on start")
+            }
+            Err(e) => tracing::warn!(rule = %rule.name, error = %e, "warm_on_start failed"),
+        }
+    }
+}
+
+/// Runs delayed second invalidations when they fall due.
+async fn reinvalidator(
+    config: Config,
+    status: Arc<Status>,
+    warm_tx: mpsc::Sender<Vec<plan::WarmJob>>,
+    mut rx: mpsc::Receiver<Delayed>,
+) {
+    let Ok(pg) = config.postgres_config() else {
+        return;
+    };
+    let mut journal = Journal::new(pg);
+    let Ok(mut cache) = Cache::new(&config.redis.url, config.cache_options()) else {
+        return;
+    };
+    let mut queue: std::collections::BTreeMap<(tokio::time::Instant, u64), Delayed> =
+        Default::default();
+    let mut seq = 0u64;
+    loop {
+        let next = queue.keys().next().map(|k| k.0);
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => {
+                    seq += 1;
+                    queue.insert((d.due, seq), d);
+                }
+                None => return,
+            },
+            _ = async { tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)).await }, if next.is_some() => {
+                let Some((_, d)) = queue.pop_first() else { continue };
+                if !d.warms.is_empty() && warm_tx.try_send(d.warms).is_err() {
+                    add(&status.counters.warm_dropped, 1);
+                }
+                if d.actions.is_empty() {
+                    add(&status.counters.reinvalidations, 1);
+                    continue;
+                }
+                let result = async {
+                    let ids = journal.record_pending(&d.actions).await.map_err(|e| e.to_string())?;
+                    match cache.execute(d.actions.iter().map(|a| &a.target)).await {
+                        Ok(_) => journal.mark_completed(&ids, Utc::now()).await.map_err(|e| e.to_string()),
+                        Err(e) => {
+                            let _ = journal.mark_failed(&ids, &e.to_string()).await;
+                            Err(e.to_string())
+                        }
+                    }
+                }
+                .await;
+                match result {
+                    Ok(()) => add(&status.counters.reinvalidations, 1),
+                    Err(e) => tracing::warn!(error = %e, "delayed re-invalidation failed"),
+                }
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -121,6 +232,10 @@ impl Worker {
         let tables = rules.tables();
         let catalog = check::load_catalog(&client, &tables).await?;
         crate::control::check_schema(&rules, &catalog).map_err(WorkerError::Rules)?;
+        let queries = check::check_queries(&client, &rules).await;
+        if !queries.is_empty() {
+            return Err(WorkerError::Rules(RuleErrors(queries)));
+        }
         crate::registry::sync(&client, &rules).await?;
         let confirmed = prepare(
             &client,
@@ -154,6 +269,8 @@ impl Worker {
             backoff,
             config,
             confirmed,
+            warm_tx: None,
+            delayed_tx: None,
         })
     }
 
@@ -179,6 +296,21 @@ impl Worker {
             }
             .run(),
         );
+        let (warm_tx, warmer) = crate::warm::Warmer::spawn(
+            self.config.clone(),
+            self.live.clone(),
+            self.status.clone(),
+        )?;
+        let (delayed_tx, delayed_rx) = mpsc::channel(1024);
+        let delayed = tokio::spawn(reinvalidator(
+            self.config.clone(),
+            self.status.clone(),
+            warm_tx.clone(),
+            delayed_rx,
+        ));
+        self.warm_tx = Some(warm_tx);
+        let on_start = tokio::spawn(warm_on_start(self.config.clone(), self.live.clone()));
+        self.delayed_tx = Some(delayed_tx);
         let health = tokio::spawn(watch_redis(
             self.config.clone(),
             self.status.clone(),
@@ -220,6 +352,13 @@ impl Worker {
         }
         health.abort();
         control.abort();
+        // Let queued warm writes finish (they never block the position, but a clean stop
+        // should not throw them away), then stop the helpers.
+        self.warm_tx = None;
+        self.delayed_tx = None;
+        delayed.abort();
+        on_start.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), warmer).await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -289,6 +428,7 @@ impl Worker {
                 }
             }
         };
+        self.after_batch(&plan, &snap.rules);
         let lags = batch
             .transactions
             .iter()
@@ -308,13 +448,67 @@ impl Worker {
         true
     }
 
+    /// Hands a completed batch's warm jobs to the warmer and schedules its delayed second
+    /// invalidations. Never waits: a full queue drops work (counted), the keys stay invalidated.
+    fn after_batch(&self, plan: &plan::Plan, rules: &RuleSet) {
+        let c = &self.status.counters;
+        if !plan.warms.is_empty() {
+            if let Some(tx) = &self.warm_tx {
+                if tx.try_send(plan.warms.clone()).is_err() {
+                    add(&c.warm_dropped, plan.warms.len() as u64);
+                }
+            }
+        }
+        let Some(tx) = &self.delayed_tx else {
+            return;
+        };
+        let mut by_delay: std::collections::BTreeMap<Duration, Delayed> = Default::default();
+        for rule in rules.rules.iter() {
+            let Some(delay) = rule.reinvalidate_after else {
+                continue;
+            };
+            let entry = by_delay.entry(delay).or_insert_with(|| Delayed {
+                due: tokio::time::Instant::now() + delay,
+                actions: Vec::new(),
+                warms: Vec::new(),
+            });
+            if rule.strategy == crate::rules::Strategy::Invalidate {
+                entry
+                    .actions
+                    .extend(
+                        plan.actions
+                            .iter()
+                            .filter(|a| a.rule == rule.name)
+                            .map(|a| {
+                                let mut a = a.clone();
+                                a.reason = format!("reinvalidate_after {delay:?}: {}", a.reason);
+                                a
+                            }),
+                    );
+            } else {
+                entry
+                    .warms
+                    .extend(plan.warms.iter().filter(|w| w.rule == rule.name).cloned());
+            }
+        }
+        for (_, d) in by_delay {
+            if (!d.actions.is_empty() || !d.warms.is_empty()) && tx.try_send(d).is_err() {
+                add(&c.warm_dropped, 1);
+            }
+        }
+    }
+
     /// One attempt: journal `pending` and unlink concurrently, then journal the outcome.
     async fn execute(&mut self, plan: &plan::Plan) -> Result<chrono::DateTime<Utc>, String> {
         let targets = plan.actions.iter().map(|a| &a.target);
         let cache = &mut self.cache;
         let exec = async {
             let t = Instant::now();
-            let r = cache.execute(targets).await;
+            // Marks first: once a key is unlinked, no older warm write may land on it.
+            let r = match cache.set_marks(&plan.marks).await {
+                Ok(()) => cache.execute(targets).await,
+                Err(e) => Err(e),
+            };
             (r, Utc::now(), t.elapsed())
         };
         let journal = &mut self.journal;

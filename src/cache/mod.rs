@@ -313,6 +313,123 @@ fn into_redis(e: CacheError) -> redis::RedisError {
     }
 }
 
+/// Raises a mark key to a version (16 hex digits compare as numbers), never lowering it.
+/// KEYS[1] mark; ARGV[1] version, ARGV[2] TTL seconds.
+const MARK_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur < ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+";
+
+/// A warm write with compare-and-set: written only if its version is not older than the
+/// key's mark and the rule's mark (the newest invalidations that touched it); then the key's
+/// mark is raised to the version so no older write can follow.
+/// KEYS[1] value, KEYS[2] key mark, KEYS[3] rule mark; ARGV[1] version, ARGV[2] value,
+/// ARGV[3] TTL seconds (0: none), ARGV[4] mark TTL seconds. Returns 1 when written.
+const WARM_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[2])
+if cur and cur > ARGV[1] then return 0 end
+local fam = redis.call('GET', KEYS[3])
+if fam and fam > ARGV[1] then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+if (not cur) or cur < ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[4])
+end
+return 1
+";
+
+/// How long marks live: long enough to outlast any in-flight warm write.
+pub const MARK_TTL_SECS: u64 = 86_400;
+
+/// A version as the scripts compare it.
+pub fn version_text(lsn: crate::source::Lsn) -> String {
+    format!("{:016X}", lsn.0)
+}
+
+/// One versioned write.
+#[derive(Debug, Clone)]
+pub struct VersionedWrite<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub version: crate::source::Lsn,
+    pub ttl: Option<u64>,
+    pub rule_mark: &'a str,
+}
+
+impl Cache {
+    /// Raises marks (before the keys they guard are unlinked), in one pipeline.
+    pub async fn set_marks(
+        &mut self,
+        marks: &[(String, crate::source::Lsn)],
+    ) -> Result<(), CacheError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await?;
+        let script = redis::Script::new(MARK_SCRIPT);
+        let mut pipe = redis::pipe();
+        for (key, lsn) in marks {
+            pipe.invoke_script(script.key(key).arg(version_text(*lsn)).arg(MARK_TTL_SECS))
+                .ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut conn).await;
+        let r = match r {
+            // The first use of a script on a fresh server: load it, then retry once.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let _: Result<String, _> = script.prepare_invoke().load_async(&mut conn).await;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        };
+        self.forget_on_error(r)
+    }
+
+    /// Writes values with compare-and-set, in one pipeline; returns which were written.
+    pub async fn write_versioned(
+        &mut self,
+        writes: &[VersionedWrite<'_>],
+    ) -> Result<Vec<bool>, CacheError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connection().await?;
+        let script = redis::Script::new(WARM_SCRIPT);
+        let mut pipe = redis::pipe();
+        for w in writes {
+            let mark = crate::plan::mark_key(w.key);
+            pipe.invoke_script(
+                script
+                    .key(w.key)
+                    .key(mark)
+                    .key(w.rule_mark)
+                    .arg(version_text(w.version))
+                    .arg(w.value)
+                    .arg(w.ttl.unwrap_or(0))
+                    .arg(MARK_TTL_SECS),
+            );
+        }
+        let r: Result<Vec<i64>, _> = pipe.query_async(&mut conn).await;
+        let r = match r {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let _: Result<String, _> = script.prepare_invoke().load_async(&mut conn).await;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        };
+        Ok(self
+            .forget_on_error(r)?
+            .into_iter()
+            .map(|v| v == 1)
+            .collect())
+    }
+}
+
 /// Figures from Redis `INFO` that users judge a cache by.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RedisStats {

@@ -82,6 +82,40 @@ pub fn primary_keys(catalog: &HashMap<String, TableInfo>) -> HashMap<String, Vec
         .collect()
 }
 
+/// Prepares every `[rule.warm] query` to report SQL errors, wrong placeholder counts and
+/// result shapes before the worker runs it. Needs a database connection.
+pub async fn check_queries(client: &tokio_postgres::Client, rules: &RuleSet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for rule in &rules.rules {
+        let Some(q) = rule.warm.as_ref().and_then(|w| w.query.as_ref()) else {
+            continue;
+        };
+        match client.prepare(&q.value).await {
+            Err(e) => {
+                let msg = e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string());
+                out.push(diag(
+                    &q.at,
+                    Severity::Error,
+                    format!("rule {:?}: warm query does not prepare: {msg}", rule.name),
+                ));
+            }
+            Ok(st) if st.columns().len() != 1 => out.push(diag(
+                &q.at,
+                Severity::Error,
+                format!(
+                    "rule {:?}: the warm query must return one column (the value), not {}",
+                    rule.name,
+                    st.columns().len()
+                ),
+            )),
+            Ok(_) => {}
+        }
+    }
+    out
+}
+
 fn diag(at: &Location, severity: Severity, message: String) -> Diagnostic {
     Diagnostic {
         at: at.clone(),
@@ -114,7 +148,13 @@ pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagn
                 ),
             )
         };
-        for c in rule.changed.iter().chain(rule.ignore_changed.iter()) {
+        let warm_args = rule.warm.iter().flat_map(|w| w.args.iter());
+        for c in rule
+            .changed
+            .iter()
+            .chain(rule.ignore_changed.iter())
+            .chain(warm_args)
+        {
             if !info.columns.contains(&c.value) {
                 out.push(unknown_column(&c.value, &c.at));
             }

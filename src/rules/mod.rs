@@ -80,15 +80,33 @@ impl fmt::Display for RuleErrors {
 /// What the worker does for a rule's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
+    /// Unlink the keys.
     Invalidate,
+    /// Unlink, then refetch with `[rule.warm] query` and write with compare-and-set.
+    Refresh,
+    /// Unlink, then write the value rendered from the change itself (the new row as JSON).
+    WriteThrough,
 }
 
 impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Invalidate => "invalidate",
+            Strategy::Refresh => "refresh",
+            Strategy::WriteThrough => "write-through",
         }
     }
+}
+
+/// `[rule.warm]`: which key to fill, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warm {
+    /// The key to fill (also invalidated with the rule's keys).
+    pub key: Located<Template>,
+    /// `refresh`: a query returning the value (one text column) for `$1..$n`.
+    pub query: Option<Located<String>>,
+    /// Columns of the changed row bound to `$1..$n`.
+    pub args: Vec<Located<String>>,
 }
 
 /// A positioned template.
@@ -119,6 +137,12 @@ pub struct Rule {
     pub bumps: Vec<Located<Template>>,
     pub ttl: Option<u64>,
     pub strategy: Strategy,
+    pub warm: Option<Warm>,
+    /// Invalidate (or, for refresh, refetch) the rule's keys once more after this delay,
+    /// against the cache-aside fill race.
+    pub reinvalidate_after: Option<std::time::Duration>,
+    /// Fill every key of the rule when the worker starts.
+    pub warm_on_start: bool,
     pub at: Location,
     pub table_at: Location,
 }
@@ -293,14 +317,60 @@ struct RawRule {
     bump: Option<Vec<Spanned<String>>>,
     ttl: Option<Spanned<i64>>,
     strategy: Option<Spanned<String>>,
+    warm: Option<Spanned<RawWarm>>,
+    reinvalidate_after: Option<Spanned<String>>,
+    warm_on_start: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarm {
+    key: Spanned<String>,
+    query: Option<Spanned<String>>,
+    args: Option<Vec<Spanned<String>>>,
+}
+
+/// Parses `500ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+/// The highest `$n` placeholder in a query (0 when it has none).
+pub fn max_placeholder(sql: &str) -> usize {
+    let b = sql.as_bytes();
+    let mut max = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' {
+            let j = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if j > 0 {
+                max = max.max(sql[i + 1..i + 1 + j].parse().unwrap_or(0));
+            }
+            i += j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    max
 }
 
 /// Tables cachewarden owns; rules may never watch them.
-pub const OWN_TABLES: [&str; 4] = [
+pub const OWN_TABLES: [&str; 5] = [
     "cache_invalidations",
     "cache_metrics",
     "cache_configs",
     "cachewarden_migrations",
+    "cachewarden_warm_runs",
 ];
 
 struct FileCtx<'a> {
@@ -560,6 +630,7 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
         && patterns.is_empty()
         && tags.is_empty()
         && bumps.is_empty()
+        && raw.warm.is_none()
         && cx.diags.len() == errors_before
     {
         cx.error(
@@ -610,14 +681,8 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
         .map(|s| (s.get_ref().as_str(), s.span()))
     {
         None | Some(("invalidate", _)) => Strategy::Invalidate,
-        Some((s @ ("refresh" | "write-through"), span)) => {
-            let loc = cx.at(span.start);
-            cx.error(
-                loc,
-                format!("strategy {s:?} is not supported by this version of cachewarden; use \"invalidate\""),
-            );
-            Strategy::Invalidate
-        }
+        Some(("refresh", _)) => Strategy::Refresh,
+        Some(("write-through", _)) => Strategy::WriteThrough,
         Some((other, span)) => {
             let loc = cx.at(span.start);
             cx.error(
@@ -626,6 +691,89 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
             );
             Strategy::Invalidate
         }
+    };
+    let mut keys = keys;
+    let warm = match raw.warm {
+        None => {
+            if strategy != Strategy::Invalidate {
+                cx.error(
+                    at.clone(),
+                    format!(
+                        "strategy {:?} needs [rule.warm] with the key to fill{}",
+                        strategy.as_str(),
+                        if strategy == Strategy::Refresh {
+                            " and its query"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            None
+        }
+        Some(w) => {
+            let warm_at = cx.at(w.span().start);
+            let w = w.into_inner();
+            let key = parse_templates(cx, Some(vec![w.key]), TemplateKind::Key).pop();
+            let args = parse_columns(cx, "args", w.args);
+            let query = w.query.map(|q| Located {
+                at: cx.at(q.span().start),
+                value: q.into_inner(),
+            });
+            match (strategy, &query) {
+                (Strategy::Invalidate, _) => cx.error(
+                    warm_at.clone(),
+                    "[rule.warm] fills keys: set strategy = \"refresh\" or \"write-through\"",
+                ),
+                (Strategy::Refresh, None) => {
+                    cx.error(warm_at.clone(), "strategy \"refresh\" needs [rule.warm] query = \"SELECT ...\"")
+                }
+                (Strategy::Refresh, Some(q)) => {
+                    let needed = max_placeholder(&q.value);
+                    if needed != args.len() {
+                        cx.error(
+                            q.at.clone(),
+                            format!(
+                                "the query uses ${needed} but args names {} column(s); list one column per placeholder",
+                                args.len()
+                            ),
+                        );
+                    }
+                }
+                (Strategy::WriteThrough, Some(q)) => cx.error(
+                    q.at.clone(),
+                    "strategy \"write-through\" renders the value from the change itself: remove query (or use \"refresh\")",
+                ),
+                (Strategy::WriteThrough, None) => {}
+            }
+            key.map(|key| {
+                // The filled key is always invalidated first.
+                if !keys.iter().any(|k| k.value.source == key.value.source) {
+                    keys.push(key.clone());
+                }
+                Warm { key, query, args }
+            })
+        }
+    };
+    let reinvalidate_after = raw.reinvalidate_after.and_then(|d| {
+        let parsed = parse_duration(d.get_ref()).filter(|d| *d <= std::time::Duration::from_secs(3600));
+        if parsed.is_none() {
+            let loc = cx.at(d.span().start);
+            cx.error(loc, format!("reinvalidate_after {:?} is not a duration between 1ms and 1h (like \"500ms\", \"2s\")", d.get_ref()));
+        }
+        parsed
+    });
+    let warm_on_start = match raw.warm_on_start {
+        Some(w) if *w.get_ref() && strategy == Strategy::Invalidate => {
+            let loc = cx.at(w.span().start);
+            cx.error(
+                loc,
+                "warm_on_start needs strategy = \"refresh\" or \"write-through\"",
+            );
+            false
+        }
+        Some(w) => *w.get_ref(),
+        None => false,
     };
     if cx.diags.len() > errors_before {
         return None;
@@ -643,6 +791,9 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
         bumps,
         ttl,
         strategy,
+        warm,
+        reinvalidate_after,
+        warm_on_start,
         at,
         table_at,
     })
@@ -788,6 +939,18 @@ strategy = "invalidate"
             "[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nchanged=['a']\nignore_changed=['b']\n"
         )
         .contains("not both"));
+        assert!(
+            first_error("[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nstrategy='refresh'\n")
+                .contains("needs [rule.warm]")
+        );
+        assert!(first_error(
+            "[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nstrategy='refresh'\n[rule.warm]\nkey='c:{id}'\nquery='select $1, $2'\nargs=['id']\n"
+        )
+        .contains("$2"));
+        assert!(first_error(
+            "[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nreinvalidate_after='soon'\n"
+        )
+        .contains("duration"));
         let e = first_error("[[rule]]\nname='a'\ntable='t'\nkeys=['c']\nwhen='new.x and'\n");
         assert!(
             e.starts_with("rules/x.toml:5:16: error: when: unexpected end"),
