@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the end-to-end benchmark (release build) against local PostgreSQL and Redis.
-# CW_BENCH_CHANGES (default 200000), CW_BENCH_TX_SIZE (100), CW_BENCH_PROBES (500).
+# Runs a benchmark (release build) against local PostgreSQL and Redis:
+#   bench/run.sh          the pipeline: backlog throughput, journal cost, latency
+#   bench/run.sh warm     bulk warming of 1,000,000 rows
+# Pipeline: CW_BENCH_CHANGES (200000), CW_BENCH_TX_SIZE (100), CW_BENCH_PROBES (500),
+# CW_BENCH_LOAD_ROWS_PER_SEC (20000). Warm: CW_WARM_ROWS (1000000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
-cargo bench --bench pipeline
+cargo bench --bench "${1:-pipeline}"

@@ -353,7 +353,7 @@ async fn warm(
             Ok(p) => {
                 print(p, true);
                 println!(
-                    "{}: {} keys written, {} refused by newer invalidations, in {:.1}s",
+                    "{}: {} keys written, {} refused by newer invalidations, in {:.3}s",
                     rule.name,
                     p.written,
                     p.done.saturating_sub(p.written),

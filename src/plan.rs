@@ -149,6 +149,12 @@ pub fn mark_key(key: &str) -> String {
     format!("cw:v:{key}")
 }
 
+/// The mark key recording the newest invalidation of any single key of a rule: bulk warming
+/// writes natively while it is older than its snapshot.
+pub fn rule_max_mark_key(prefix: &str, rule: &str) -> String {
+    format!("{prefix}cw:v:max:{rule}")
+}
+
 /// The mark key recording the newest whole-family invalidation of a rule.
 pub fn rule_mark_key(prefix: &str, rule: &str) -> String {
     format!("{prefix}cw:v:rule:{rule}")
@@ -377,6 +383,7 @@ impl Builder<'_> {
             return;
         };
         self.mark(mark_key(&key), tx.commit_lsn);
+        self.mark(rule_max_mark_key(prefix, &rule.name), tx.commit_lsn);
         let fill = match (rule.strategy, change.op) {
             (_, Op::Delete) => None,
             (crate::rules::Strategy::WriteThrough, _) => row_json(change).map(Fill::Value),
@@ -664,7 +671,13 @@ patterns = ["catalog:page:*"]
             [":1:course:1"],
             "the warm key is invalidated"
         );
-        assert_eq!(plan.marks, [("cw:v::1:course:1".to_string(), Lsn(30))]);
+        assert_eq!(
+            plan.marks,
+            [
+                (":1:cw:v:max:w".to_string(), Lsn(30)),
+                ("cw:v::1:course:1".to_string(), Lsn(30))
+            ]
+        );
         assert_eq!(plan.warms.len(), 1);
         assert_eq!(plan.warms[0].version, Lsn(30));
         assert_eq!(
@@ -677,7 +690,7 @@ patterns = ["catalog:page:*"]
         let del = change(Op::Delete, row(&["1", "a", "U", "0"]), None);
         let plan = build(&warm_rules("refresh"), &cx(""), &[tx(vec![del])]);
         assert!(plan.warms.is_empty());
-        assert_eq!(plan.marks.len(), 1);
+        assert_eq!(plan.marks.len(), 2);
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //! `refresh`/`write-through` rule is unlinked, the worker raises the key's *mark*
 //! (`cw:v:<key>`) to the invalidating change's position, and TRUNCATE raises the rule's mark.
 //! A warm write is a compare-and-set in Lua ([`crate::cache::Cache::write_versioned`]): it lands
-//! only if its version is not older than both marks, and then raises the key's mark itself.
+//! only if its version is not older than both marks. (A write need not raise marks itself: two
+//! refetches with no invalidation between them read the same data.) Bulk writes share one
+//! version, and while the rule's *max mark* (`cw:v:max:<rule>`, raised with every key mark)
+//! is older than it, no key can refuse them: they go as native SETs in a WATCHed MULTI/EXEC
+//! that aborts if any mark of the rule moves ([`crate::cache::Cache::write_versioned_bulk`]).
 //! So for a refetch that started before a later change C: if its write comes after C's
 //! invalidation, C's mark is newer and the write is refused; if it comes before, C's
 //! invalidation removes it. Changes are processed in commit order, so marks only grow. A refresh
@@ -345,7 +349,7 @@ fn bulk_sql(
     columns: &[String],
     where_sql: Option<&str>,
     after: bool,
-) -> Result<(String, Vec<String>), String> {
+) -> Result<(String, String, Vec<String>), String> {
     let warm = rule.warm.as_ref().ok_or("the rule has no [rule.warm]")?;
     let (schema, table) = crate::source::postgres::split_table(&rule.table);
     let q = |c: &str| crate::source::replication::quote_ident(c);
@@ -366,6 +370,39 @@ fn bulk_sql(
         .iter()
         .map(|c| format!("t.{}::text", q(c)))
         .collect();
+    if let (Some(bulk), Strategy::Refresh) = (&warm.bulk_query, rule.strategy) {
+        // The author's set-based query: key columns by name, the value last.
+        let names: Vec<String> = key_cols.iter().map(|c| q(c)).collect();
+        let cols: Vec<String> = key_cols
+            .iter()
+            .map(|c| format!("b.{}::text", q(c)))
+            .collect();
+        let order: Vec<String> = key_cols.iter().map(|c| format!("b.{}", q(c))).collect();
+        let mut conds = Vec::new();
+        if let Some(w) = where_sql {
+            conds.push(format!("({w})"));
+        }
+        if after {
+            let params: Vec<String> = (1..=key_cols.len()).map(|i| format!("${i}")).collect();
+            conds.push(format!("({}) > ({})", order.join(", "), params.join(", ")));
+        }
+        let from = format!(
+            "FROM ({}) AS b({}, cw_value){}",
+            bulk.value.trim().trim_end_matches(';'),
+            names.join(", "),
+            if conds.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conds.join(" AND "))
+            }
+        );
+        let sql = format!(
+            "SELECT {}, b.cw_value {from} ORDER BY {}",
+            cols.join(", "),
+            order.join(", ")
+        );
+        return Ok((sql, format!("SELECT count(*) {from}"), key_cols));
+    }
     match (&warm.query, rule.strategy) {
         (Some(query), Strategy::Refresh) => {
             let mut sub = query.value.clone();
@@ -389,19 +426,22 @@ fn bulk_sql(
         let params: Vec<String> = (1..=key_cols.len()).map(|i| format!("${i}")).collect();
         conds.push(format!("({}) > ({})", pk.join(", "), params.join(", ")));
     }
-    let sql = format!(
-        "SELECT {} FROM {}.{} t{} ORDER BY {}",
-        select.join(", "),
+    let from = format!(
+        "FROM {}.{} t{}",
         q(schema),
         q(table),
         if conds.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", conds.join(" AND "))
-        },
-        pk.join(", "),
+        }
     );
-    Ok((sql, key_cols))
+    let sql = format!(
+        "SELECT {} {from} ORDER BY {}",
+        select.join(", "),
+        pk.join(", ")
+    );
+    Ok((sql, format!("SELECT count(*) {from}"), key_cols))
 }
 
 /// Fills every key of `rule` from the database: streams rows in key order, renders keys,
@@ -424,7 +464,8 @@ pub async fn bulk_warm(
     let info = catalog
         .get(&rule.table)
         .ok_or_else(|| format!("table {} does not exist", rule.table))?;
-    let (sql, key_cols) = bulk_sql(rule, &info.columns, where_sql, resume_from.is_some())?;
+    let (sql, count_sql, key_cols) =
+        bulk_sql(rule, &info.columns, where_sql, resume_from.is_some())?;
     client
         .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'")
         .await
@@ -436,10 +477,6 @@ pub async fn bulk_warm(
         .map_err(|e| e.to_string())?
         .get(0);
     let version = Lsn(version.parse().map_err(|_| "bad LSN".to_string())?);
-    let count_sql = format!(
-        "SELECT count(*) FROM ({}) c",
-        sql.split(" ORDER BY ").next().unwrap_or(&sql)
-    );
     let resume_args: Vec<TextArg<'_>> = resume_from
         .as_ref()
         .map(|r| r.iter().map(|v| TextArg(Some(v.as_str()))).collect())
@@ -464,24 +501,38 @@ pub async fn bulk_warm(
         .map_err(|e| e.to_string())?;
     futures_util::pin_mut!(rows);
     let rule_mark = rule_mark_key(key_prefix, &rule.name);
+    let rule_max_mark = crate::plan::rule_max_mark_key(key_prefix, &rule.name);
     let type_of = |c: &str| {
         info.column_index(c)
             .map(|i| info.types[i])
             .unwrap_or(crate::source::oid::TEXT)
     };
-    let write_through_cols: Vec<(String, u32)> = info
-        .columns
-        .iter()
-        .zip(info.types.iter())
-        .map(|(c, t)| (c.clone(), *t))
-        .collect();
+    let key_relation = relation_of(
+        &rule.table,
+        &key_cols
+            .iter()
+            .map(|c| (c.clone(), type_of(c)))
+            .collect::<Vec<_>>(),
+    );
+    let row_relation = relation_of(
+        &rule.table,
+        &info
+            .columns
+            .iter()
+            .zip(info.types.iter())
+            .map(|(c, t)| (c.clone(), *t))
+            .collect::<Vec<_>>(),
+    );
     let warm = rule.warm.as_ref().ok_or("the rule has no [rule.warm]")?;
-    let mut buf: Vec<(String, Vec<u8>)> = Vec::with_capacity(chunk);
-    let mut last: Vec<String> = Vec::new();
-    loop {
-        let next = rows.next().await;
-        let done = next.is_none();
-        if let Some(row) = next {
+    // Reading rows and writing to Redis overlap: the reader hands full chunks to the writer
+    // through a small queue (bounded, so memory stays bounded).
+    type Chunk = (Vec<(String, Vec<u8>)>, u64, Vec<String>);
+    let (tx, mut rx) = mpsc::channel::<Chunk>(4);
+    let reader = async {
+        let mut buf: Vec<(String, Vec<u8>)> = Vec::with_capacity(chunk);
+        let mut read = 0u64;
+        let mut last: Vec<String> = Vec::new();
+        while let Some(row) = rows.next().await {
             let row = row.map_err(|e| e.to_string())?;
             let keys: Vec<Option<String>> = (0..key_cols.len())
                 .map(|i| row.get::<_, Option<String>>(i))
@@ -491,10 +542,11 @@ pub async fn bulk_warm(
             } else {
                 let vals: Vec<Option<String>> =
                     (key_cols.len()..row.len()).map(|i| row.get(i)).collect();
-                Some(render_row_json(&write_through_cols, &vals).into_bytes())
+                crate::plan::row_json(&row_change(&row_relation, vals)).map(String::into_bytes)
             };
+            last = keys.iter().map(|k| k.clone().unwrap_or_default()).collect();
             // Render the key like the worker: canonical values of the current row.
-            let change = synthetic_change(&rule.table, &key_cols, &keys, &type_of);
+            let change = row_change(&key_relation, keys);
             if let (crate::rules::Rendered::Key(k), Some(v)) = (
                 warm.key
                     .value
@@ -503,34 +555,38 @@ pub async fn bulk_warm(
             ) {
                 buf.push((k, v));
             }
-            last = keys.into_iter().map(|k| k.unwrap_or_default()).collect();
-            p.done += 1;
+            read += 1;
+            if buf.len() >= chunk {
+                let full = std::mem::replace(&mut buf, Vec::with_capacity(chunk));
+                if tx.send((full, read, last.clone())).await.is_err() {
+                    return Ok(());
+                }
+                read = 0;
+            }
         }
-        if buf.len() >= chunk || (done && !buf.is_empty()) {
-            let writes: Vec<VersionedWrite<'_>> = buf
-                .iter()
-                .map(|(k, v)| VersionedWrite {
-                    key: k,
-                    value: v,
-                    version,
-                    ttl: rule.ttl,
-                    rule_mark: &rule_mark,
-                })
-                .collect();
-            let written = cache
-                .write_versioned(&writes)
+        if read > 0 || !buf.is_empty() {
+            let _ = tx.send((buf, read, last)).await;
+        }
+        drop(tx);
+        Ok::<(), String>(())
+    };
+    let writer = async {
+        while let Some((buf, read, last)) = rx.recv().await {
+            p.written += cache
+                .write_versioned_bulk(&buf, version, rule.ttl, &rule_mark, &rule_max_mark)
                 .await
                 .map_err(|e| e.to_string())?;
-            p.written += written.iter().filter(|w| **w).count() as u64;
-            buf.clear();
+            p.done += read;
             p.elapsed = started.elapsed();
             progress(p, &last);
         }
-        if done {
-            p.elapsed = started.elapsed();
-            return Ok(p);
-        }
-    }
+        Ok::<(), String>(())
+    };
+    let (r, w) = tokio::join!(reader, writer);
+    r?;
+    w?;
+    p.elapsed = started.elapsed();
+    Ok(p)
 }
 
 /// Bulk-warms `rule`, resuming an unfinished run with the same `where_sql` unless `restart`,
@@ -615,79 +671,49 @@ pub async fn resumable_warm(
     Ok(p)
 }
 
-fn synthetic_change(
-    table: &str,
-    cols: &[String],
-    values: &[Option<String>],
-    type_of: &dyn Fn(&str) -> u32,
-) -> crate::source::Change {
+/// A relation of `cols` with their types, for rendering rows read by SQL like decoded ones.
+fn relation_of(table: &str, cols: &[(String, u32)]) -> Arc<crate::source::Relation> {
     let (schema, name) = crate::source::postgres::split_table(table);
-    crate::source::Change {
-        relation: Arc::new(crate::source::Relation {
-            oid: 0,
-            schema: schema.into(),
-            name: name.into(),
-            replica_identity: b'f',
-            columns: cols
-                .iter()
-                .map(|c| crate::source::Column {
-                    name: c.clone(),
-                    type_oid: type_of(c),
-                    is_key: false,
-                })
-                .collect(),
-        }),
-        op: crate::source::Op::Insert,
-        old: None,
-        new: Some(crate::source::Tuple(
-            cols.iter()
-                .zip(values)
-                .map(|(c, v)| match v {
-                    Some(v) => crate::source::Datum::Text(crate::source::canonical_text(
-                        type_of(c),
-                        v.clone(),
-                    )),
-                    None => crate::source::Datum::Null,
-                })
-                .collect(),
-        )),
-        undecodable: None,
-    }
+    Arc::new(crate::source::Relation {
+        oid: 0,
+        schema: schema.into(),
+        name: name.into(),
+        replica_identity: b'f',
+        columns: cols
+            .iter()
+            .map(|(c, t)| crate::source::Column {
+                name: c.clone(),
+                type_oid: *t,
+                is_key: false,
+            })
+            .collect(),
+    })
 }
 
-/// The write-through JSON of a row read as text columns (same rendering as the worker's).
-fn render_row_json(cols: &[(String, u32)], vals: &[Option<String>]) -> String {
-    let change = crate::source::Change {
-        relation: Arc::new(crate::source::Relation {
-            oid: 0,
-            schema: String::new(),
-            name: String::new(),
-            replica_identity: b'f',
-            columns: cols
-                .iter()
-                .map(|(c, t)| crate::source::Column {
-                    name: c.clone(),
-                    type_oid: *t,
-                    is_key: false,
-                })
-                .collect(),
-        }),
+/// A row read as text, as the insert the worker would have decoded (canonical values).
+fn row_change(
+    relation: &Arc<crate::source::Relation>,
+    values: Vec<Option<String>>,
+) -> crate::source::Change {
+    crate::source::Change {
+        relation: relation.clone(),
         op: crate::source::Op::Insert,
         old: None,
         new: Some(crate::source::Tuple(
-            cols.iter()
-                .zip(vals)
-                .map(|((_, t), v)| match v {
+            relation
+                .columns
+                .iter()
+                .zip(values)
+                .map(|(c, v)| match v {
                     Some(v) => {
-                        crate::source::Datum::Text(crate::source::canonical_text(*t, v.clone()))
+                        crate::source::Datum::Text(crate::source::canonical_text(c.type_oid, v))
                     }
                     None => crate::source::Datum::Null,
                 })
                 .collect(),
         )),
         undecodable: None,
-    };
-    crate::plan::row_json(&change).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -704,7 +730,11 @@ mod tests {
              query='SELECT row_to_json(c)::text FROM public.courses c WHERE c.id = $1'\nargs=['id']\n",
         )
         .unwrap();
-        let (sql, cols) = bulk_sql(&rules[0], &[], Some("published"), true).unwrap();
+        let (sql, count, cols) = bulk_sql(&rules[0], &[], Some("published"), true).unwrap();
+        assert_eq!(
+            count,
+            "SELECT count(*) FROM \"public\".\"courses\" t WHERE (published) AND (t.\"id\") > ($1)"
+        );
         assert_eq!(cols, ["id"]);
         assert_eq!(
             sql,

@@ -108,13 +108,22 @@ async fn versioned_writes_never_replace_newer_values() {
         ttl: None,
         rule_mark: Box::leak(rule_mark.clone().into_boxed_str()),
     };
-    assert_eq!(
-        cache.write_versioned(&[write("new", 200)]).await.unwrap(),
-        [true]
-    );
+    // A change at 200 was invalidated (mark 200): a refetch that started for the change at 100
+    // read data that may predate 200, and is refused; the refetch for 200 lands.
+    cache
+        .set_marks(&[(
+            cachewarden::plan::mark_key(&key),
+            cachewarden::source::Lsn(200),
+        )])
+        .await
+        .unwrap();
     assert_eq!(
         cache.write_versioned(&[write("old", 100)]).await.unwrap(),
         [false]
+    );
+    assert_eq!(
+        cache.write_versioned(&[write("new", 200)]).await.unwrap(),
+        [true]
     );
     assert_eq!(get(&env, "k").await.as_deref(), Some("new"));
     // An invalidation at 300 raises the mark before unlinking: a refetch versioned 250 is refused.
@@ -142,7 +151,41 @@ async fn versioned_writes_never_replace_newer_values() {
         cache.write_versioned(&[write("older", 350)]).await.unwrap(),
         [false]
     );
+    // Bulk writes take the native path while nothing of the rule was invalidated after them,
+    // and the per-key check once something was.
+    let max = env.key("cw:v:max:r");
+    let bulk = vec![
+        (env.key("b1"), b"v1".to_vec()),
+        (env.key("b2"), b"v2".to_vec()),
+    ];
+    let lsn = cachewarden::source::Lsn;
+    let n = cache
+        .write_versioned_bulk(&bulk, lsn(500), None, &env.key("cw:v:rule:r2"), &max)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    cache
+        .set_marks(&[
+            (cachewarden::plan::mark_key(&env.key("b1")), lsn(600)),
+            (max.clone(), lsn(600)),
+        ])
+        .await
+        .unwrap();
+    let n = cache
+        .write_versioned_bulk(&bulk, lsn(550), None, &env.key("cw:v:rule:r2"), &max)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "b1 was invalidated after the bulk read; b2 was not");
     let mut r = env.redis.clone();
+    let _: () = r
+        .del(&[
+            max,
+            format!("cw:v:{}", env.key("b1")),
+            env.key("b1"),
+            env.key("b2"),
+        ])
+        .await
+        .unwrap();
     let _: () = r.del(&[env.key("cw:v:rule:r")]).await.unwrap();
     let _: () = r.del(&[format!("cw:v:{key}")]).await.unwrap();
     env.cleanup().await;

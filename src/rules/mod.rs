@@ -107,6 +107,10 @@ pub struct Warm {
     pub query: Option<Located<String>>,
     /// Columns of the changed row bound to `$1..$n`.
     pub args: Vec<Located<String>>,
+    /// Optional set-based query for `cachewarden warm`: returns the key columns (named as in
+    /// the key template) and then the value, for every row. Without it, bulk warming runs the
+    /// warm query once per row as a correlated subquery.
+    pub bulk_query: Option<Located<String>>,
 }
 
 /// A positioned template.
@@ -328,6 +332,7 @@ struct RawWarm {
     key: Spanned<String>,
     query: Option<Spanned<String>>,
     args: Option<Vec<Spanned<String>>>,
+    bulk_query: Option<Spanned<String>>,
 }
 
 /// Parses `500ms`, `2s`, `1m`.
@@ -716,6 +721,13 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
             let w = w.into_inner();
             let key = parse_templates(cx, Some(vec![w.key]), TemplateKind::Key).pop();
             let args = parse_columns(cx, "args", w.args);
+            let bulk_query = w.bulk_query.map(|q| Located {
+                at: cx.at(q.span().start),
+                value: q.into_inner(),
+            });
+            if let (Some(b), Strategy::WriteThrough) = (&bulk_query, strategy) {
+                cx.error(b.at.clone(), "bulk_query goes with strategy \"refresh\"");
+            }
             let query = w.query.map(|q| Located {
                 at: cx.at(q.span().start),
                 value: q.into_inner(),
@@ -751,7 +763,12 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
                 if !keys.iter().any(|k| k.value.source == key.value.source) {
                     keys.push(key.clone());
                 }
-                Warm { key, query, args }
+                Warm {
+                    key,
+                    query,
+                    args,
+                    bulk_query,
+                }
             })
         }
     };
