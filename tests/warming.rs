@@ -427,3 +427,90 @@ async fn warm_on_start_fills_the_rule() {
     w.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_with_application_fills_ends_fresh() {
+    // The application fills the same keys with what it read before each commit; the refresh
+    // rule's delayed second pass overwrites those late, old fills with fresh values.
+    let env = TestEnv::new("race_refresh", SCHEMA).await;
+    env.write_rules(
+        "items.toml",
+        "[[rule]]\nname='item'\ntable='items'\nstrategy='refresh'\nreinvalidate_after='400ms'\n\
+         [rule.warm]\nkey='item:{id}'\nquery='SELECT val::text FROM items WHERE id = $1'\nargs=['id']\n",
+    );
+    let w = env.start_worker().await;
+    let n = 30;
+    let stale = race(&env, n).await;
+    for id in 1..=n {
+        assert_eq!(
+            get(&env, &format!("item:{id}")).await,
+            db_val(&env, id).await,
+            "item:{id} holds the database's value"
+        );
+    }
+    assert_eq!(stale, 0);
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_warm_while_the_worker_runs_and_rows_change() {
+    let env = TestEnv::new("bulk_live", SCHEMA).await;
+    env.write_rules(
+        "items.toml",
+        "[[rule]]\nname='item'\ntable='items'\nstrategy='refresh'\n[rule.warm]\nkey='item:{id}'\n\
+         query='SELECT val::text FROM items WHERE id = $1'\nargs=['id']\n",
+    );
+    env.db
+        .execute(
+            "INSERT INTO items (id, val) SELECT g, 0 FROM generate_series(1, 5000) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    let cfg = env.write_config("127.0.0.1:0", "");
+    let url = format!("{}/{}", common::PG_BASE, env.name);
+    // Rows change while the bulk warm streams an older snapshot.
+    let writer = tokio::spawn(async move {
+        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for round in 1..=5 {
+            db.execute("UPDATE items SET val = $1 WHERE id % 7 = 0", &[&round])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let cfg2 = cfg.clone();
+    let warm = tokio::task::spawn_blocking(move || {
+        run_bin(
+            &["--config", cfg2.to_str().unwrap(), "warm", "--restart"],
+            None,
+        )
+    });
+    writer.await.unwrap();
+    let (code, out, err) = warm.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    env.wait_caught_up(WAIT).await;
+    eventually(
+        "every changed row's key ends fresh or empty",
+        WAIT,
+        || async {
+            for id in (7..=5000).step_by(7) {
+                let cached = get(&env, &format!("item:{id}")).await;
+                if cached.is_some() && cached != db_val(&env, id).await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // Unchanged rows were filled by the bulk warm.
+    assert_eq!(get(&env, "item:1").await.as_deref(), Some("0"));
+    w.stop().await;
+    env.cleanup().await;
+}
