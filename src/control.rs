@@ -134,6 +134,15 @@ pub fn check_schema(
     }
 }
 
+/// The server's current WAL position.
+pub async fn current_lsn(client: &Client) -> Result<crate::source::Lsn, tokio_postgres::Error> {
+    let v: String = client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
+        .await?
+        .get(0);
+    Ok(crate::source::Lsn(v.parse().unwrap_or(u64::MAX)))
+}
+
 /// Runs beside the worker; see the module docs.
 pub struct Controller {
     pub config: Config,
@@ -210,19 +219,10 @@ impl Controller {
                         .set_rules_error(Some(format!("cache_configs: {e}")));
                     return;
                 }
-                if tables != old_tables {
-                    let pg = &self.config.postgres;
-                    if let Err(e) =
-                        crate::source::postgres::prepare(client, &pg.slot, &pg.publication, &tables)
-                            .await
-                    {
-                        tracing::error!(error = %e, "new rules refused: cannot update the publication");
-                        self.status
-                            .set_rules_error(Some(format!("publication: {e}")));
-                        return;
-                    }
-                }
+                // The new rules go live before the publication grows: a change to a newly
+                // added table must never be planned with rules that do not know it.
                 let count = rules.len();
+                let previous = self.live.snapshot();
                 self.live.replace(|old| Snapshot {
                     rules: Arc::new(rules),
                     cx: Arc::new(plan::Context {
@@ -230,6 +230,19 @@ impl Controller {
                         ..(*old.cx).clone()
                     }),
                 });
+                if tables != old_tables {
+                    let pg = &self.config.postgres;
+                    if let Err(e) =
+                        crate::source::postgres::prepare(client, &pg.slot, &pg.publication, &tables)
+                            .await
+                    {
+                        self.live.replace(|_| previous);
+                        tracing::error!(error = %e, "new rules refused: cannot update the publication");
+                        self.status
+                            .set_rules_error(Some(format!("publication: {e}")));
+                        return;
+                    }
+                }
                 self.status.set_rules(tables.clone(), count);
                 self.status.set_rules_error(None);
                 add(&self.status.counters.rule_reloads, 1);
@@ -339,7 +352,20 @@ impl Controller {
             let kind: String = r.get(2);
             targets.extend(row_targets(&kind, r.get(1), r.get(3)));
         }
-        match cache.execute(targets.iter()).await {
+        // Warmed keys among them are fenced first, at the current WAL position (newer than
+        // any refetch in flight).
+        let snap = self.live.snapshot();
+        let lsn = current_lsn(client).await.map_err(|e| e.to_string())?;
+        let fences = plan::fences(
+            &snap.rules,
+            &snap.cx.key_prefix,
+            targets.iter().map(|t| (t, lsn)),
+        );
+        let executed = match cache.set_marks(&fences).await {
+            Ok(()) => cache.execute(targets.iter()).await,
+            Err(e) => Err(e),
+        };
+        match executed {
             Ok(report) => {
                 client
                     .execute(

@@ -36,6 +36,11 @@ pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name("cachewarden");
+    // Notice a dead peer (a half-open connection) within about half a minute.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
     let (client, conn) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -200,6 +205,10 @@ impl Journal {
         }
         if self.conn.is_none() {
             let client = connect(&self.config).await?;
+            // A journal statement that hangs must fail (and be retried), not stall the stream.
+            client
+                .batch_execute("SET statement_timeout = '30s'")
+                .await?;
             let insert = client.prepare(INSERT).await?;
             let complete = client.prepare(COMPLETE).await?;
             let fail = client.prepare(FAIL).await?;

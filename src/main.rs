@@ -404,7 +404,19 @@ async fn invalidate(
         .context("journaling the request (has `cachewarden migrate` run?)")?
         .get(0);
     let mut cache = cachewarden::cache::Cache::new(&config.redis.url, config.cache_options())?;
-    match cache.execute([&target]).await {
+    // Fence warmed keys first, so no refetch in flight lands after this invalidation.
+    let fences = match rules::load_dir(&config.rules_dir) {
+        Ok(rules) => {
+            let lsn = cachewarden::control::current_lsn(&client).await?;
+            cachewarden::plan::fences(&rules, &config.redis.key_prefix, [(&target, lsn)])
+        }
+        Err(_) => Vec::new(),
+    };
+    let executed = match cache.set_marks(&fences).await {
+        Ok(()) => cache.execute([&target]).await,
+        Err(e) => Err(e),
+    };
+    match executed {
         Ok(report) => {
             client
                 .execute(

@@ -160,6 +160,61 @@ pub fn rule_mark_key(prefix: &str, rule: &str) -> String {
     format!("{prefix}cw:v:rule:{rule}")
 }
 
+/// The literal text before a glob's first wildcard.
+fn literal_prefix(glob: &str) -> &str {
+    let end = glob.find(['*', '?', '[', '\\']).unwrap_or(glob.len());
+    &glob[..end]
+}
+
+/// Marks that invalidations outside a warm rule's own firing must raise: a key unlinked by
+/// another rule, a request or a delayed pass may be a warmed key, and a refetch in flight must
+/// not land after it. Keys matching a warm rule's key family get their key mark (and the rule's
+/// max mark); patterns that may overlap a family (their literal prefixes are compatible) raise
+/// the rule's mark. Pure.
+pub fn fences<'a>(
+    rules: &RuleSet,
+    key_prefix: &str,
+    targets: impl IntoIterator<Item = (&'a Target, Lsn)>,
+) -> Vec<(String, Lsn)> {
+    let families: Vec<(String, &str)> = rules
+        .rules
+        .iter()
+        .filter_map(|r| {
+            r.warm
+                .as_ref()
+                .map(|w| (w.key.value.family_pattern(key_prefix), r.name.as_str()))
+        })
+        .collect();
+    if families.is_empty() {
+        return Vec::new();
+    }
+    let mut out: HashMap<String, Lsn> = HashMap::new();
+    let mut raise = |k: String, lsn: Lsn| {
+        let m = out.entry(k).or_insert(lsn);
+        *m = (*m).max(lsn);
+    };
+    for (target, lsn) in targets {
+        for (family, rule) in &families {
+            match target {
+                Target::Key(k) if crate::cache::glob_match(family, k) => {
+                    raise(mark_key(k), lsn);
+                    raise(rule_max_mark_key(key_prefix, rule), lsn);
+                }
+                Target::Pattern(p) => {
+                    let (a, b) = (literal_prefix(p), literal_prefix(family));
+                    if a.starts_with(b) || b.starts_with(a) {
+                        raise(rule_mark_key(key_prefix, rule), lsn);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut v: Vec<(String, Lsn)> = out.into_iter().collect();
+    v.sort();
+    v
+}
+
 /// A change's new row as a JSON object, typed by column type (numbers, booleans, null,
 /// strings) — the value `write-through` writes.
 pub fn row_json(change: &Change) -> Option<String> {
@@ -495,7 +550,13 @@ pub fn build(rules: &RuleSet, cx: &Context, transactions: &[Transaction]) -> Pla
         .iter()
         .filter_map(|k| warms.remove(k).flatten())
         .collect();
-    let mut marks: Vec<(String, Lsn)> = b.marks.into_iter().collect();
+    let mut marks = b.marks;
+    let others = plan.actions.iter().map(|a| (&a.target, a.lsn));
+    for (k, lsn) in fences(rules, &cx.key_prefix, others) {
+        let m = marks.entry(k).or_insert(lsn);
+        *m = (*m).max(lsn);
+    }
+    let mut marks: Vec<(String, Lsn)> = marks.into_iter().collect();
     marks.sort();
     plan.marks = marks;
     plan
@@ -703,6 +764,33 @@ patterns = ["catalog:page:*"]
         let v: serde_json::Value = serde_json::from_str(v).unwrap();
         assert_eq!(v["slug"], "a");
         assert_eq!(plan.warms[0].ttl, Some(60));
+    }
+
+    #[test]
+    fn other_invalidations_fence_warmed_keys() {
+        let rules = warm_rules("refresh");
+        let key = Target::Key("p:course:9".into());
+        let other = Target::Key("p:lesson:1".into());
+        let pattern = Target::Pattern("p:cour*".into());
+        let unrelated = Target::Pattern("p:catalog:*".into());
+        let f = fences(
+            &rules,
+            "p:",
+            [
+                (&key, Lsn(5)),
+                (&other, Lsn(5)),
+                (&pattern, Lsn(7)),
+                (&unrelated, Lsn(8)),
+            ],
+        );
+        assert_eq!(
+            f,
+            [
+                ("cw:v:p:course:9".to_string(), Lsn(5)),
+                ("p:cw:v:max:w".to_string(), Lsn(5)),
+                ("p:cw:v:rule:w".to_string(), Lsn(7)),
+            ]
+        );
     }
 
     #[test]

@@ -107,14 +107,22 @@ const VISIBLE: &str = "SELECT coalesce(bool_and(pg_visible_in_snapshot( \
           LATERAL (SELECT pg_snapshot_xmax(s.snap)::text::bigint AS xmax) m, \
           unnest($1::bigint[]) AS x";
 
-/// Waits until every transaction in `xids` is visible (at most ~5 s).
-pub async fn wait_visible(client: &Client, xids: &[u32]) -> Result<(), tokio_postgres::Error> {
+/// Waits until every transaction in `xids` is visible; an error after 5 s (the refresh is then
+/// dropped: reading before the commit is visible could write an old value under a new version).
+pub async fn wait_visible(client: &Client, xids: &[u32]) -> Result<(), String> {
     let xids: Vec<i64> = xids.iter().map(|x| i64::from(*x)).collect();
     let start = Instant::now();
     loop {
-        let visible: bool = client.query_one(VISIBLE, &[&xids]).await?.get(0);
-        if visible || start.elapsed() > Duration::from_secs(5) {
+        let visible: bool = client
+            .query_one(VISIBLE, &[&xids])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if visible {
             return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err("the changed rows did not become visible within 5 s".into());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -248,9 +256,7 @@ impl Warmer {
             xids.sort_unstable();
             xids.dedup();
             let (client, stmts) = self.client().await?;
-            wait_visible(client, &xids)
-                .await
-                .map_err(|e| e.to_string())?;
+            wait_visible(client, &xids).await?;
             let mut by_rule: HashMap<&str, Vec<usize>> = HashMap::new();
             for &i in &refresh {
                 by_rule.entry(jobs[i].rule.as_str()).or_default().push(i);
@@ -264,14 +270,15 @@ impl Warmer {
                 else {
                     continue; // the rule was reloaded away
                 };
-                if !stmts.contains_key(rule) {
+                // Keyed by the query text: a reloaded rule with a new query prepares anew.
+                if !stmts.contains_key(&query.value) {
                     let st = client
                         .prepare(&query.value)
                         .await
                         .map_err(|e| e.to_string())?;
-                    stmts.insert(rule.to_string(), st);
+                    stmts.insert(query.value.clone(), st);
                 }
-                let stmt = &stmts[rule];
+                let stmt = &stmts[&query.value];
                 let batch: Vec<&WarmJob> = idx.iter().map(|&i| &jobs[i]).collect();
                 let fetched = fetch(client, stmt, &batch, 64)
                     .await
@@ -368,7 +375,7 @@ fn bulk_sql(
     }
     let mut select: Vec<String> = key_cols
         .iter()
-        .map(|c| format!("t.{}::text", q(c)))
+        .map(|c| format!("cw_row__.{}::text", q(c)))
         .collect();
     if let (Some(bulk), Strategy::Refresh) = (&warm.bulk_query, rule.strategy) {
         // The author's set-based query: key columns by name, the value last.
@@ -407,17 +414,20 @@ fn bulk_sql(
         (Some(query), Strategy::Refresh) => {
             let mut sub = query.value.clone();
             for (i, a) in warm.args.iter().enumerate().rev() {
-                sub = sub.replace(&format!("${}", i + 1), &format!("t.{}", q(&a.value)));
+                sub = sub.replace(&format!("${}", i + 1), &format!("cw_row__.{}", q(&a.value)));
             }
             select.push(format!("({sub})"));
         }
         _ => {
             for c in columns {
-                select.push(format!("t.{}::text", q(c)));
+                select.push(format!("cw_row__.{}::text", q(c)));
             }
         }
     }
-    let pk: Vec<String> = key_cols.iter().map(|c| format!("t.{}", q(c))).collect();
+    let pk: Vec<String> = key_cols
+        .iter()
+        .map(|c| format!("cw_row__.{}", q(c)))
+        .collect();
     let mut conds = Vec::new();
     if let Some(w) = where_sql {
         conds.push(format!("({w})"));
@@ -427,7 +437,7 @@ fn bulk_sql(
         conds.push(format!("({}) > ({})", pk.join(", "), params.join(", ")));
     }
     let from = format!(
-        "FROM {}.{} t{}",
+        "FROM {}.{} cw_row__{}",
         q(schema),
         q(table),
         if conds.is_empty() {
@@ -471,12 +481,37 @@ pub async fn bulk_warm(
         .await
         .map_err(|e| e.to_string())?;
     // Version: a position taken before the snapshot, so changes the read may miss are newer.
-    let version: String = client
-        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::text", &[])
+    // A transaction whose commit record is already in the WAL but not yet visible would break
+    // that; wait until the transactions in progress at that moment are visible or aborted
+    // (those still running after 2 s are long transactions that have not committed).
+    let row = client
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0')::text, \
+                    ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text)",
+            &[],
+        )
         .await
-        .map_err(|e| e.to_string())?
-        .get(0);
+        .map_err(|e| e.to_string())?;
+    let version: String = row.get(0);
+    let in_progress: Vec<String> = row.get(1);
     let version = Lsn(version.parse().map_err(|_| "bad LSN".to_string())?);
+    let settle = Instant::now();
+    while !in_progress.is_empty() && settle.elapsed() < Duration::from_secs(2) {
+        let settled: bool = client
+            .query_one(
+                "SELECT coalesce(bool_and(pg_xact_status(x::xid8) = 'aborted' \
+                     OR pg_visible_in_snapshot(x::xid8, pg_current_snapshot())), true) \
+                 FROM unnest($1::text[]) AS x",
+                &[&in_progress],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let resume_args: Vec<TextArg<'_>> = resume_from
         .as_ref()
         .map(|r| r.iter().map(|v| TextArg(Some(v.as_str()))).collect())
@@ -733,13 +768,13 @@ mod tests {
         let (sql, count, cols) = bulk_sql(&rules[0], &[], Some("published"), true).unwrap();
         assert_eq!(
             count,
-            "SELECT count(*) FROM \"public\".\"courses\" t WHERE (published) AND (t.\"id\") > ($1)"
+            "SELECT count(*) FROM \"public\".\"courses\" cw_row__ WHERE (published) AND (cw_row__.\"id\") > ($1)"
         );
         assert_eq!(cols, ["id"]);
         assert_eq!(
             sql,
-            "SELECT t.\"id\"::text, (SELECT row_to_json(c)::text FROM public.courses c WHERE c.id = t.\"id\") \
-             FROM \"public\".\"courses\" t WHERE (published) AND (t.\"id\") > ($1) ORDER BY t.\"id\""
+            "SELECT cw_row__.\"id\"::text, (SELECT row_to_json(c)::text FROM public.courses c WHERE c.id = cw_row__.\"id\") \
+             FROM \"public\".\"courses\" cw_row__ WHERE (published) AND (cw_row__.\"id\") > ($1) ORDER BY cw_row__.\"id\""
         );
     }
 }

@@ -160,6 +160,7 @@ async fn reinvalidator(
     status: Arc<Status>,
     warm_tx: mpsc::Sender<Vec<plan::WarmJob>>,
     mut rx: mpsc::Receiver<Delayed>,
+    live: Arc<Live>,
 ) {
     let Ok(pg) = config.postgres_config() else {
         return;
@@ -183,7 +184,7 @@ async fn reinvalidator(
             },
             _ = async { tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)).await }, if next.is_some() => {
                 let Some((_, d)) = queue.pop_first() else { continue };
-                if !d.warms.is_empty() && warm_tx.try_send(d.warms).is_err() {
+                if !d.warms.is_empty() && warm_tx.try_send(d.warms.clone()).is_err() {
                     add(&status.counters.warm_dropped, 1);
                 }
                 if d.actions.is_empty() {
@@ -192,7 +193,14 @@ async fn reinvalidator(
                 }
                 let result = async {
                     let ids = journal.record_pending(&d.actions).await.map_err(|e| e.to_string())?;
-                    match cache.execute(d.actions.iter().map(|a| &a.target)).await {
+                    // (a failure below re-queues the pass: see the match)
+                    let fences = plan::fences(&live.snapshot().rules, &config.redis.key_prefix,
+                        d.actions.iter().map(|a| (&a.target, a.lsn)));
+                    let executed = match cache.set_marks(&fences).await {
+                        Ok(()) => cache.execute(d.actions.iter().map(|a| &a.target)).await,
+                        Err(e) => Err(e),
+                    };
+                    match executed {
                         Ok(_) => journal.mark_completed(&ids, Utc::now()).await.map_err(|e| e.to_string()),
                         Err(e) => {
                             let _ = journal.mark_failed(&ids, &e.to_string()).await;
@@ -203,7 +211,17 @@ async fn reinvalidator(
                 .await;
                 match result {
                     Ok(()) => add(&status.counters.reinvalidations, 1),
-                    Err(e) => tracing::warn!(error = %e, "delayed re-invalidation failed"),
+                    Err(e) => {
+                        // Retried until it succeeds, like any invalidation.
+                        tracing::warn!(error = %e, "delayed re-invalidation failed; retrying in 1 s");
+                        seq += 1;
+                        let retry = Delayed {
+                            due: tokio::time::Instant::now() + Duration::from_secs(1),
+                            actions: d.actions,
+                            warms: Vec::new(),
+                        };
+                        queue.insert((retry.due, seq), retry);
+                    }
                 }
             }
         }
@@ -307,6 +325,7 @@ impl Worker {
             self.status.clone(),
             warm_tx.clone(),
             delayed_rx,
+            self.live.clone(),
         ));
         self.warm_tx = Some(warm_tx);
         let on_start = tokio::spawn(warm_on_start(self.config.clone(), self.live.clone()));
@@ -368,7 +387,21 @@ impl Worker {
         let mut shutdown = self.shutdown.clone();
         loop {
             let batch = source.next_batch(&mut shutdown).await?;
-            if !batch.transactions.is_empty() && !self.process(&batch).await {
+            let finished = if batch.transactions.is_empty() {
+                true
+            } else {
+                // While the batch runs (a TRUNCATE's SCANs can take long), keep the stream alive.
+                let heartbeat = self.config.batch_limits().status_interval;
+                let work = self.process(&batch);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        done = &mut work => break done,
+                        _ = tokio::time::sleep(heartbeat) => source.heartbeat().await?,
+                    }
+                }
+            };
+            if !finished {
                 // Shutdown while the batch could not finish: leave it unconfirmed for replay.
                 tracing::warn!("stopping with an unfinished batch; it will be replayed on restart");
                 source.close().await;

@@ -39,16 +39,32 @@ pub struct ExecReport {
 
 /// Invalidates tag sets atomically: for each set in KEYS, unlink its members (in chunks, to
 /// stay within Lua's unpack limit) and the set. Returns how many members existed.
+/// A tag key that is not a set (an application wrote something else there) is simply
+/// unlinked: an error here would stall every later invalidation.
 const TAG_SCRIPT: &str = r"
 local removed = 0
 for _, tag in ipairs(KEYS) do
-  local members = redis.call('SMEMBERS', tag)
-  for i = 1, #members, 1000 do
-    removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, #members)))
+  if redis.call('TYPE', tag).ok == 'set' then
+    local members = redis.call('SMEMBERS', tag)
+    for i = 1, #members, 1000 do
+      removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, #members)))
+    end
   end
   redis.call('UNLINK', tag)
 end
 return removed
+";
+
+/// Increments version keys; a key holding something that is not an integer is replaced by
+/// ARGV[1] (a fresh, time-based version) instead of failing: the namespace changes either way.
+const BUMP_SCRIPT: &str = r"
+for _, k in ipairs(KEYS) do
+  local ok = redis.pcall('INCR', k)
+  if type(ok) == 'table' and ok.err then
+    redis.call('SET', k, ARGV[1])
+  end
+end
+return #KEYS
 ";
 
 /// Tunables for [`Cache`].
@@ -208,11 +224,16 @@ impl Cache {
             return Ok(());
         }
         let mut conn = self.connection().await.map_err(into_redis)?;
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("INCR").arg(*k).ignore();
+        let script = redis::Script::new(BUMP_SCRIPT);
+        let fresh = chrono::Utc::now().timestamp_micros();
+        for chunk in keys.chunks(500) {
+            let mut inv = script.prepare_invoke();
+            for k in chunk {
+                inv.key(*k);
+            }
+            inv.arg(fresh);
+            let _: i64 = inv.invoke_async(&mut conn).await?;
         }
-        let () = pipe.query_async(&mut conn).await?;
         report.bumps += keys.len() as u64;
         Ok(())
     }

@@ -67,14 +67,15 @@ pub async fn prepare(
         )
         .await?
         .is_some();
+    // Changes to partitions are published under the partitioned table the rules name.
     let verb = if exists {
         format!(
-            "ALTER PUBLICATION {} SET TABLE {list}",
-            quote_ident(publication)
+            "ALTER PUBLICATION {p} SET TABLE {list}; ALTER PUBLICATION {p} SET (publish_via_partition_root = true)",
+            p = quote_ident(publication)
         )
     } else {
         format!(
-            "CREATE PUBLICATION {} FOR TABLE {list}",
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
             quote_ident(publication)
         )
     };
@@ -208,6 +209,12 @@ impl PostgresSource {
         self.send_status().await
     }
 
+    /// Tells the server we are alive (with the unchanged confirmed position) while a long batch
+    /// is being processed, so `wal_sender_timeout` does not end the stream.
+    pub async fn heartbeat(&mut self) -> Result<(), SourceError> {
+        self.send_status().await
+    }
+
     async fn send_status(&mut self) -> Result<(), SourceError> {
         self.last_status = Instant::now();
         self.conn
@@ -244,7 +251,10 @@ impl PostgresSource {
                     }
                     Ok(Assembled::Pending) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, lsn = %start, "pgoutput message outside a transaction ignored");
+                        // The stream lost its framing: reconnect and replay from the slot
+                        // rather than confirm past changes that were not understood.
+                        tracing::error!(error = %e, lsn = %start, "pgoutput stream out of sequence; reconnecting");
+                        return Err(SourceError::Sequence(e));
                     }
                 }
             }
@@ -280,8 +290,10 @@ impl PostgresSource {
         batch
     }
 
+    /// What counts towards `max_changes`: changes, and transactions (so a flood of tiny or
+    /// empty transactions also ends a batch).
     fn pending_changes(&self, batch: &Batch) -> usize {
-        batch.change_count() + self.assembler.open_len()
+        batch.change_count() + batch.transactions.len() + self.assembler.open_len()
     }
 
     /// Gathers the next batch. Waits for the first transaction; then takes whatever else has
