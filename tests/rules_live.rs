@@ -405,3 +405,53 @@ async fn application_requests_and_manual_invalidation() {
     w.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_tag_and_bump_keys_do_not_stall_invalidation() {
+    let env = env(
+        "poison",
+        "[[rule]]\nname='course'\ntable='courses'\ntags=['course:{id}']\nbump=['ns:course:{id}']\nkeys=['c:{id}']\n",
+    )
+    .await;
+    let w = env.start_worker().await;
+    let mut r = env.redis.clone();
+    // An application wrote a string where a tag set and a version number belong.
+    let _: () = r.set(env.key("tag:course:1"), "oops").await.unwrap();
+    let _: () = r.set(env.key("ns:course:1"), "not-a-number").await.unwrap();
+    env.set_keys(&["c:1"]).await;
+    env.db
+        .execute("INSERT INTO courses (id, title) VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["c:1", "tag:course:1"], WAIT).await;
+    let v: String = r.get(env.key("ns:course:1")).await.unwrap();
+    assert_ne!(v, "not-a-number", "the namespace changed anyway");
+    // And the stream goes on.
+    sync(&env, 1).await;
+    assert_eq!(w.status.counters.redis_errors.load(Ordering::Relaxed), 0);
+    w.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_partitions_reach_the_partitioned_tables_rules() {
+    let env = TestEnv::new(
+        "partitions",
+        "CREATE TABLE events (id int, day date, title text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
+    )
+    .await;
+    env.write_rules(
+        "events.toml",
+        "[[rule]]\nname='event'\ntable='events'\nkeys=['event:{id}']\n",
+    );
+    let w = env.start_worker().await;
+    env.set_keys(&["event:1"]).await;
+    env.db
+        .execute("INSERT INTO events VALUES (1, '2026-05-01', 'x')", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["event:1"], WAIT).await;
+    w.stop().await;
+    env.cleanup().await;
+}
