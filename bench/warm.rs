@@ -151,7 +151,14 @@ async fn main() {
         .args(["-c", "redis-cli --scan --pattern 'cw:v:cwbw:*' | xargs -r -n 10000 redis-cli unlink > /dev/null"])
         .status();
     drop(db);
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .await;
+    // The dropped connection may still be closing: retry briefly.
+    for _ in 0..20 {
+        let dropped = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+            .await;
+        if dropped.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
