@@ -159,6 +159,13 @@ impl ReplicationConnection {
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
                 .map(|s| {
                     let _ = s.set_nodelay(true);
+                    // While idle the server rarely writes (we report every few seconds), so a
+                    // half-open connection is only noticed through TCP keepalives.
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(Duration::from_secs(10))
+                        .with_interval(Duration::from_secs(5))
+                        .with_retries(3);
+                    let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
                     Box::new(s) as Box<dyn Io>
                 }),
                 tokio_postgres::config::Host::Unix(dir) => {
