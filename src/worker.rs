@@ -172,15 +172,24 @@ async fn reinvalidator(
     let mut queue: std::collections::BTreeMap<(tokio::time::Instant, u64), Delayed> =
         Default::default();
     let mut seq = 0u64;
+    // Once the worker stops, the remaining passes run at once (early beats never).
+    let mut closing = false;
     loop {
-        let next = queue.keys().next().map(|k| k.0);
+        if closing && queue.is_empty() {
+            return;
+        }
+        let next = if closing {
+            Some(tokio::time::Instant::now())
+        } else {
+            queue.keys().next().map(|k| k.0)
+        };
         tokio::select! {
-            d = rx.recv() => match d {
+            d = rx.recv(), if !closing => match d {
                 Some(d) => {
                     seq += 1;
                     queue.insert((d.due, seq), d);
                 }
-                None => return,
+                None => closing = true,
             },
             _ = async { tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)).await }, if next.is_some() => {
                 let Some((_, d)) = queue.pop_first() else { continue };
@@ -211,6 +220,9 @@ async fn reinvalidator(
                 .await;
                 match result {
                     Ok(()) => add(&status.counters.reinvalidations, 1),
+                    Err(e) if closing => {
+                        tracing::warn!(error = %e, "delayed re-invalidation failed at shutdown");
+                    }
                     Err(e) => {
                         // Retried until it succeeds, like any invalidation.
                         tracing::warn!(error = %e, "delayed re-invalidation failed; retrying in 1 s");
@@ -375,8 +387,8 @@ impl Worker {
         // should not throw them away), then stop the helpers.
         self.warm_tx = None;
         self.delayed_tx = None;
-        delayed.abort();
         on_start.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), delayed).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), warmer).await;
         tracing::info!("stopped");
         Ok(())
