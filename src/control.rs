@@ -93,10 +93,11 @@ pub async fn load_checked(
     dir: &Path,
 ) -> Result<(RuleSet, std::collections::HashMap<String, check::TableInfo>), RuleErrors> {
     let rules = rules::load_dir(dir)?;
-    let catalog = check::load_catalog(client, &rules.tables())
+    let catalog = check_against_database(client, &rules)
         .await
-        .map_err(|e| {
-            RuleErrors(vec![rules::Diagnostic {
+        .map_err(|e| match e {
+            CheckError::Rules(e) => e,
+            CheckError::Postgres(e) => RuleErrors(vec![rules::Diagnostic {
                 at: rules::Location {
                     file: dir.to_path_buf(),
                     line: 0,
@@ -104,14 +105,33 @@ pub async fn load_checked(
                 },
                 severity: Severity::Error,
                 message: format!("cannot read the schema: {e}"),
-            }])
+            }]),
         })?;
-    check_schema(&rules, &catalog)?;
-    let queries = check::check_queries(client, &rules).await;
-    if !queries.is_empty() {
-        return Err(RuleErrors(queries));
-    }
     Ok((rules, catalog))
+}
+
+/// Why a rule set cannot run against a database.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0}")]
+    Rules(RuleErrors),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// Every check that needs the database — schema, replica identity, conditions, warm queries —
+/// for the worker's start and every reload. Returns the catalog the rules were checked against.
+pub async fn check_against_database(
+    client: &Client,
+    rules: &RuleSet,
+) -> Result<std::collections::HashMap<String, check::TableInfo>, CheckError> {
+    let catalog = check::load_catalog(client, &rules.tables()).await?;
+    check_schema(rules, &catalog).map_err(CheckError::Rules)?;
+    let queries = check::check_queries(client, rules).await;
+    if !queries.is_empty() {
+        return Err(CheckError::Rules(RuleErrors(queries)));
+    }
+    Ok(catalog)
 }
 
 /// Checks rules against a catalog: logs warnings, returns the errors.

@@ -348,6 +348,28 @@ pub struct Progress {
     pub elapsed: Duration,
 }
 
+/// ` WHERE …` for a bulk read: the user's `--where`, and when resuming, key columns after the
+/// last key written (`$1..$n`). Empty when there is neither.
+fn where_clause(key_cols: &[String], where_sql: Option<&str>, after: bool) -> String {
+    let mut conds = Vec::new();
+    if let Some(w) = where_sql {
+        conds.push(format!("({w})"));
+    }
+    if after {
+        let params: Vec<String> = (1..=key_cols.len()).map(|i| format!("${i}")).collect();
+        conds.push(format!(
+            "({}) > ({})",
+            key_cols.join(", "),
+            params.join(", ")
+        ));
+    }
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
 /// The SQL that reads every row of a rule for bulk warming: the key columns and args as text,
 /// then the value — the warm query as a correlated subquery (refresh) or every column as text
 /// (write-through, rendered as JSON like the worker does).
@@ -385,23 +407,11 @@ fn bulk_sql(
             .map(|c| format!("b.{}::text", q(c)))
             .collect();
         let order: Vec<String> = key_cols.iter().map(|c| format!("b.{}", q(c))).collect();
-        let mut conds = Vec::new();
-        if let Some(w) = where_sql {
-            conds.push(format!("({w})"));
-        }
-        if after {
-            let params: Vec<String> = (1..=key_cols.len()).map(|i| format!("${i}")).collect();
-            conds.push(format!("({}) > ({})", order.join(", "), params.join(", ")));
-        }
         let from = format!(
             "FROM ({}) AS b({}, cw_value){}",
             bulk.value.trim().trim_end_matches(';'),
             names.join(", "),
-            if conds.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", conds.join(" AND "))
-            }
+            where_clause(&order, where_sql, after)
         );
         let sql = format!(
             "SELECT {}, b.cw_value {from} ORDER BY {}",
@@ -428,23 +438,11 @@ fn bulk_sql(
         .iter()
         .map(|c| format!("cw_row__.{}", q(c)))
         .collect();
-    let mut conds = Vec::new();
-    if let Some(w) = where_sql {
-        conds.push(format!("({w})"));
-    }
-    if after {
-        let params: Vec<String> = (1..=key_cols.len()).map(|i| format!("${i}")).collect();
-        conds.push(format!("({}) > ({})", pk.join(", "), params.join(", ")));
-    }
     let from = format!(
         "FROM {}.{} cw_row__{}",
         q(schema),
         q(table),
-        if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        }
+        where_clause(&pk, where_sql, after)
     );
     let sql = format!(
         "SELECT {} {from} ORDER BY {}",

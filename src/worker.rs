@@ -260,12 +260,12 @@ impl Worker {
             }
         }
         let tables = rules.tables();
-        let catalog = check::load_catalog(&client, &tables).await?;
-        crate::control::check_schema(&rules, &catalog).map_err(WorkerError::Rules)?;
-        let queries = check::check_queries(&client, &rules).await;
-        if !queries.is_empty() {
-            return Err(WorkerError::Rules(RuleErrors(queries)));
-        }
+        let catalog = crate::control::check_against_database(&client, &rules)
+            .await
+            .map_err(|e| match e {
+                crate::control::CheckError::Rules(e) => WorkerError::Rules(e),
+                crate::control::CheckError::Postgres(e) => WorkerError::Postgres(e),
+            })?;
         crate::registry::sync(&client, &rules).await?;
         let confirmed = prepare(
             &client,

@@ -325,6 +325,22 @@ impl Cache {
     }
 }
 
+/// Runs a pipeline of `EVALSHA`s of `script`. On a server that has not seen the script yet
+/// (NOSCRIPT), loads it and runs the pipeline once more; every script here is idempotent.
+async fn query_scripted<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    pipe: &redis::Pipeline,
+    script: &redis::Script,
+) -> Result<T, redis::RedisError> {
+    match pipe.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            let _: Result<String, _> = script.prepare_invoke().load_async(conn).await;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
 fn into_redis(e: CacheError) -> redis::RedisError {
     match e {
         CacheError::Redis(e) => e,
@@ -437,15 +453,7 @@ impl Cache {
             pipe.invoke_script(script.key(key).arg(version_text(*lsn)).arg(MARK_TTL_SECS))
                 .ignore();
         }
-        let r: Result<(), _> = pipe.query_async(&mut conn).await;
-        let r = match r {
-            // The first use of a script on a fresh server: load it, then retry once.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let _: Result<String, _> = script.prepare_invoke().load_async(&mut conn).await;
-                pipe.query_async(&mut conn).await
-            }
-            other => other,
-        };
+        let r: Result<(), _> = query_scripted(&mut conn, &pipe, &script).await;
         self.forget_on_error(r)
     }
 
@@ -473,15 +481,7 @@ impl Cache {
             }
             pipe.invoke_script(&inv);
         }
-        let r: Result<Vec<String>, _> = pipe.query_async(&mut conn).await;
-        let r = match r {
-            // The first use of the script on this server: load it, then retry once.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let _: Result<String, _> = script.prepare_invoke().load_async(&mut conn).await;
-                pipe.query_async(&mut conn).await
-            }
-            other => other,
-        };
+        let r: Result<Vec<String>, _> = query_scripted(&mut conn, &pipe, &script).await;
         Ok(self
             .forget_on_error(r)?
             .iter()
