@@ -9,7 +9,7 @@ export PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres
 if ! psql -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'edurise'" | grep -q 1; then
   createdb edurise
 fi
-psql -d edurise -q -v ON_ERROR_STOP=1 -f examples/edurise/schema.sql
+PGOPTIONS="-c client_min_messages=warning" psql -d edurise -q -v ON_ERROR_STOP=1 -f examples/edurise/schema.sql
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 cargo build --release --bin cachewarden
 bin="${CARGO_TARGET_DIR:-target}/release/cachewarden"
