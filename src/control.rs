@@ -381,11 +381,7 @@ impl Controller {
             &snap.cx.key_prefix,
             targets.iter().map(|t| (t, lsn)),
         );
-        let executed = match cache.set_marks(&fences).await {
-            Ok(()) => cache.execute(targets.iter()).await,
-            Err(e) => Err(e),
-        };
-        match executed {
+        match cache.execute(&fences, targets.iter()).await {
             Ok(report) => {
                 client
                     .execute(

@@ -412,11 +412,7 @@ async fn invalidate(
         }
         Err(_) => Vec::new(),
     };
-    let executed = match cache.set_marks(&fences).await {
-        Ok(()) => cache.execute([&target]).await,
-        Err(e) => Err(e),
-    };
-    match executed {
+    match cache.execute(&fences, [&target]).await {
         Ok(report) => {
             client
                 .execute(

@@ -205,11 +205,7 @@ async fn reinvalidator(
                     // (a failure below re-queues the pass: see the match)
                     let fences = plan::fences(&live.snapshot().rules, &config.redis.key_prefix,
                         d.actions.iter().map(|a| (&a.target, a.lsn)));
-                    let executed = match cache.set_marks(&fences).await {
-                        Ok(()) => cache.execute(d.actions.iter().map(|a| &a.target)).await,
-                        Err(e) => Err(e),
-                    };
-                    match executed {
+                    match cache.execute(&fences, d.actions.iter().map(|a| &a.target)).await {
                         Ok(_) => journal.mark_completed(&ids, Utc::now()).await.map_err(|e| e.to_string()),
                         Err(e) => {
                             let _ = journal.mark_failed(&ids, &e.to_string()).await;
@@ -549,11 +545,7 @@ impl Worker {
         let cache = &mut self.cache;
         let exec = async {
             let t = Instant::now();
-            // Marks first: once a key is unlinked, no older warm write may land on it.
-            let r = match cache.set_marks(&plan.marks).await {
-                Ok(()) => cache.execute(targets).await,
-                Err(e) => Err(e),
-            };
+            let r = cache.execute(&plan.marks, targets).await;
             (r, Utc::now(), t.elapsed())
         };
         let journal = &mut self.journal;
@@ -648,7 +640,7 @@ impl Worker {
             }
             let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
             self.cache
-                .execute(rows.iter().flat_map(|r| r.targets.iter()))
+                .execute(&[], rows.iter().flat_map(|r| r.targets.iter()))
                 .await
                 .map_err(|e| e.to_string())?;
             self.journal

@@ -140,12 +140,15 @@ impl Cache {
     }
 
     /// Executes every target: unlinks keys and pattern matches, invalidates tag sets, bumps
-    /// version keys. Idempotent apart from bumps (a retried bump increments again, which only
-    /// invalidates once more), so safe to retry.
+    /// version keys. `marks` (see [`crate::plan::fences`]) are raised first: once a warmed key
+    /// is unlinked, no older warm write may land on it. Idempotent apart from bumps (a retried
+    /// bump increments again, which only invalidates once more), so safe to retry.
     pub async fn execute<'a>(
         &mut self,
+        marks: &[(String, crate::source::Lsn)],
         targets: impl IntoIterator<Item = &'a Target>,
     ) -> Result<ExecReport, CacheError> {
+        self.set_marks(marks).await?;
         let mut keys: Vec<&str> = Vec::new();
         let mut patterns: Vec<&str> = Vec::new();
         let mut tags: Vec<&str> = Vec::new();
