@@ -217,17 +217,6 @@ fn default_level() -> String {
     "info".into()
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
 impl Config {
     /// Loads the file at `path`, applies environment overrides and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -247,7 +236,7 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
+            let (line, col) = crate::rules::line_col(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,

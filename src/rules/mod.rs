@@ -378,6 +378,18 @@ pub const OWN_TABLES: [&str; 5] = [
     "cachewarden_warm_runs",
 ];
 
+/// 1-based line and column (in characters) of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
 struct FileCtx<'a> {
     path: &'a Path,
     text: &'a str,
@@ -386,13 +398,7 @@ struct FileCtx<'a> {
 
 impl FileCtx<'_> {
     fn at(&self, offset: usize) -> Location {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, col) = line_col(self.text, offset);
         Location {
             file: self.path.to_path_buf(),
             line,
