@@ -11,4 +11,6 @@ fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo nextest run --no-fail-fast "$@"
+# The fault-injection tests need the named failpoints compiled in (src/failpoints.rs).
+cargo clippy --all-targets --features failpoints -- -D warnings
+cargo nextest run --features failpoints --no-fail-fast "$@"

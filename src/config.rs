@@ -282,16 +282,16 @@ impl Config {
         self.postgres.url.parse()
     }
 
-    pub fn batch_limits(&self) -> crate::source::postgres::BatchLimits {
-        crate::source::postgres::BatchLimits {
+    pub fn batch_limits(&self) -> crate::source::BatchLimits {
+        crate::source::BatchLimits {
             max_changes: self.worker.max_batch_changes,
             linger: Duration::from_millis(self.worker.batch_linger_ms),
             status_interval: Duration::from_millis(self.worker.status_interval_ms.max(100)),
         }
     }
 
-    pub fn cache_options(&self) -> crate::cache::CacheOptions {
-        crate::cache::CacheOptions {
+    pub fn cache_options(&self) -> crate::target::redis::CacheOptions {
+        crate::target::redis::CacheOptions {
             unlink_chunk: self.redis.unlink_chunk,
             scan_count: self.redis.scan_count,
             timeout: Duration::from_millis(self.redis.timeout_ms),

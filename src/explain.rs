@@ -139,7 +139,7 @@ fn to_datum(v: &Value) -> Datum {
 impl EventJson {
     /// Builds the [`Change`] the source would have produced.
     pub fn to_change(&self) -> Change {
-        let (schema, name) = crate::source::postgres::split_table(&self.table);
+        let (schema, name) = crate::sql::split_table(&self.table);
         let mut names: Vec<&String> = Vec::new();
         for row in [&self.old, &self.new].into_iter().flatten() {
             for k in row.keys() {

@@ -1,40 +1,52 @@
-//! cachewarden keeps Redis caches correct: it streams a PostgreSQL database's committed
-//! changes through logical replication, maps each changed row to cache keys through rule files,
-//! deletes those keys, journals every invalidation, and only then confirms the stream position.
+//! cachewarden keeps Redis caches correct: it reads a database's committed changes, maps each
+//! changed row to cache keys through rule files, deletes or refreshes those keys, journals every
+//! invalidation, and only then confirms the stream position.
 //!
 //! # Layout
 //!
-//! The data path, in order:
+//! The data path, in the order a change meets it:
 //!
-//! * [`source`] — ordered change events with a resumable position: the `pgoutput` decoder
-//!   ([`source::pgoutput`]), the replication protocol ([`source::replication`]) and the
-//!   PostgreSQL source with publication/slot management and batching ([`source::postgres`]).
-//! * [`rules`] — load, validate and check rule files; match changes; render keys
-//!   ([`rules::template`], [`rules::check`]).
-//! * [`plan`] — a batch of transactions becomes one deduplicated set of cache actions.
-//! * [`cache`] — executes actions on Redis: pipelined `UNLINK`, `SCAN`-based patterns.
-//! * [`journal`] — `cache_invalidations` lifecycle rows (`pending` → `completed` | `failed`).
-//! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`) with
-//!   versioned compare-and-set writes that never put an older value over a newer one.
+//! * [`source`] — the [`source::Source`] trait: ordered batches of committed changes and a
+//!   position to confirm. [`source::postgres`] is logical replication with `pgoutput`
+//!   (decoder, replication protocol, publication and slot set-up).
+//! * [`rules`] — load, validate and check rule files; match changes; render keys.
+//! * `plan` — a batch of transactions becomes one deduplicated set of [`action`]s (the shared
+//!   vocabulary: [`action::Target`], [`action::Action`], [`action::WarmJob`]), with the fence
+//!   marks of [`fence`], the never-stale protocol and its [`fence::Version`]s.
+//! * [`target`] — the [`target::CacheTarget`] trait and its Redis implementation: executes
+//!   actions, versioned writes, health and figures.
+//! * [`journal`] — `cache_invalidations`, and the one invalidation lifecycle every path uses
+//!   (`pending` → execute → `completed` | `failed`).
 //! * [`worker`] — ties the path together and owns the acknowledgement contract: a position is
 //!   confirmed only after every action before it is done and journaled.
+//! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`).
 //!
-//! Around it: [`control`] (hot reload, live `cache_configs` switches, application requests),
+//! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),
 //! [`status`] (HTTP health, readiness and status), [`config`] (`cachewarden.toml`),
-//! [`cli`] (commands), [`migrate`] (schema), [`registry`] (`cache_configs` sync) and
-//! [`explain`] (dry runs). Pure logic — decoding, matching, rendering, planning — does no I/O.
+//! [`cli`] (commands), [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`]
+//! (dry runs), [`runtime`] (shutdown, task sets, backoff), [`db`] (connections) and
+//! `failpoints` (named crash points for the fault-injection tests). Pure logic — decoding,
+//! matching, rendering, planning, fencing, journal grouping, globs, SQL quoting — does no I/O.
 
-pub mod cache;
+pub mod action;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod db;
+mod encode;
 pub mod explain;
+mod failpoints;
+pub mod fence;
+mod glob;
 pub mod journal;
 pub mod migrate;
-pub mod plan;
-pub mod registry;
+mod plan;
+mod registry;
 pub mod rules;
+pub mod runtime;
 pub mod source;
+mod sql;
 pub mod status;
+pub mod target;
 pub mod warm;
 pub mod worker;

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::sync::watch;
 
 use cachewarden::cli::{Cli, Command};
 use cachewarden::config::{Config, LogFormat};
 use cachewarden::rules::{self, Severity};
+use cachewarden::runtime::ShutdownSender;
 use cachewarden::status::Status;
+use cachewarden::target::Targets;
 use cachewarden::worker::{Worker, WorkerError};
-use cachewarden::{explain, journal, migrate};
+use cachewarden::{db, explain, migrate};
 
 fn init_logging(cfg: Option<&Config>) {
     let level = cfg.map_or("info", |c| c.log.level.as_str());
@@ -71,9 +72,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config?;
             init_logging(Some(&config));
             let pg = config.postgres_config().context("[postgres] url")?;
-            let mut client = journal::connect(&pg)
-                .await
-                .context("connecting to PostgreSQL")?;
+            let mut client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
             let applied = migrate::apply(&mut client).await?;
             if applied.is_empty() {
                 println!(
@@ -166,7 +165,7 @@ async fn check(
     let mut errors = 0;
     if !offline {
         let pg = config.postgres_config().context("[postgres] url")?;
-        match journal::connect(&pg).await {
+        match db::connect(&pg).await {
             Ok(client) => {
                 let catalog = rules::check::load_catalog(&client, &rules.tables()).await?;
                 let mut diags = rules::check::check(&rules, &catalog);
@@ -203,11 +202,12 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = ShutdownSender::new();
+    let stop_rx = stop.subscribe();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: finishing in-flight work");
-        let _ = stop_tx.send(true);
+        stop.trigger();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now; unconfirmed changes will be replayed");
         std::process::exit(130);
@@ -222,7 +222,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         listener,
         status.clone(),
         async move {
-            let _ = http_stop.wait_for(|s| *s).await;
+            http_stop.recv().await;
         },
     ));
     // Wait for PostgreSQL at start-up (containers often start before the database).
@@ -241,7 +241,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 eprintln!("{e}");
                 return Ok(ExitCode::from(1));
             }
-            Err(_) if *stop_rx.borrow() => return Ok(ExitCode::SUCCESS),
+            Err(_) if stop_rx.is_shutdown() => return Ok(ExitCode::SUCCESS),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL unavailable at start-up");
                 tokio::time::sleep(delay).await;
@@ -297,11 +297,9 @@ async fn warm(
         return Ok(ExitCode::from(1));
     }
     let pg = config.postgres_config().context("[postgres] url")?;
-    let mut client = journal::connect(&pg)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let mut client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
     migrate::apply(&mut client).await?;
-    let mut cache = cachewarden::cache::Cache::new(&config.redis.url, config.cache_options())?;
+    let mut cache = Targets::open(config)?;
     let tty = std::io::stderr().is_terminal();
     for rule in chosen {
         let mut last_print = std::time::Instant::now();
@@ -372,14 +370,16 @@ async fn warm(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cachewarden invalidate`: journal a request as `running`, execute it, complete it.
+/// `cachewarden invalidate`: journal a request as `running`, execute it through the
+/// invalidation lifecycle, which completes or fails the row.
 async fn invalidate(
     config: &Config,
     pattern: &str,
     reason: &str,
     raw: bool,
 ) -> anyhow::Result<ExitCode> {
-    use cachewarden::plan::Target;
+    use cachewarden::action::Target;
+    use cachewarden::journal::{self, InvalidationError, OnFailure, PgJournal, Rows};
     let full = if raw {
         pattern.to_string()
     } else {
@@ -391,48 +391,40 @@ async fn invalidate(
         Target::Key(full.clone())
     };
     let pg = config.postgres_config().context("[postgres] url")?;
-    let client = journal::connect(&pg)
+    let client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
+    let mut journal = PgJournal::new(pg);
+    let id = journal
+        .insert_request(&target, reason)
         .await
-        .context("connecting to PostgreSQL")?;
-    let id: String = client
-        .query_one(
-            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status) \
-             VALUES ($1, $2, $3, 'running') RETURNING id::text",
-            &[&full, &target.kind(), &reason],
-        )
-        .await
-        .context("journaling the request (has `cachewarden migrate` run?)")?
-        .get(0);
-    let mut cache = cachewarden::cache::Cache::new(&config.redis.url, config.cache_options())?;
+        .context("journaling the request (has `cachewarden migrate` run?)")?;
+    let mut cache = Targets::open(config)?;
     // Fence warmed keys first, so no refetch in flight lands after this invalidation.
     let fences = match rules::load_dir(&config.rules_dir) {
         Ok(rules) => {
             let lsn = cachewarden::control::current_lsn(&client).await?;
-            cachewarden::plan::fences(&rules, &config.redis.key_prefix, [(&target, lsn)])
+            cachewarden::fence::fences(&rules, &config.redis.key_prefix, [(&target, lsn.into())])
         }
         Err(_) => Vec::new(),
     };
-    match cache.execute(&fences, [&target]).await {
-        Ok(report) => {
-            client
-                .execute(
-                    "UPDATE cache_invalidations SET status = 'completed', completed_at = now() WHERE id = $1::text::uuid",
-                    &[&id],
-                )
-                .await?;
+    let r = journal::invalidate(
+        &mut journal,
+        &mut cache,
+        Rows::Existing(vec![id.clone()]),
+        &fences,
+        &[&target],
+        OnFailure::Fail,
+    )
+    .await;
+    match r {
+        Ok(done) => {
             println!(
                 "invalidated {full}: {} keys removed (journal {id})",
-                report.removed
+                done.report.removed
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            client
-                .execute(
-                    "UPDATE cache_invalidations SET status = 'failed', completed_at = now(), error = $2 WHERE id = $1::text::uuid",
-                    &[&id, &e.to_string()],
-                )
-                .await?;
+        Err(InvalidationError::Journal(e)) => Err(e.into()),
+        Err(InvalidationError::Cache(e)) => {
             eprintln!("error: invalidating {full} failed: {e} (journal {id})");
             Ok(ExitCode::from(2))
         }

@@ -10,73 +10,11 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Utc};
-
+use crate::action::{Action, Fill, Target, WarmJob};
+use crate::encode::row_json;
+use crate::fence::{fences, mark_key, rule_mark_key, rule_max_mark_key, Version};
 use crate::rules::{Rendered, RowView, Rule, RuleSet, Template, Verdict};
-use crate::source::{Change, Datum, Lsn, Op, Transaction};
-
-/// What to do to Redis.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    /// `UNLINK` one key.
-    Key(String),
-    /// `SCAN MATCH` the pattern and `UNLINK` every key found.
-    Pattern(String),
-    /// Unlink every member of the tag set and the set itself, atomically.
-    Tag(String),
-    /// Invalidate every tag set whose name matches the pattern.
-    TagPattern(String),
-    /// `INCR` a namespace version key.
-    Bump(String),
-    /// `INCR` every existing version key matching the pattern.
-    BumpPattern(String),
-}
-
-impl Target {
-    pub fn text(&self) -> &str {
-        match self {
-            Target::Key(k)
-            | Target::Pattern(k)
-            | Target::Tag(k)
-            | Target::TagPattern(k)
-            | Target::Bump(k)
-            | Target::BumpPattern(k) => k,
-        }
-    }
-
-    /// The journal's `kind` column.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Target::Key(_) => "key",
-            Target::Pattern(_) => "pattern",
-            Target::Tag(_) => "tag",
-            Target::TagPattern(_) => "tag-pattern",
-            Target::Bump(_) => "bump",
-            Target::BumpPattern(_) => "bump-pattern",
-        }
-    }
-
-    /// The inverse of [`Target::kind`], for journal rows.
-    pub fn from_kind(kind: &str, text: String) -> Option<Target> {
-        Some(match kind {
-            "key" => Target::Key(text),
-            "pattern" => Target::Pattern(text),
-            "tag" => Target::Tag(text),
-            "tag-pattern" => Target::TagPattern(text),
-            "bump" => Target::Bump(text),
-            "bump-pattern" => Target::BumpPattern(text),
-            _ => return None,
-        })
-    }
-
-    /// Whether the target is a glob over keys, tags or version keys.
-    pub fn is_pattern(&self) -> bool {
-        matches!(
-            self,
-            Target::Pattern(_) | Target::TagPattern(_) | Target::BumpPattern(_)
-        )
-    }
-}
+use crate::source::{Change, Datum, Op, Transaction};
 
 /// Which family of targets a template produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,143 +41,6 @@ impl Flavor {
     }
 }
 
-/// One planned action with its provenance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Action {
-    pub target: Target,
-    /// Why: table, operation, primary key, LSN and rule of the first change that asked for it.
-    pub reason: String,
-    pub rule: String,
-    pub table: String,
-    pub lsn: Lsn,
-    /// The earliest commit time among the changes that asked for it.
-    pub triggered_at: DateTime<Utc>,
-    /// How many changes asked for it.
-    pub causes: u32,
-    /// The glob covering every key the producing template can render (for a pattern, the
-    /// pattern itself). The journal groups a batch's keys by it.
-    pub family: String,
-}
-
-/// How a warm job gets its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fill {
-    /// `refresh`: run the rule's warm query with these arguments (NULL as `None`).
-    Query { args: Vec<Option<String>> },
-    /// `write-through`: this value, rendered from the change.
-    Value(String),
-}
-
-/// A key to fill once its invalidation is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WarmJob {
-    pub rule: String,
-    /// The full key (prefix included).
-    pub key: String,
-    /// The position of the change that asked for it: the value's version.
-    pub version: Lsn,
-    /// The transaction whose commit must be visible before a refresh reads.
-    pub xid: u32,
-    pub ttl: Option<u64>,
-    pub fill: Fill,
-}
-
-/// The mark key recording the newest invalidation of `key` (see [`crate::cache`]).
-pub fn mark_key(key: &str) -> String {
-    format!("cw:v:{key}")
-}
-
-/// The mark key recording the newest invalidation of any single key of a rule: bulk warming
-/// writes natively while it is older than its snapshot.
-pub fn rule_max_mark_key(prefix: &str, rule: &str) -> String {
-    format!("{prefix}cw:v:max:{rule}")
-}
-
-/// The mark key recording the newest whole-family invalidation of a rule.
-pub fn rule_mark_key(prefix: &str, rule: &str) -> String {
-    format!("{prefix}cw:v:rule:{rule}")
-}
-
-/// The literal text before a glob's first wildcard.
-fn literal_prefix(glob: &str) -> &str {
-    let end = glob.find(['*', '?', '[', '\\']).unwrap_or(glob.len());
-    &glob[..end]
-}
-
-/// Marks that invalidations outside a warm rule's own firing must raise: a key unlinked by
-/// another rule, a request or a delayed pass may be a warmed key, and a refetch in flight must
-/// not land after it. Keys matching a warm rule's key family get their key mark (and the rule's
-/// max mark); patterns that may overlap a family (their literal prefixes are compatible) raise
-/// the rule's mark. Pure.
-pub fn fences<'a>(
-    rules: &RuleSet,
-    key_prefix: &str,
-    targets: impl IntoIterator<Item = (&'a Target, Lsn)>,
-) -> Vec<(String, Lsn)> {
-    let families: Vec<(String, &str)> = rules
-        .rules
-        .iter()
-        .filter_map(|r| {
-            r.warm
-                .as_ref()
-                .map(|w| (w.key.value.family_pattern(key_prefix), r.name.as_str()))
-        })
-        .collect();
-    if families.is_empty() {
-        return Vec::new();
-    }
-    let mut out: HashMap<String, Lsn> = HashMap::new();
-    let mut raise = |k: String, lsn: Lsn| {
-        let m = out.entry(k).or_insert(lsn);
-        *m = (*m).max(lsn);
-    };
-    for (target, lsn) in targets {
-        for (family, rule) in &families {
-            match target {
-                Target::Key(k) if crate::cache::glob_match(family, k) => {
-                    raise(mark_key(k), lsn);
-                    raise(rule_max_mark_key(key_prefix, rule), lsn);
-                }
-                Target::Pattern(p) => {
-                    let (a, b) = (literal_prefix(p), literal_prefix(family));
-                    if a.starts_with(b) || b.starts_with(a) {
-                        raise(rule_mark_key(key_prefix, rule), lsn);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut v: Vec<(String, Lsn)> = out.into_iter().collect();
-    v.sort();
-    v
-}
-
-/// A change's new row as a JSON object, typed by column type (numbers, booleans, null,
-/// strings) — the value `write-through` writes.
-pub fn row_json(change: &Change) -> Option<String> {
-    let row = change.new.as_ref()?;
-    let mut map = serde_json::Map::new();
-    for (c, d) in change.relation.columns.iter().zip(row.0.iter()) {
-        let v = match d {
-            Datum::Null => serde_json::Value::Null,
-            Datum::Text(t) if c.type_oid == crate::source::oid::BOOL => {
-                serde_json::Value::Bool(t == "true")
-            }
-            Datum::Text(t) if crate::source::oid::is_numeric(c.type_oid) => {
-                serde_json::from_str::<serde_json::Number>(t)
-                    .map(serde_json::Value::Number)
-                    .unwrap_or_else(|_| serde_json::Value::String(t.clone()))
-            }
-            Datum::Text(t) => serde_json::Value::String(t.clone()),
-            // A value the WAL did not carry: the row cannot be rendered faithfully.
-            Datum::Unknown | Datum::UnchangedToast => return None,
-        };
-        map.insert(c.name.clone(), v);
-    }
-    Some(serde_json::Value::Object(map).to_string())
-}
-
 /// A deduplicated set of actions for one batch.
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
@@ -248,7 +49,7 @@ pub struct Plan {
     pub warms: Vec<WarmJob>,
     /// Mark keys to raise to a version before anything is unlinked, so no older warm write
     /// can land afterwards.
-    pub marks: Vec<(String, Lsn)>,
+    pub marks: Vec<(String, Version)>,
     /// Keys that were skipped (absent or NULL values), for logs and `explain`.
     pub skipped: usize,
     /// Keys widened to patterns because a value was not carried by the source.
@@ -271,15 +72,6 @@ impl Plan {
         self.actions.iter().filter_map(|a| match &a.target {
             Target::Pattern(p) => Some(p.as_str()),
             _ => None,
-        })
-    }
-    /// Tag and bump targets (exact or pattern).
-    pub fn tags_and_bumps(&self) -> impl Iterator<Item = &Target> {
-        self.actions.iter().map(|a| &a.target).filter(|t| {
-            matches!(
-                t,
-                Target::Tag(_) | Target::TagPattern(_) | Target::Bump(_) | Target::BumpPattern(_)
-            )
         })
     }
 }
@@ -334,7 +126,7 @@ struct Builder<'a> {
     plan: Plan,
     warms: HashMap<String, Option<WarmJob>>,
     warm_order: Vec<String>,
-    marks: HashMap<String, Lsn>,
+    marks: HashMap<String, Version>,
 }
 
 impl Builder<'_> {
@@ -373,7 +165,7 @@ impl Builder<'_> {
             reason,
             rule: rule.name.clone(),
             table,
-            lsn: tx.commit_lsn,
+            version: tx.commit_lsn.into(),
             triggered_at: tx.commit_time,
             causes: 1,
             family,
@@ -407,7 +199,7 @@ impl Builder<'_> {
 }
 
 impl Builder<'_> {
-    fn mark(&mut self, key: String, lsn: Lsn) {
+    fn mark(&mut self, key: String, lsn: Version) {
         let m = self.marks.entry(key).or_insert(lsn);
         *m = (*m).max(lsn);
     }
@@ -429,7 +221,7 @@ impl Builder<'_> {
         let Some(key) = rendered else {
             // The whole family (or an unrenderable key) is invalidated: fence every in-flight
             // warm write of this rule.
-            self.mark(rule_mark_key(prefix, &rule.name), tx.commit_lsn);
+            self.mark(rule_mark_key(prefix, &rule.name), tx.commit_lsn.into());
             for job in self.warms.values_mut() {
                 if job.as_ref().is_some_and(|j| j.rule == rule.name) {
                     *job = None;
@@ -437,8 +229,8 @@ impl Builder<'_> {
             }
             return;
         };
-        self.mark(mark_key(&key), tx.commit_lsn);
-        self.mark(rule_max_mark_key(prefix, &rule.name), tx.commit_lsn);
+        self.mark(mark_key(&key), tx.commit_lsn.into());
+        self.mark(rule_max_mark_key(prefix, &rule.name), tx.commit_lsn.into());
         let fill = match (rule.strategy, change.op) {
             (_, Op::Delete) => None,
             (crate::rules::Strategy::WriteThrough, _) => row_json(change).map(Fill::Value),
@@ -462,7 +254,7 @@ impl Builder<'_> {
         let job = fill.map(|fill| WarmJob {
             rule: rule.name.clone(),
             key: key.clone(),
-            version: tx.commit_lsn,
+            version: tx.commit_lsn.into(),
             xid: tx.xid,
             ttl: rule.ttl,
             fill,
@@ -551,12 +343,12 @@ pub fn build(rules: &RuleSet, cx: &Context, transactions: &[Transaction]) -> Pla
         .filter_map(|k| warms.remove(k).flatten())
         .collect();
     let mut marks = b.marks;
-    let others = plan.actions.iter().map(|a| (&a.target, a.lsn));
+    let others = plan.actions.iter().map(|a| (&a.target, a.version));
     for (k, lsn) in fences(rules, &cx.key_prefix, others) {
         let m = marks.entry(k).or_insert(lsn);
         *m = (*m).max(lsn);
     }
-    let mut marks: Vec<(String, Lsn)> = marks.into_iter().collect();
+    let mut marks: Vec<(String, Version)> = marks.into_iter().collect();
     marks.sort();
     plan.marks = marks;
     plan
@@ -566,7 +358,8 @@ pub fn build(rules: &RuleSet, cx: &Context, transactions: &[Transaction]) -> Pla
 mod tests {
     use super::*;
     use crate::rules::parse_file;
-    use crate::source::{Column, Relation, Tuple};
+    use crate::source::{Column, Lsn, Relation, Tuple};
+    use chrono::Utc;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -735,12 +528,12 @@ patterns = ["catalog:page:*"]
         assert_eq!(
             plan.marks,
             [
-                (":1:cw:v:max:w".to_string(), Lsn(30)),
-                ("cw:v::1:course:1".to_string(), Lsn(30))
+                (":1:cw:v:max:w".to_string(), Version(30)),
+                ("cw:v::1:course:1".to_string(), Version(30))
             ]
         );
         assert_eq!(plan.warms.len(), 1);
-        assert_eq!(plan.warms[0].version, Lsn(30));
+        assert_eq!(plan.warms[0].version, Version(30));
         assert_eq!(
             plan.warms[0].fill,
             Fill::Query {
@@ -767,40 +560,13 @@ patterns = ["catalog:page:*"]
     }
 
     #[test]
-    fn other_invalidations_fence_warmed_keys() {
-        let rules = warm_rules("refresh");
-        let key = Target::Key("p:course:9".into());
-        let other = Target::Key("p:lesson:1".into());
-        let pattern = Target::Pattern("p:cour*".into());
-        let unrelated = Target::Pattern("p:catalog:*".into());
-        let f = fences(
-            &rules,
-            "p:",
-            [
-                (&key, Lsn(5)),
-                (&other, Lsn(5)),
-                (&pattern, Lsn(7)),
-                (&unrelated, Lsn(8)),
-            ],
-        );
-        assert_eq!(
-            f,
-            [
-                ("cw:v:p:course:9".to_string(), Lsn(5)),
-                ("p:cw:v:max:w".to_string(), Lsn(5)),
-                ("p:cw:v:rule:w".to_string(), Lsn(7)),
-            ]
-        );
-    }
-
-    #[test]
     fn truncate_fences_the_rule_family() {
         let plan = build(
             &warm_rules("refresh"),
             &cx("p:"),
             &[tx(vec![change(Op::Truncate, None, None)])],
         );
-        assert_eq!(plan.marks, [("p:cw:v:rule:w".to_string(), Lsn(10))]);
+        assert_eq!(plan.marks, [("p:cw:v:rule:w".to_string(), Version(10))]);
         assert!(plan.warms.is_empty());
     }
 

@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::source::Lsn;
+use crate::source::Progress;
 
 const LAG_WINDOW: usize = 8192;
 
@@ -61,13 +61,12 @@ pub struct Counters {
 struct Inner {
     slot: String,
     publication: String,
-    confirmed_lsn: Lsn,
-    server_lsn: Lsn,
+    progress: Progress,
     rules_loaded: usize,
     tables: Vec<String>,
     last_error: Option<String>,
     last_batch_at: Option<chrono::DateTime<chrono::Utc>>,
-    redis_stats: Option<crate::cache::RedisStats>,
+    redis_stats: Option<crate::target::CacheStats>,
     rules_error: Option<String>,
     disabled_rules: Vec<String>,
     drift: Vec<String>,
@@ -135,7 +134,7 @@ pub struct Snapshot {
 #[derive(Debug, Serialize)]
 pub struct RedisSnapshot {
     #[serde(flatten)]
-    pub stats: crate::cache::RedisStats,
+    pub stats: crate::target::CacheStats,
     pub hit_ratio: Option<f64>,
     pub memory_ratio: Option<f64>,
 }
@@ -161,10 +160,9 @@ impl Status {
         i.rules_loaded = rules;
     }
 
-    pub fn set_positions(&self, confirmed: Lsn, server: Lsn) {
-        let mut i = self.inner();
-        i.confirmed_lsn = i.confirmed_lsn.max(confirmed);
-        i.server_lsn = i.server_lsn.max(server);
+    /// Where the source stands (positions only move forward at the source).
+    pub fn set_progress(&self, progress: Progress) {
+        self.inner().progress = progress;
     }
 
     pub fn set_rules(&self, tables: Vec<String>, rules: usize) {
@@ -185,7 +183,7 @@ impl Status {
         self.inner().drift = drift;
     }
 
-    pub fn set_redis_stats(&self, stats: crate::cache::RedisStats) {
+    pub fn set_redis_stats(&self, stats: crate::target::CacheStats) {
         self.inner().redis_stats = Some(stats);
     }
 
@@ -250,9 +248,9 @@ impl Status {
             publication: i.publication.clone(),
             source_connected: self.source_connected.load(Ordering::Relaxed),
             redis_connected: self.redis_connected.load(Ordering::Relaxed),
-            confirmed_lsn: i.confirmed_lsn.to_string(),
-            server_lsn: i.server_lsn.to_string(),
-            lag_bytes: i.server_lsn.0.saturating_sub(i.confirmed_lsn.0),
+            confirmed_lsn: i.progress.confirmed.clone(),
+            server_lsn: i.progress.head.clone(),
+            lag_bytes: i.progress.lag,
             lag_ms_p50: quantile(&lags, 0.5),
             lag_ms_p99: quantile(&lags, 0.99),
             lag_samples: lags.len(),

@@ -98,13 +98,14 @@ async fn write_through_writes_the_new_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_writes_never_replace_newer_values() {
     let env = TestEnv::new("cas", SCHEMA).await;
-    let mut cache = cachewarden::cache::Cache::new(common::REDIS_URL, Default::default()).unwrap();
+    let mut cache =
+        cachewarden::target::RedisTarget::new(common::REDIS_URL, Default::default()).unwrap();
     let key = env.key("k");
     let rule_mark = env.key("cw:v:rule:r");
-    let write = |v: &'static str, lsn: u64| cachewarden::cache::VersionedWrite {
+    let write = |v: &'static str, lsn: u64| cachewarden::target::VersionedWrite {
         key: Box::leak(key.clone().into_boxed_str()),
         value: v.as_bytes(),
-        version: cachewarden::source::Lsn(lsn),
+        version: cachewarden::fence::Version(lsn),
         ttl: None,
         rule_mark: Box::leak(rule_mark.clone().into_boxed_str()),
     };
@@ -112,8 +113,8 @@ async fn versioned_writes_never_replace_newer_values() {
     // read data that may predate 200, and is refused; the refetch for 200 lands.
     cache
         .set_marks(&[(
-            cachewarden::plan::mark_key(&key),
-            cachewarden::source::Lsn(200),
+            cachewarden::fence::mark_key(&key),
+            cachewarden::fence::Version(200),
         )])
         .await
         .unwrap();
@@ -129,8 +130,8 @@ async fn versioned_writes_never_replace_newer_values() {
     // An invalidation at 300 raises the mark before unlinking: a refetch versioned 250 is refused.
     cache
         .set_marks(&[(
-            cachewarden::plan::mark_key(&key),
-            cachewarden::source::Lsn(300),
+            cachewarden::fence::mark_key(&key),
+            cachewarden::fence::Version(300),
         )])
         .await
         .unwrap();
@@ -144,7 +145,7 @@ async fn versioned_writes_never_replace_newer_values() {
     );
     // A TRUNCATE fences the whole rule.
     cache
-        .set_marks(&[(rule_mark.clone(), cachewarden::source::Lsn(400))])
+        .set_marks(&[(rule_mark.clone(), cachewarden::fence::Version(400))])
         .await
         .unwrap();
     assert_eq!(
@@ -158,7 +159,7 @@ async fn versioned_writes_never_replace_newer_values() {
         (env.key("b1"), b"v1".to_vec()),
         (env.key("b2"), b"v2".to_vec()),
     ];
-    let lsn = cachewarden::source::Lsn;
+    let lsn = cachewarden::fence::Version;
     let n = cache
         .write_versioned_bulk(&bulk, lsn(500), None, &env.key("cw:v:rule:r2"), &max)
         .await
@@ -166,7 +167,7 @@ async fn versioned_writes_never_replace_newer_values() {
     assert_eq!(n, 2);
     cache
         .set_marks(&[
-            (cachewarden::plan::mark_key(&env.key("b1")), lsn(600)),
+            (cachewarden::fence::mark_key(&env.key("b1")), lsn(600)),
             (max.clone(), lsn(600)),
         ])
         .await

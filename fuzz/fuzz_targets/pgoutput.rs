@@ -2,7 +2,7 @@
 //! messages, must decode or fail cleanly, never panic.
 #![no_main]
 
-use cachewarden::source::pgoutput::{decode, Assembler};
+use cachewarden::source::postgres::pgoutput::{decode, Assembler};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

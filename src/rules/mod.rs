@@ -536,7 +536,7 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
     }
     let table_at = cx.at(raw.table.span().start);
     let table_raw = raw.table.get_ref().trim();
-    let (schema, tbl) = crate::source::postgres::split_table(table_raw);
+    let (schema, tbl) = crate::sql::split_table(table_raw);
     let table = format!("{schema}.{tbl}");
     if !is_sql_ident(schema) || !is_sql_ident(tbl) {
         cx.error(

@@ -477,7 +477,7 @@ mod tests {
         #[test]
         fn escaped_values_match_only_themselves(v in "[a-z*?\\[\\]\\\\]{0,12}") {
             let escaped = escape_glob(&v);
-            prop_assert!(crate::cache::glob_match(&escaped, &v));
+            prop_assert!(crate::glob::glob_match(&escaped, &v));
             prop_assert_eq!(escaped.chars().filter(|c| !is_glob_char(*c)).count(),
                 v.chars().filter(|c| !is_glob_char(*c)).count());
         }
@@ -491,7 +491,7 @@ mod tests {
             let tpl = tpl.unwrap();
             let c = change(Op::Insert, None, Some(vec![t(&v), t("s")]));
             if let Rendered::Key(k) = tpl.render(&RowView::new(&c), &prefix) {
-                prop_assert!(crate::cache::glob_match(&tpl.family_pattern(&prefix), &k), "{k}");
+                prop_assert!(crate::glob::glob_match(&tpl.family_pattern(&prefix), &k), "{k}");
             }
         }
 

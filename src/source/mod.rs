@@ -1,274 +1,209 @@
-//! Change sources: ordered streams of committed row changes with a resumable position.
+//! Change sources: ordered batches of committed row changes, and a position to confirm.
 //!
-//! This module owns the vocabulary every source speaks — [`Lsn`], [`Relation`], [`Datum`],
-//! [`Change`] and [`Transaction`] — so that rules and planning never depend on a particular
-//! wire protocol. A source promises two things: changes arrive in commit order, grouped by
-//! transaction, and a position is only ever acknowledged by the caller (see
-//! [`crate::worker`]), never implicitly, so that a crash replays everything not yet confirmed.
+//! [`Source`] is the seam between a change stream and the rest of the pipeline. Its contract:
 //!
-//! * [`pgoutput`] — pure decoding of PostgreSQL's `pgoutput` logical replication messages and
-//!   assembly of decoded messages into transactions (no I/O).
-//! * [`replication`] — the replication sub-protocol over a socket: startup, authentication,
-//!   `START_REPLICATION`, XLogData/keepalive framing and standby status updates.
-//! * [`postgres`] — publication and slot management, plus [`postgres::PostgresSource`], which
-//!   ties the connection and the decoder together.
+//! * **Order** — [`Source::next_batch`] yields transactions in commit order, each whole, except
+//!   that a transaction too large for one batch arrives in consecutive chunks
+//!   ([`Batch::ends_mid_transaction`]).
+//! * **Explicit acknowledgement** — a source never confirms on its own. The caller passes
+//!   [`Batch::confirmable`] to [`Source::confirm`] only once every action planned from the
+//!   batch (and every batch before it) is done and journaled (see [`crate::worker`]). After a
+//!   crash or a reconnect ([`Source::connect`]) the stream resumes at the last confirmed
+//!   position, so everything not confirmed is delivered again: at-least-once.
+//! * **Liveness** — while a batch is being worked on, [`Source::heartbeat`] keeps the stream
+//!   alive without moving the position.
+//!
+//! [`Position`] is opaque to the worker: it is only handed back to the source that produced it
+//! and shown in `/status`. The row vocabulary every source speaks ([`Change`], [`Relation`],
+//! [`Transaction`], …) lives in [`change`], so rules and planning never see a wire protocol.
+//!
+//! * [`postgres`] — PostgreSQL logical replication with `pgoutput`.
+//! * `memory` — an in-memory source for tests of the pipeline itself.
 
-pub mod pgoutput;
+mod change;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod postgres;
-pub mod replication;
 
 use std::fmt;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 
-/// A position in PostgreSQL's write-ahead log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
+pub use change::*;
 
-impl fmt::Display for Lsn {
+use crate::runtime::Shutdown;
+
+/// Where a source can resume from. Only the source that produced a position interprets it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Position {
+    /// A PostgreSQL WAL position (a replication slot's confirmed flush LSN).
+    Lsn(Lsn),
+}
+
+impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
-    }
-}
-
-/// Error for a string that is not of the form `16/B374D848`.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid LSN {0:?}: expected two hexadecimal halves like 16/B374D848")]
-pub struct ParseLsnError(String);
-
-impl FromStr for Lsn {
-    type Err = ParseLsnError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseLsnError(s.to_string());
-        let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
-        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
-    }
-}
-
-/// The kind of row change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
-
-impl Op {
-    pub const ALL: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
-
-    pub fn as_str(self) -> &'static str {
         match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::Delete => "delete",
-            Op::Truncate => "truncate",
+            Position::Lsn(l) => l.fmt(f),
         }
     }
 }
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Where a source stands, for `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// The last confirmed position.
+    pub confirmed: String,
+    /// The newest position the server reported.
+    pub head: String,
+    /// How far behind the head the confirmed position is, in the source's unit (WAL bytes).
+    pub lag: u64,
 }
 
-impl FromStr for Op {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "insert" => Ok(Op::Insert),
-            "update" => Ok(Op::Update),
-            "delete" => Ok(Op::Delete),
-            "truncate" => Ok(Op::Truncate),
-            other => Err(format!(
-                "unknown operation {other:?}: expected insert, update, delete or truncate"
-            )),
+/// Errors while preparing or reading a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Replication(#[from] postgres::ReplError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(
+        "wal_level is {0:?}; logical replication needs 'logical': run \
+         ALTER SYSTEM SET wal_level = logical and restart PostgreSQL"
+    )]
+    WalLevel(String),
+    #[error("no rules name any table")]
+    NoTables,
+    #[error(
+        "replication slot {slot:?} exists but is not a pgoutput slot of this database \
+         (plugin {plugin:?}); choose another [postgres] slot name"
+    )]
+    SlotMismatch {
+        slot: String,
+        plugin: Option<String>,
+    },
+    #[error("pgoutput stream out of order: {0}")]
+    Sequence(#[from] postgres::SequenceError),
+    #[error("the source is not connected")]
+    NotConnected,
+    #[error("the source stream was lost: {0}")]
+    Lost(String),
+}
+
+impl SourceError {
+    /// Whether trying again later may succeed (the server is unreachable, as opposed to
+    /// refusing what we asked).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Postgres(e) => e.code().is_none(),
+            SourceError::Replication(e) => e.code().is_none(),
+            SourceError::NotConnected | SourceError::Lost(_) | SourceError::Sequence(_) => true,
+            _ => false,
         }
     }
 }
 
-/// A column of a [`Relation`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
-    pub type_oid: u32,
-    /// Part of the table's replica identity (its key as carried in the WAL).
-    pub is_key: bool,
+/// Limits that shape a batch.
+#[derive(Debug, Clone)]
+pub struct BatchLimits {
+    /// Cut a batch once it holds this many changes (a huge transaction is cut in chunks).
+    pub max_changes: usize,
+    /// How long to wait for more transactions once one is complete. Zero takes only what has
+    /// already arrived, which batches naturally under load and adds no latency when idle.
+    pub linger: Duration,
+    /// How often to tell the server we are alive while idle or busy.
+    pub status_interval: Duration,
 }
 
-/// A table as described by the source, with its columns in tuple order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relation {
-    pub oid: u32,
-    pub schema: String,
-    pub name: String,
-    /// PostgreSQL's `relreplident`: `d` default, `n` nothing, `f` full, `i` index.
-    pub replica_identity: u8,
-    pub columns: Vec<Column>,
-}
-
-impl Relation {
-    /// `schema.name`, the form rules use.
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-
-    pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
-    }
-}
-
-/// One column value of a tuple as the source delivered it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Datum {
-    Null,
-    /// The value in PostgreSQL's text output format.
-    Text(String),
-    /// A TOASTed value that the update did not change and the source did not resend.
-    UnchangedToast,
-    /// The source did not carry this column (e.g. a non-key column of a key-only old tuple).
-    Unknown,
-}
-
-/// A row's values, one per column of its [`Relation`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tuple(pub Vec<Datum>);
-
-/// A single committed row change (or a table truncation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub relation: Arc<Relation>,
-    pub op: Op,
-    /// The old row: full with REPLICA IDENTITY FULL, key columns only otherwise; absent on
-    /// insert, and on an update that did not change the key.
-    pub old: Option<Tuple>,
-    /// The new row on insert and update.
-    pub new: Option<Tuple>,
-    /// A change that could not be decoded; planning invalidates every key family of its table.
-    pub undecodable: Option<String>,
-}
-
-/// A committed transaction: its changes in order, and where it ends in the WAL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transaction {
-    pub xid: u32,
-    /// LSN of the commit record.
-    pub commit_lsn: Lsn,
-    /// LSN just past the commit record: the position to confirm once the transaction is done.
-    pub end_lsn: Lsn,
-    pub commit_time: DateTime<Utc>,
-    pub changes: Vec<Change>,
-}
-
-/// Well-known PostgreSQL type OIDs that rendering treats specially.
-pub mod oid {
-    pub const BOOL: u32 = 16;
-    pub const INT8: u32 = 20;
-    pub const INT2: u32 = 21;
-    pub const INT4: u32 = 23;
-    pub const TEXT: u32 = 25;
-    pub const OID: u32 = 26;
-    pub const FLOAT4: u32 = 700;
-    pub const FLOAT8: u32 = 701;
-    pub const BPCHAR: u32 = 1042;
-    pub const VARCHAR: u32 = 1043;
-    pub const DATE: u32 = 1082;
-    pub const TIMESTAMP: u32 = 1114;
-    pub const TIMESTAMPTZ: u32 = 1184;
-    pub const NUMERIC: u32 = 1700;
-    pub const UUID: u32 = 2950;
-
-    /// Whether values of this type compare as numbers in conditions.
-    pub fn is_numeric(t: u32) -> bool {
-        matches!(t, INT2 | INT4 | INT8 | OID | FLOAT4 | FLOAT8 | NUMERIC)
-    }
-}
-
-/// The canonical text of a value, as keys embed it. The replication session runs with
-/// `TimeZone=UTC` and `DateStyle=ISO`, so PostgreSQL's text output is already stable; on top:
-/// booleans are `true`/`false`, timestamps are ISO 8601 (`2026-11-24T22:15:00.5Z` for
-/// timestamptz, no zone for timestamp), `char(n)` loses its padding. Integers, numeric (with
-/// its scale, like Django's `DecimalField`), uuid (lowercase), text and dates are unchanged.
-pub fn canonical_text(type_oid: u32, text: String) -> String {
-    match type_oid {
-        oid::BOOL => match text.as_str() {
-            "t" => "true".into(),
-            "f" => "false".into(),
-            _ => text,
-        },
-        oid::TIMESTAMPTZ | oid::TIMESTAMP if text.len() > 10 && text.as_bytes()[10] == b' ' => {
-            let mut s = text;
-            s.replace_range(10..11, "T");
-            if type_oid == oid::TIMESTAMPTZ {
-                if let Some(stripped) = s.strip_suffix("+00") {
-                    s = format!("{stripped}Z");
-                }
-            }
-            s
-        }
-        oid::BPCHAR => text.trim_end_matches(' ').to_string(),
-        _ => text,
-    }
-}
-
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 UTC).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-/// Converts a PostgreSQL timestamp (µs since 2000-01-01 UTC) to a `DateTime`.
-pub fn pg_time(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_OFFSET_MICROS))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC)
-}
-
-/// The current time as PostgreSQL microseconds since 2000-01-01 UTC.
-pub fn pg_now_micros() -> i64 {
-    Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn lsn_formats_like_postgres() {
-        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
-        assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
-        assert!("16B374D848".parse::<Lsn>().is_err());
-        assert!("x/1".parse::<Lsn>().is_err());
-    }
-
-    #[test]
-    fn canonical_values() {
-        assert_eq!(canonical_text(oid::BOOL, "t".into()), "true");
-        assert_eq!(canonical_text(oid::BOOL, "f".into()), "false");
-        assert_eq!(
-            canonical_text(oid::TIMESTAMPTZ, "2026-11-24 22:15:00.5+00".into()),
-            "2026-11-24T22:15:00.5Z"
-        );
-        assert_eq!(
-            canonical_text(oid::TIMESTAMP, "2026-11-24 22:15:00".into()),
-            "2026-11-24T22:15:00"
-        );
-        assert_eq!(
-            canonical_text(oid::TIMESTAMPTZ, "infinity".into()),
-            "infinity"
-        );
-        assert_eq!(canonical_text(oid::BPCHAR, "ab  ".into()), "ab");
-        assert_eq!(canonical_text(oid::NUMERIC, "10.50".into()), "10.50");
-        assert_eq!(canonical_text(oid::UUID, "a0ee-bc".into()), "a0ee-bc");
-    }
-
-    proptest! {
-        #[test]
-        fn lsn_round_trips(v: u64) {
-            prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>().unwrap(), Lsn(v));
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_changes: 10_000,
+            linger: Duration::ZERO,
+            status_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// What the worker processes in one step.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Committed transactions, and at most one trailing chunk of a transaction still open.
+    pub transactions: Vec<Transaction>,
+    /// Whether the last entry of `transactions` is a chunk of a still-open transaction.
+    pub ends_mid_transaction: bool,
+    /// The position that may be confirmed once every change in the batch is done.
+    pub confirmable: Option<Position>,
+    /// Shutdown was requested while the batch was gathered.
+    pub shutdown: bool,
+}
+
+impl Batch {
+    pub fn change_count(&self) -> usize {
+        self.transactions.iter().map(|t| t.changes.len()).sum()
+    }
+}
+
+/// An ordered, resumable stream of committed changes. See the module docs for the contract.
+pub trait Source: Send {
+    /// Opens the stream at the last confirmed position (again, after a failure).
+    fn connect(&mut self) -> BoxFuture<'_, Result<(), SourceError>>;
+
+    /// The next batch. Waits for the first transaction, then takes what else has arrived up
+    /// to the limits; returns early (possibly empty, with `shutdown` set) when `shutdown` fires.
+    fn next_batch<'a>(
+        &'a mut self,
+        shutdown: &'a mut Shutdown,
+    ) -> BoxFuture<'a, Result<Batch, SourceError>>;
+
+    /// Confirms a position: every change before it is done and journaled.
+    fn confirm(&mut self, position: Position) -> BoxFuture<'_, Result<(), SourceError>>;
+
+    /// Keeps the stream alive during a long batch, without moving the position.
+    fn heartbeat(&mut self) -> BoxFuture<'_, Result<(), SourceError>>;
+
+    /// Closes the stream (a later [`Source::connect`] reopens it).
+    fn close(&mut self) -> BoxFuture<'_, ()>;
+
+    /// Where the source stands.
+    fn progress(&self) -> Progress;
+
+    /// How often [`Source::heartbeat`] is needed while a batch runs.
+    fn heartbeat_interval(&self) -> Duration;
+}
+
+/// Opens the source the configuration names, after its one-time set-up (PostgreSQL: the
+/// publication for `tables` and the slot), resuming at its last confirmed position.
+pub async fn open(
+    config: &crate::config::Config,
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<Box<dyn Source>, SourceError> {
+    let pg = config.postgres_config()?;
+    let source = postgres::PostgresSource::prepare(
+        client,
+        pg,
+        &config.postgres.slot,
+        &config.postgres.publication,
+        tables,
+        config.batch_limits(),
+    )
+    .await?;
+    Ok(Box::new(source))
+}
+
+/// Makes the source deliver changes of exactly `tables` (a rule reload changed the set).
+pub async fn watch_tables(
+    config: &crate::config::Config,
+    client: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<(), SourceError> {
+    postgres::prepare(
+        client,
+        &config.postgres.slot,
+        &config.postgres.publication,
+        tables,
+    )
+    .await
+    .map(|_| ())
 }

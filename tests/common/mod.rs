@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cachewarden::config::Config;
+use cachewarden::runtime::ShutdownSender;
 use cachewarden::status::Status;
 use cachewarden::worker::{Worker, WorkerError};
 use redis::AsyncCommands;
-use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
@@ -246,7 +246,8 @@ control_interval_ms = 100
     }
 
     pub async fn start_worker_with(&self, config: Config) -> RunningWorker {
-        let (stop, rx) = watch::channel(false);
+        let stop = ShutdownSender::new();
+        let rx = stop.subscribe();
         let status = Arc::new(Status::default());
         let rules = cachewarden::rules::load_dir(&config.rules_dir).expect("valid rules");
         let worker = Worker::start(config, rules, status.clone(), rx)
@@ -277,14 +278,14 @@ control_interval_ms = 100
 
 pub struct RunningWorker {
     pub reload: Arc<tokio::sync::Notify>,
-    pub stop: watch::Sender<bool>,
+    pub stop: ShutdownSender,
     pub handle: tokio::task::JoinHandle<Result<(), WorkerError>>,
     pub status: Arc<Status>,
 }
 
 impl RunningWorker {
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         tokio::time::timeout(Duration::from_secs(20), self.handle)
             .await
             .expect("worker stops within 20s")

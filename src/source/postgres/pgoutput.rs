@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{pg_time, Change, Column, Datum, Lsn, Op, Relation, Transaction, Tuple};
+use crate::source::{pg_time, Change, Column, Datum, Lsn, Op, Relation, Transaction, Tuple};
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -522,7 +522,9 @@ fn canonical(relation: &Relation, raw: RawTuple) -> RawTuple {
             .into_iter()
             .enumerate()
             .map(|(i, d)| match (d, relation.columns.get(i)) {
-                (Datum::Text(v), Some(c)) => Datum::Text(super::canonical_text(c.type_oid, v)),
+                (Datum::Text(v), Some(c)) => {
+                    Datum::Text(crate::source::canonical_text(c.type_oid, v))
+                }
                 (d, _) => d,
             })
             .collect(),

@@ -1,164 +1,18 @@
-//! The PostgreSQL source: publication and slot management, and batching of the decoded stream.
-//!
-//! [`prepare`] makes sure the publication names exactly the tables the rules watch (never
-//! cachewarden's own tables) and that the logical slot exists. [`PostgresSource`] then reads the
-//! replication stream and hands the worker [`Batch`]es that end on transaction boundaries (or, for
-//! a huge transaction, in bounded chunks). It never confirms a position by itself: the worker
-//! calls [`PostgresSource::confirm`] once a batch's effects are done and journaled.
+//! One live replication connection from a slot: reads frames, feeds the `pgoutput`
+//! [`Assembler`], and cuts the stream into [`Batch`]es that end on transaction boundaries (or,
+//! for a huge transaction, in bounded chunks). It tracks the highest position that needs no
+//! further work (commit ends, idle keepalives) and offers it as the batch's `confirmable`
+//! position; it sends that position to the server only when told to ([`ReplicationStream::confirm`]).
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
 use super::pgoutput::{Assembled, Assembler};
-use super::replication::{quote_ident, ReplError, ReplMessage, ReplicationConnection};
-use super::{Lsn, Transaction};
-
-/// Errors while preparing or reading the PostgreSQL source.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Replication(#[from] ReplError),
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("{0}")]
-    Setup(String),
-    #[error("pgoutput stream out of order: {0}")]
-    Sequence(#[from] super::pgoutput::SequenceError),
-}
-
-/// Splits `schema.table` (default schema `public`) into its parts.
-pub fn split_table(name: &str) -> (&str, &str) {
-    name.split_once('.').unwrap_or(("public", name))
-}
-
-fn quote_table(name: &str) -> String {
-    let (schema, table) = split_table(name);
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
-/// Makes sure `wal_level` is logical, the publication covers exactly `tables`, and the slot
-/// exists. Returns the slot's confirmed position.
-pub async fn prepare(
-    client: &tokio_postgres::Client,
-    slot: &str,
-    publication: &str,
-    tables: &[String],
-) -> Result<Lsn, SourceError> {
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
-    if wal_level != "logical" {
-        return Err(SourceError::Setup(format!(
-            "wal_level is {wal_level:?}; logical replication needs 'logical': run \
-             ALTER SYSTEM SET wal_level = logical and restart PostgreSQL"
-        )));
-    }
-    if tables.is_empty() {
-        return Err(SourceError::Setup("no rules name any table".into()));
-    }
-    let list = tables
-        .iter()
-        .map(|t| quote_table(t))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .is_some();
-    // Changes to partitions are published under the partitioned table the rules name.
-    let verb = if exists {
-        format!(
-            "ALTER PUBLICATION {p} SET TABLE {list}; ALTER PUBLICATION {p} SET (publish_via_partition_root = true)",
-            p = quote_ident(publication)
-        )
-    } else {
-        format!(
-            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
-            quote_ident(publication)
-        )
-    };
-    client.batch_execute(&verb).await?;
-    let row = client
-        .query_opt(
-            "SELECT s.plugin, d.datname = current_database(), s.confirmed_flush_lsn::text \
-             FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid \
-             WHERE s.slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    let confirmed = match row {
-        Some(row) => {
-            let plugin: Option<String> = row.get(0);
-            let same_db: Option<bool> = row.get(1);
-            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-                return Err(SourceError::Setup(format!(
-                    "replication slot {slot:?} exists but is not a pgoutput slot of this \
-                     database (plugin {plugin:?}); choose another [postgres] slot name"
-                )));
-            }
-            let lsn: Option<String> = row.get(2);
-            lsn.and_then(|l| l.parse().ok()).unwrap_or_default()
-        }
-        None => {
-            let row = client
-                .query_one(
-                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
-                )
-                .await?;
-            let lsn: String = row.get(0);
-            tracing::info!(slot, lsn, "created replication slot");
-            lsn.parse().unwrap_or_default()
-        }
-    };
-    Ok(confirmed)
-}
-
-/// Limits that shape a batch.
-#[derive(Debug, Clone)]
-pub struct BatchLimits {
-    /// Cut a batch once it holds this many changes (a huge transaction is cut in chunks).
-    pub max_changes: usize,
-    /// How long to wait for more transactions once one is complete. Zero takes only what has
-    /// already arrived, which batches naturally under load and adds no latency when idle.
-    pub linger: Duration,
-    /// How often to send a standby status update while idle.
-    pub status_interval: Duration,
-}
-
-impl Default for BatchLimits {
-    fn default() -> Self {
-        BatchLimits {
-            max_changes: 10_000,
-            linger: Duration::ZERO,
-            status_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What the worker processes in one step.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Committed transactions, and at most one trailing chunk of a transaction still open.
-    pub transactions: Vec<Transaction>,
-    /// Whether the last entry of `transactions` is a chunk of a still-open transaction.
-    pub ends_mid_transaction: bool,
-    /// The position that may be confirmed once every change in the batch is done.
-    pub confirmable: Option<Lsn>,
-    /// Shutdown was requested while the batch was gathered.
-    pub shutdown: bool,
-}
-
-impl Batch {
-    pub fn change_count(&self) -> usize {
-        self.transactions.iter().map(|t| t.changes.len()).sum()
-    }
-}
+use super::replication::{ReplMessage, ReplicationConnection};
+use crate::runtime::Shutdown;
+use crate::source::{Batch, BatchLimits, Lsn, Position, SourceError};
 
 /// A live replication stream from one slot.
-pub struct PostgresSource {
+pub(super) struct ReplicationStream {
     conn: ReplicationConnection,
     assembler: Assembler,
     limits: BatchLimits,
@@ -170,9 +24,9 @@ pub struct PostgresSource {
     last_status: Instant,
 }
 
-impl PostgresSource {
+impl ReplicationStream {
     /// Opens the replication connection and starts streaming from the slot.
-    pub async fn start(
+    pub(super) async fn start(
         config: &tokio_postgres::Config,
         slot: &str,
         publication: &str,
@@ -181,7 +35,7 @@ impl PostgresSource {
     ) -> Result<Self, SourceError> {
         let mut conn = ReplicationConnection::connect(config, Duration::from_secs(10)).await?;
         conn.start_replication(slot, publication, Lsn(0)).await?;
-        Ok(PostgresSource {
+        Ok(ReplicationStream {
             conn,
             assembler: Assembler::new(),
             limits,
@@ -193,16 +47,16 @@ impl PostgresSource {
         })
     }
 
-    pub fn confirmed(&self) -> Lsn {
+    pub(super) fn confirmed(&self) -> Lsn {
         self.confirmed
     }
 
-    pub fn server_wal_end(&self) -> Lsn {
+    pub(super) fn server_wal_end(&self) -> Lsn {
         self.server_wal_end.max(self.received)
     }
 
     /// Confirms `lsn` to the server: every change before it is done and journaled.
-    pub async fn confirm(&mut self, lsn: Lsn) -> Result<(), SourceError> {
+    pub(super) async fn confirm(&mut self, lsn: Lsn) -> Result<(), SourceError> {
         if lsn > self.confirmed {
             self.confirmed = lsn;
         }
@@ -211,7 +65,7 @@ impl PostgresSource {
 
     /// Tells the server we are alive (with the unchanged confirmed position) while a long batch
     /// is being processed, so `wal_sender_timeout` does not end the stream.
-    pub async fn heartbeat(&mut self) -> Result<(), SourceError> {
+    pub(super) async fn heartbeat(&mut self) -> Result<(), SourceError> {
         self.send_status().await
     }
 
@@ -224,7 +78,7 @@ impl PostgresSource {
     }
 
     /// Sends a final status update and closes the stream.
-    pub async fn close(mut self) {
+    pub(super) async fn close(mut self) {
         let _ = self.send_status().await;
         self.conn.close().await;
     }
@@ -285,7 +139,7 @@ impl PostgresSource {
             }
         }
         if self.resumable > self.confirmed {
-            batch.confirmable = Some(self.resumable);
+            batch.confirmable = Some(Position::Lsn(self.resumable));
         }
         batch
     }
@@ -299,9 +153,9 @@ impl PostgresSource {
     /// Gathers the next batch. Waits for the first transaction; then takes whatever else has
     /// arrived (within `linger`) up to `max_changes`. Sends status updates while idle and
     /// returns early (possibly empty) when `shutdown` flips to true.
-    pub async fn next_batch(
+    pub(super) async fn next_batch(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
         loop {
@@ -323,7 +177,7 @@ impl PostgresSource {
                     Err(_) => return Ok(self.finish(batch)),
                 }
             }
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 batch.shutdown = true;
                 return Ok(self.finish(batch));
             }
@@ -349,7 +203,7 @@ impl PostgresSource {
                     }
                     self.send_status().await?;
                 }
-                _ = shutdown.changed() => {
+                _ = shutdown.recv() => {
                     batch.shutdown = true;
                     return Ok(self.finish(batch));
                 }

@@ -14,7 +14,8 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{pg_now_micros, Lsn};
+use crate::source::{pg_now_micros, Lsn};
+use crate::sql::{quote_ident, quote_literal};
 
 /// Errors of the replication connection.
 #[derive(Debug, thiserror::Error)]
@@ -122,16 +123,6 @@ fn be_u64(b: &[u8], at: usize) -> Result<u64, ReplError> {
             u64::from_be_bytes(a)
         })
         .ok_or_else(|| ReplError::Protocol("short replication frame".into()))
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 impl ReplicationConnection {
@@ -478,11 +469,5 @@ mod tests {
             error_fields(body),
             ("42704".to_string(), "slot missing".to_string())
         );
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -1,0 +1,161 @@
+//! Live control of a running worker: rule reloads, rule switches and invalidation requests.
+//!
+//! [`Live`] holds the rule set and planning context the worker uses; the worker takes one
+//! [`Snapshot`] per batch, so a swap lands atomically between batches. [`Controller`] runs beside
+//! the worker and owns every change to it:
+//!
+//! * **Hot reload** — when the rules directory's contents change (polled) or on SIGHUP, the new
+//!   set is loaded and checked against the schema; an invalid set is refused with the error
+//!   logged and shown in `/status`, and the old rules keep running. A valid one updates
+//!   `cache_configs` and the publication, then replaces the old.
+//! * **Live `cache_configs`** — `is_active = false` on a rule's row disables it within one poll
+//!   interval; `ttl`/`strategy` edits are reported as drift from the rule file.
+//! * **Requests** — rows applications insert into `cache_invalidations` with status `pending`
+//!   (and no rule) are claimed (`running`), executed on Redis and completed or failed.
+//!
+//! * [`live`] — the swappable rule set.
+//! * [`checked`] — loading and checking rules against the schema.
+//! * [`switches`] — `cache_configs` switches and drift.
+//! * [`requests`] — application requests.
+
+mod checked;
+mod live;
+mod requests;
+mod switches;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+
+pub use checked::{
+    check_against_database, check_schema, current_lsn, fingerprint, load_checked, CheckError,
+};
+pub use live::{Live, Snapshot};
+
+use crate::config::Config;
+use crate::journal::PgJournal;
+use crate::plan;
+use crate::rules::check;
+use crate::runtime::Shutdown;
+use crate::status::{add, Status};
+use crate::target::Targets;
+
+/// Runs beside the worker; see the module docs.
+pub struct Controller {
+    pub config: Config,
+    pub live: Arc<Live>,
+    pub status: Arc<Status>,
+    pub reload: Arc<Notify>,
+    pub shutdown: Shutdown,
+}
+
+impl Controller {
+    pub async fn run(mut self) {
+        let interval = Duration::from_millis(self.config.worker.control_interval_ms.max(50));
+        let mut seen = fingerprint(&self.config.rules_dir);
+        let mut db: Option<Client> = None;
+        let mut targets = match Targets::open(&self.config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "control loop cannot use the cache");
+                return;
+            }
+        };
+        let Ok(pg) = self.config.postgres_config() else {
+            return;
+        };
+        let mut journal = PgJournal::new(pg);
+        let mut drift_seen: Vec<String> = Vec::new();
+        loop {
+            let forced = tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.reload.notified() => true,
+                _ = self.shutdown.recv() => return,
+            };
+            if db.as_ref().is_none_or(|c| c.is_closed()) {
+                db = match self.config.postgres_config() {
+                    Ok(pg) => crate::db::connect(&pg).await.ok(),
+                    Err(_) => None,
+                };
+            }
+            let Some(client) = db.as_ref() else {
+                continue;
+            };
+            let now = fingerprint(&self.config.rules_dir);
+            if forced || now != seen {
+                seen = now;
+                self.reload_rules(client, forced).await;
+            }
+            if let Err(e) = self.sync_switches(client, &mut drift_seen).await {
+                tracing::debug!(error = %e, "reading cache_configs failed");
+                db = None;
+                continue;
+            }
+            if let Err(e) = self
+                .serve_requests(client, &mut journal, &mut targets)
+                .await
+            {
+                tracing::warn!(error = %e, "executing invalidation requests failed");
+            }
+        }
+    }
+
+    async fn reload_rules(&self, client: &Client, forced: bool) {
+        let why = if forced {
+            "SIGHUP"
+        } else {
+            "rule files changed"
+        };
+        match load_checked(client, &self.config.rules_dir).await {
+            Err(e) => {
+                tracing::error!(
+                    reason = why,
+                    "new rules refused; the previous rules keep running:\n{e}"
+                );
+                self.status.set_rules_error(Some(e.to_string()));
+            }
+            Ok((rules, catalog)) => {
+                let old_tables = self.live.snapshot().rules.tables();
+                let tables = rules.tables();
+                if let Err(e) = crate::registry::sync(client, &rules).await {
+                    tracing::error!(error = %e, "new rules refused: cannot update cache_configs");
+                    self.status
+                        .set_rules_error(Some(format!("cache_configs: {e}")));
+                    return;
+                }
+                // The new rules go live before the publication grows: a change to a newly
+                // added table must never be planned with rules that do not know it.
+                let count = rules.len();
+                let previous = self.live.snapshot();
+                self.live.replace(|old| Snapshot {
+                    rules: Arc::new(rules),
+                    cx: Arc::new(plan::Context {
+                        primary_keys: check::primary_keys(&catalog),
+                        ..(*old.cx).clone()
+                    }),
+                });
+                if tables != old_tables {
+                    if let Err(e) = crate::source::watch_tables(&self.config, client, &tables).await
+                    {
+                        self.live.replace(|_| previous);
+                        tracing::error!(error = %e, "new rules refused: cannot update the publication");
+                        self.status
+                            .set_rules_error(Some(format!("publication: {e}")));
+                        return;
+                    }
+                }
+                self.status.set_rules(tables.clone(), count);
+                self.status.set_rules_error(None);
+                add(&self.status.counters.rule_reloads, 1);
+                tracing::info!(
+                    reason = why,
+                    rules = count,
+                    tables = tables.len(),
+                    "rules reloaded"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The invalidation lifecycle, written once: journal the rows, execute on the cache targets,
+//! then make the rows final.
+//!
+//! For new actions ([`Rows::Record`], the stream's and delayed passes' path) the `pending`
+//! insert and the cache call run concurrently — the insert's round trip hides behind Redis —
+//! and the rows are completed only if both succeeded. For rows already in the journal
+//! ([`Rows::Existing`]: recovered rows, claimed requests, the CLI's request) only the cache call
+//! runs first. When the cache fails, the rows become `failed` ([`OnFailure::Fail`]: the caller
+//! retries with new rows) or go back to `pending` ([`OnFailure::Reopen`]: a later poll retries
+//! the same rows). When the journal fails, the error says so and the caller retries the whole
+//! call: executing is idempotent, and nothing counts as done until its rows are `completed`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::{JournalError, JournalStore};
+use crate::action::{Action, Target};
+use crate::failpoints;
+use crate::fence::Version;
+use crate::target::{CacheError, CacheTarget, ExecReport};
+
+/// Which rows the call journals.
+#[derive(Debug)]
+pub enum Rows<'a> {
+    /// New rows for these actions, written `pending` while the cache works.
+    Record(&'a [Action]),
+    /// Rows already in the journal, by id.
+    Existing(Vec<String>),
+}
+
+/// What becomes of the rows when the cache fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// `failed`, with the error: the caller retries with new rows.
+    Fail,
+    /// Back to `pending`, with the error: a later attempt retries these rows.
+    Reopen,
+}
+
+/// A finished invalidation.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub report: ExecReport,
+    /// When the cache confirmed (the rows' `completed_at`).
+    pub at: DateTime<Utc>,
+    /// Journal rows completed.
+    pub rows: usize,
+    /// Time spent in the journal (insert and completion).
+    pub journal_time: Duration,
+    /// Time spent on the cache targets.
+    pub cache_time: Duration,
+}
+
+/// Why an invalidation did not complete. Either way nothing is confirmed, and retrying is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidationError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// Journals and executes one invalidation; see the module docs.
+pub async fn invalidate<J, C>(
+    journal: &mut J,
+    cache: &mut C,
+    rows: Rows<'_>,
+    marks: &[(String, Version)],
+    targets: &[&Target],
+    on_failure: OnFailure,
+) -> Result<Completed, InvalidationError>
+where
+    J: JournalStore + ?Sized,
+    C: CacheTarget + ?Sized,
+{
+    let exec = async {
+        let t = Instant::now();
+        let r = cache.execute(marks, targets).await;
+        (r, Utc::now(), t.elapsed())
+    };
+    let (ids, mut journal_time, (result, at, cache_time)) = match rows {
+        Rows::Record(actions) => {
+            let record = async {
+                let t = Instant::now();
+                (journal.record_pending(actions).await, t.elapsed())
+            };
+            let ((ids, jt), exec) = tokio::join!(record, exec);
+            (ids?, jt, exec)
+        }
+        Rows::Existing(ids) => (ids, Duration::ZERO, exec.await),
+    };
+    match result {
+        Ok(report) => {
+            failpoints::hit(failpoints::AFTER_CACHE_BEFORE_JOURNAL);
+            let t = Instant::now();
+            journal.complete(&ids, at).await?;
+            journal_time += t.elapsed();
+            Ok(Completed {
+                report,
+                at,
+                rows: ids.len(),
+                journal_time,
+                cache_time,
+            })
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let r = match on_failure {
+                OnFailure::Fail => journal.fail(&ids, &msg).await,
+                OnFailure::Reopen => journal.reopen(&ids, &msg).await,
+            };
+            if let Err(je) = r {
+                tracing::warn!(error = %je, "could not journal the failure");
+            }
+            Err(InvalidationError::Cache(e))
+        }
+    }
+}

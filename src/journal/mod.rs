@@ -1,0 +1,80 @@
+//! The journal: every invalidation's lifecycle as rows of `cache_invalidations`, and the one
+//! place that lifecycle is carried out.
+//!
+//! A row goes `pending` (or `running`, for a request someone is executing) → `completed`, or →
+//! `failed` with the error. [`lifecycle::invalidate`] is the only code that moves rows along
+//! that path around a cache call, and every path uses it: stream batches, delayed passes
+//! (`reinvalidate_after`), recovery of rows left open by a crash, application requests, the
+//! `cachewarden invalidate` command. All `cache_invalidations` SQL lives in [`postgres`].
+//!
+//! The journal is part of the acknowledgement contract (see [`crate::worker`]): a position is
+//! confirmed only after its rows are final. Rows left `pending` or `running` by a crash are
+//! re-executed at start ([`JournalStore::open_rows`]), so every row ends final.
+//!
+//! * [`entries`] — pure grouping of actions into rows, and rows back into targets.
+//! * [`lifecycle`] — record → execute → complete/fail, with its failpoint.
+//! * [`postgres`] — [`PgJournal`], the PostgreSQL store.
+
+pub mod entries;
+pub mod lifecycle;
+#[cfg(test)]
+pub(crate) mod memory;
+mod postgres;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+
+pub use entries::{entries, Entry};
+pub use lifecycle::{invalidate, Completed, InvalidationError, OnFailure, Rows};
+pub use postgres::PgJournal;
+
+use crate::action::{Action, Target};
+
+/// Errors writing the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("journal: {0}")]
+    Unavailable(&'static str),
+}
+
+/// A row left open by an earlier run or requested by an application.
+#[derive(Debug, Clone)]
+pub struct OpenRow {
+    pub id: String,
+    pub targets: Vec<Target>,
+}
+
+/// Where journal rows are kept. Each call is one statement (one round trip), never one per key.
+pub trait JournalStore: Send {
+    /// Inserts rows for a batch's actions as `pending`; returns their ids.
+    fn record_pending<'a>(
+        &'a mut self,
+        actions: &'a [Action],
+    ) -> BoxFuture<'a, Result<Vec<String>, JournalError>>;
+
+    /// Marks rows `completed` at `at` (when the cache confirmed).
+    fn complete<'a>(
+        &'a mut self,
+        ids: &'a [String],
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// Marks rows `failed` with the error.
+    fn fail<'a>(
+        &'a mut self,
+        ids: &'a [String],
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// Puts rows back to `pending` with the error, for a later attempt to pick up.
+    fn reopen<'a>(
+        &'a mut self,
+        ids: &'a [String],
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// Rows still `pending` or `running`, oldest first, at most `limit`.
+    fn open_rows(&mut self, limit: i64) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>>;
+}

@@ -1,0 +1,291 @@
+//! [`PgJournal`]: the journal in PostgreSQL. Every statement on `cache_invalidations` is here:
+//! the batch insert of `pending` rows (parallel arrays, one statement for a whole batch), the
+//! transitions to `completed`/`failed`/back to `pending`, the recovery scan, the claim of
+//! application requests (`FOR UPDATE SKIP LOCKED`, so several instances never run one request
+//! twice), the operator's own requests, and failed warm writes.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio_postgres::{Client, Config, Statement};
+
+use super::{entries, JournalError, JournalStore, OpenRow};
+use crate::action::{Action, Target, WarmJob};
+
+struct Prepared {
+    client: Client,
+    insert: Statement,
+    complete: Statement,
+    fail: Statement,
+    reopen: Statement,
+}
+
+/// The PostgreSQL journal: `cache_invalidations` in the database of `[postgres] url`, on a
+/// connection of its own with prepared statements, reopened after a failure.
+pub struct PgJournal {
+    config: Config,
+    conn: Option<Prepared>,
+}
+
+// Rows come as parallel arrays; the members of grouped rows as a flat array with the 1-based
+// row number of each member, aggregated back per row.
+const INSERT: &str = "WITH r AS ( \
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], \
+                            $6::text[], $7::text[], $8::int4[]) \
+       WITH ORDINALITY AS u(k, kd, rs, t, rn, st, l, n, ord)), \
+     m AS (SELECT g, array_agg(key ORDER BY i) AS keys \
+           FROM unnest($9::int8[], $10::text[]) WITH ORDINALITY AS x(g, key, i) GROUP BY g) \
+     INSERT INTO cache_invalidations \
+       (key_pattern, kind, keys, key_count, reason, status, triggered_at, rule_name, source_table, lsn) \
+     SELECT r.k, r.kd, m.keys, r.n, r.rs, 'pending', r.t, r.rn, r.st, r.l::pg_lsn \
+     FROM r LEFT JOIN m ON m.g = r.ord \
+     RETURNING id::text";
+const COMPLETE: &str =
+    "UPDATE cache_invalidations SET status = 'completed', completed_at = $2, error = NULL \
+     WHERE id = ANY($1::text[]::uuid[])";
+const FAIL: &str =
+    "UPDATE cache_invalidations SET status = 'failed', completed_at = now(), error = $2 \
+     WHERE id = ANY($1::text[]::uuid[])";
+const REOPEN: &str = "UPDATE cache_invalidations SET status = 'pending', error = $2 \
+     WHERE id = ANY($1::text[]::uuid[])";
+
+impl PgJournal {
+    /// Creates a journal; the connection is opened on first use.
+    pub fn new(config: Config) -> Self {
+        PgJournal { config, conn: None }
+    }
+
+    async fn prepared(&mut self) -> Result<&Prepared, JournalError> {
+        if self.conn.as_ref().is_some_and(|p| p.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let client = crate::db::connect(&self.config).await?;
+            // A journal statement that hangs must fail (and be retried), not stall the stream.
+            client
+                .batch_execute("SET statement_timeout = '30s'")
+                .await?;
+            let insert = client.prepare(INSERT).await?;
+            let complete = client.prepare(COMPLETE).await?;
+            let fail = client.prepare(FAIL).await?;
+            let reopen = client.prepare(REOPEN).await?;
+            self.conn = Some(Prepared {
+                client,
+                insert,
+                complete,
+                fail,
+                reopen,
+            });
+        }
+        self.conn
+            .as_ref()
+            .ok_or(JournalError::Unavailable("no connection"))
+    }
+
+    /// Inserts the batch's rows as `pending`; returns their ids.
+    async fn record_pending_rows(
+        &mut self,
+        actions: &[Action],
+    ) -> Result<Vec<String>, JournalError> {
+        let rows = entries::entries(actions);
+        let n = rows.len();
+        let mut keys = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut rules = Vec::with_capacity(n);
+        let mut tables = Vec::with_capacity(n);
+        let mut lsns = Vec::with_capacity(n);
+        let mut counts = Vec::with_capacity(n);
+        let mut member_row: Vec<i64> = Vec::new();
+        let mut members: Vec<&str> = Vec::new();
+        for (i, e) in rows.iter().enumerate() {
+            keys.push(e.key_pattern.as_str());
+            kinds.push(e.kind);
+            reasons.push(e.reason.as_str());
+            times.push(e.triggered_at);
+            rules.push(e.rule.as_str());
+            tables.push(e.table.as_str());
+            lsns.push(e.lsn.to_string());
+            counts.push(e.members.len().max(1) as i32);
+            for m in &e.members {
+                member_row.push(i as i64 + 1);
+                members.push(m);
+            }
+        }
+        let p = self.prepared().await?;
+        let rows = p
+            .client
+            .query(
+                &p.insert,
+                &[
+                    &keys,
+                    &kinds,
+                    &reasons,
+                    &times,
+                    &rules,
+                    &tables,
+                    &lsns,
+                    &counts,
+                    &member_row,
+                    &members,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Marks rows `completed` at `at` (when Redis confirmed).
+    async fn mark_completed(
+        &mut self,
+        ids: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let p = self.prepared().await?;
+        p.client.execute(&p.complete, &[&ids, &at]).await?;
+        Ok(())
+    }
+
+    /// Marks rows `failed` with the error text.
+    async fn mark_failed(&mut self, ids: &[String], error: &str) -> Result<(), JournalError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let p = self.prepared().await?;
+        p.client.execute(&p.fail, &[&ids, &error]).await?;
+        Ok(())
+    }
+
+    /// Rows still `pending` or `running`, oldest first, at most `limit`.
+    async fn open(&mut self, limit: i64) -> Result<Vec<OpenRow>, JournalError> {
+        let p = self.prepared().await?;
+        let rows = p
+            .client
+            .query(
+                "SELECT id::text, key_pattern, kind, keys FROM cache_invalidations \
+                 WHERE status IN ('pending', 'running') ORDER BY created_at LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows.iter().map(open_row).collect())
+    }
+
+    async fn reopen_rows(&mut self, ids: &[String], error: &str) -> Result<(), JournalError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let p = self.prepared().await?;
+        p.client.execute(&p.reopen, &[&ids, &error]).await?;
+        Ok(())
+    }
+
+    /// Claims application requests (`pending`, no rule) by moving them to `running`; returns
+    /// them. Skips rows another instance holds.
+    pub async fn claim_requests(&mut self, limit: i64) -> Result<Vec<OpenRow>, JournalError> {
+        let p = self.prepared().await?;
+        let rows = p
+            .client
+            .query(
+                "UPDATE cache_invalidations SET status = 'running' WHERE id IN ( \
+                     SELECT id FROM cache_invalidations \
+                     WHERE status = 'pending' AND rule_name IS NULL \
+                     ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id::text, key_pattern, kind, keys",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows.iter().map(open_row).collect())
+    }
+
+    /// Journals an operator's request as `running` (this process executes it next); returns
+    /// its id.
+    pub async fn insert_request(
+        &mut self,
+        target: &Target,
+        reason: &str,
+    ) -> Result<String, JournalError> {
+        let p = self.prepared().await?;
+        let row = p
+            .client
+            .query_one(
+                "INSERT INTO cache_invalidations (key_pattern, kind, reason, status) \
+                 VALUES ($1, $2, $3, 'running') RETURNING id::text",
+                &[&target.text(), &target.kind(), &reason],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Journals warm jobs that could not be filled as `failed` rows (one per key).
+    pub async fn record_warm_failures(
+        &mut self,
+        jobs: &[WarmJob],
+        error: &str,
+    ) -> Result<(), JournalError> {
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        let reasons: Vec<String> = jobs
+            .iter()
+            .map(|j| format!("warm failed: rule={} lsn={}", j.rule, j.version))
+            .collect();
+        let rules: Vec<&str> = jobs.iter().map(|j| j.rule.as_str()).collect();
+        let p = self.prepared().await?;
+        p.client
+            .execute(
+                "INSERT INTO cache_invalidations (key_pattern, kind, reason, status, rule_name, error, completed_at) \
+                 SELECT k, 'key', r, 'failed', rn, $4, now() FROM unnest($1::text[], $2::text[], $3::text[]) AS u(k, r, rn)",
+                &[&keys, &reasons, &rules, &error],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn open_row(r: &tokio_postgres::Row) -> OpenRow {
+    let text: String = r.get(1);
+    let kind: String = r.get(2);
+    let members: Option<Vec<String>> = r.get(3);
+    OpenRow {
+        id: r.get(0),
+        targets: entries::row_targets(&kind, text, members),
+    }
+}
+
+impl JournalStore for PgJournal {
+    fn record_pending<'a>(
+        &'a mut self,
+        actions: &'a [Action],
+    ) -> BoxFuture<'a, Result<Vec<String>, JournalError>> {
+        self.record_pending_rows(actions).boxed()
+    }
+
+    fn complete<'a>(
+        &'a mut self,
+        ids: &'a [String],
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        self.mark_completed(ids, at).boxed()
+    }
+
+    fn fail<'a>(
+        &'a mut self,
+        ids: &'a [String],
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        self.mark_failed(ids, error).boxed()
+    }
+
+    fn reopen<'a>(
+        &'a mut self,
+        ids: &'a [String],
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        self.reopen_rows(ids, error).boxed()
+    }
+
+    fn open_rows(&mut self, limit: i64) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
+        self.open(limit).boxed()
+    }
+}

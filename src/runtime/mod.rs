@@ -1,0 +1,12 @@
+//! The worker's concurrency vocabulary as named types: [`Shutdown`] (one signal, many
+//! listeners), [`TaskSet`] (helpers that are drained at stop, never silently aborted) and
+//! [`Backoff`] (bounded exponential retry delays). Nothing here knows about sources, caches or
+//! the journal.
+
+mod backoff;
+mod shutdown;
+mod tasks;
+
+pub use backoff::Backoff;
+pub use shutdown::{Shutdown, ShutdownSender};
+pub use tasks::TaskSet;

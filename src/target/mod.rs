@@ -1,0 +1,247 @@
+//! Cache targets: where planned actions are executed.
+//!
+//! [`CacheTarget`] is the seam between planning and a cache server. Its contract:
+//!
+//! * [`CacheTarget::execute`] raises the given fence marks first (see [`crate::fence`]), then
+//!   runs every target — unlink keys, unlink every match of a pattern (scanning to the end),
+//!   invalidate tag sets, increment version keys — and returns `Ok` only when all of it is done.
+//!   It is idempotent apart from version bumps (a retried bump only invalidates once more), so
+//!   the caller may retry it after any error, and does: this is what lets a source position be
+//!   confirmed only after its actions completed.
+//! * Versioned writes ([`CacheTarget::write_versioned`], [`CacheTarget::write_versioned_bulk`])
+//!   are compare-and-set against the marks: they never land over a newer invalidation.
+//! * [`CacheTarget::ping`] and [`CacheTarget::stats`] serve health and monitoring.
+//!
+//! [`Targets`] is the list the worker holds (one per configured cache; each action must succeed
+//! on all). [`redis`] is the implementation for Redis; [`memory`] an in-memory one for tests.
+
+#[cfg(test)]
+pub(crate) mod memory;
+pub mod redis;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::action::Target;
+use crate::config::Config;
+use crate::fence::Version;
+
+pub use self::redis::RedisTarget;
+
+/// Errors of a cache target.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis: connection timed out")]
+    Timeout,
+}
+
+/// What executing a plan did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExecReport {
+    /// Keys Redis reported as removed (existing keys; absent keys are not counted).
+    pub removed: u64,
+    /// UNLINK commands sent.
+    pub unlink_commands: u64,
+    /// SCAN iterations run for patterns.
+    pub scans: u64,
+    /// Tag sets invalidated.
+    pub tags: u64,
+    /// Version keys incremented.
+    pub bumps: u64,
+}
+
+impl ExecReport {
+    /// Adds another report's figures to this one.
+    pub fn add(&mut self, other: &ExecReport) {
+        self.removed += other.removed;
+        self.unlink_commands += other.unlink_commands;
+        self.scans += other.scans;
+        self.tags += other.tags;
+        self.bumps += other.bumps;
+    }
+}
+
+/// One versioned write.
+#[derive(Debug, Clone)]
+pub struct VersionedWrite<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub version: Version,
+    pub ttl: Option<u64>,
+    pub rule_mark: &'a str,
+}
+
+/// Figures users judge a cache by (from Redis `INFO`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CacheStats {
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+    pub evicted_keys: u64,
+    pub used_memory: u64,
+    /// 0 when no limit is set.
+    pub maxmemory: u64,
+}
+
+impl CacheStats {
+    /// Hits / (hits + misses), when there were any lookups.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let total = self.keyspace_hits + self.keyspace_misses;
+        (total > 0).then(|| self.keyspace_hits as f64 / total as f64)
+    }
+
+    /// used_memory / maxmemory, when a limit is set.
+    pub fn memory_ratio(&self) -> Option<f64> {
+        (self.maxmemory > 0).then(|| self.used_memory as f64 / self.maxmemory as f64)
+    }
+}
+
+/// A cache that executes actions; see the module docs for the contract.
+pub trait CacheTarget: Send {
+    /// A short name for logs (`redis 127.0.0.1:6379/0`, never with a password).
+    fn name(&self) -> String;
+
+    /// Raises `marks`, then executes every target.
+    fn execute<'a>(
+        &'a mut self,
+        marks: &'a [(String, Version)],
+        targets: &'a [&'a Target],
+    ) -> BoxFuture<'a, Result<ExecReport, CacheError>>;
+
+    /// Compare-and-set writes; returns which landed.
+    fn write_versioned<'a>(
+        &'a mut self,
+        writes: &'a [VersionedWrite<'a>],
+    ) -> BoxFuture<'a, Result<Vec<bool>, CacheError>>;
+
+    /// Bulk compare-and-set writes sharing a version, TTL and rule; returns how many landed.
+    fn write_versioned_bulk<'a>(
+        &'a mut self,
+        writes: &'a [(String, Vec<u8>)],
+        version: Version,
+        ttl: Option<u64>,
+        rule_mark: &'a str,
+        rule_max_mark: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CacheError>>;
+
+    /// Checks the connection.
+    fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>>;
+
+    /// Reads hit, miss, eviction and memory figures.
+    fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>>;
+}
+
+/// The worker's cache targets. Every action runs on each, in order; the first error fails the
+/// whole call (which is then retried whole: executing is idempotent).
+pub struct Targets {
+    targets: Vec<Box<dyn CacheTarget>>,
+}
+
+impl Targets {
+    pub fn new(targets: Vec<Box<dyn CacheTarget>>) -> Self {
+        Targets { targets }
+    }
+
+    /// The targets a configuration names.
+    pub fn open(config: &Config) -> Result<Self, CacheError> {
+        let redis = RedisTarget::new(&config.redis.url, config.cache_options())?;
+        Ok(Targets::new(vec![Box::new(redis)]))
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+impl CacheTarget for Targets {
+    fn name(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        marks: &'a [(String, Version)],
+        targets: &'a [&'a Target],
+    ) -> BoxFuture<'a, Result<ExecReport, CacheError>> {
+        async move {
+            let mut total = ExecReport::default();
+            for t in &mut self.targets {
+                total.add(&t.execute(marks, targets).await?);
+            }
+            Ok(total)
+        }
+        .boxed()
+    }
+
+    fn write_versioned<'a>(
+        &'a mut self,
+        writes: &'a [VersionedWrite<'a>],
+    ) -> BoxFuture<'a, Result<Vec<bool>, CacheError>> {
+        async move {
+            let mut landed = vec![true; writes.len()];
+            for t in &mut self.targets {
+                for (l, w) in landed.iter_mut().zip(t.write_versioned(writes).await?) {
+                    *l &= w;
+                }
+            }
+            Ok(landed)
+        }
+        .boxed()
+    }
+
+    fn write_versioned_bulk<'a>(
+        &'a mut self,
+        writes: &'a [(String, Vec<u8>)],
+        version: Version,
+        ttl: Option<u64>,
+        rule_mark: &'a str,
+        rule_max_mark: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CacheError>> {
+        async move {
+            let mut landed: Option<u64> = None;
+            for t in &mut self.targets {
+                let n = t
+                    .write_versioned_bulk(writes, version, ttl, rule_mark, rule_max_mark)
+                    .await?;
+                landed = Some(landed.map_or(n, |l| l.min(n)));
+            }
+            Ok(landed.unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>> {
+        async move {
+            for t in &mut self.targets {
+                t.ping().await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>> {
+        async move {
+            let mut total = CacheStats::default();
+            for t in &mut self.targets {
+                let s = t.stats().await?;
+                total.keyspace_hits += s.keyspace_hits;
+                total.keyspace_misses += s.keyspace_misses;
+                total.evicted_keys += s.evicted_keys;
+                total.used_memory += s.used_memory;
+                total.maxmemory += s.maxmemory;
+            }
+            Ok(total)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,227 @@
+//! Invalidation on Redis: the targets of a plan become pipelined `UNLINK`s, `SCAN`-driven
+//! pattern deletes, atomic tag-set invalidations (Lua) and version-key increments.
+
+use super::{into_redis, RedisTarget};
+use crate::action::Target;
+use crate::fence::Version;
+use crate::target::{CacheError, ExecReport};
+
+/// Invalidates tag sets atomically: for each set in KEYS, unlink its members (in chunks, to
+/// stay within Lua's unpack limit) and the set. Returns how many members existed.
+/// A tag key that is not a set (an application wrote something else there) is simply
+/// unlinked: an error here would stall every later invalidation.
+const TAG_SCRIPT: &str = r"
+local removed = 0
+for _, tag in ipairs(KEYS) do
+  if redis.call('TYPE', tag).ok == 'set' then
+    local members = redis.call('SMEMBERS', tag)
+    for i = 1, #members, 1000 do
+      removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, #members)))
+    end
+  end
+  redis.call('UNLINK', tag)
+end
+return removed
+";
+
+/// Increments version keys; a key holding something that is not an integer is replaced by
+/// ARGV[1] (a fresh, time-based version) instead of failing: the namespace changes either way.
+const BUMP_SCRIPT: &str = r"
+for _, k in ipairs(KEYS) do
+  local ok = redis.pcall('INCR', k)
+  if type(ok) == 'table' and ok.err then
+    redis.call('SET', k, ARGV[1])
+  end
+end
+return #KEYS
+";
+
+impl RedisTarget {
+    /// Executes every target: unlinks keys and pattern matches, invalidates tag sets, bumps
+    /// version keys. `marks` (see [`crate::fence`]) are raised first: once a warmed key
+    /// is unlinked, no older warm write may land on it. Idempotent apart from bumps (a retried
+    /// bump increments again, which only invalidates once more), so safe to retry.
+    pub(super) async fn execute_all(
+        &mut self,
+        marks: &[(String, Version)],
+        targets: &[&Target],
+    ) -> Result<ExecReport, CacheError> {
+        self.set_marks(marks).await?;
+        let mut keys: Vec<&str> = Vec::new();
+        let mut patterns: Vec<&str> = Vec::new();
+        let mut tags: Vec<&str> = Vec::new();
+        let mut tag_patterns: Vec<&str> = Vec::new();
+        let mut bumps: Vec<&str> = Vec::new();
+        let mut bump_patterns: Vec<&str> = Vec::new();
+        for t in targets {
+            match *t {
+                Target::Key(k) => keys.push(k),
+                Target::Pattern(p) => patterns.push(p),
+                Target::Tag(k) => tags.push(k),
+                Target::TagPattern(p) => tag_patterns.push(p),
+                Target::Bump(k) => bumps.push(k),
+                Target::BumpPattern(p) => bump_patterns.push(p),
+            }
+        }
+        let mut report = ExecReport::default();
+        let r = self.unlink_keys(&keys, &mut report).await;
+        self.forget_on_error(r)?;
+        for p in patterns {
+            let r = self.unlink_pattern(p, &mut report).await;
+            self.forget_on_error(r)?;
+        }
+        let r = self.invalidate_tags(&tags, &mut report).await;
+        self.forget_on_error(r)?;
+        for p in tag_patterns {
+            let found = self.scan(p, Some("set"), &mut report).await;
+            let found = self.forget_on_error(found)?;
+            let names: Vec<&str> = found.iter().map(String::as_str).collect();
+            let r = self.invalidate_tags(&names, &mut report).await;
+            self.forget_on_error(r)?;
+        }
+        let r = self.incr(&bumps, &mut report).await;
+        self.forget_on_error(r)?;
+        for p in bump_patterns {
+            let found = self.scan(p, None, &mut report).await;
+            let found = self.forget_on_error(found)?;
+            let names: Vec<&str> = found.iter().map(String::as_str).collect();
+            let r = self.incr(&names, &mut report).await;
+            self.forget_on_error(r)?;
+        }
+        Ok(report)
+    }
+
+    /// Unlinks each tag set's members and the set, atomically per set (one Lua script call
+    /// for up to 100 sets).
+    async fn invalidate_tags(
+        &mut self,
+        tags: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let script = redis::Script::new(TAG_SCRIPT);
+        for chunk in tags.chunks(100) {
+            let mut inv = script.prepare_invoke();
+            for t in chunk {
+                inv.key(*t);
+            }
+            let removed: u64 = inv.invoke_async(&mut conn).await?;
+            report.removed += removed;
+            report.tags += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Increments version keys in one pipeline.
+    async fn incr(
+        &mut self,
+        keys: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let script = redis::Script::new(BUMP_SCRIPT);
+        let fresh = chrono::Utc::now().timestamp_micros();
+        for chunk in keys.chunks(500) {
+            let mut inv = script.prepare_invoke();
+            for k in chunk {
+                inv.key(*k);
+            }
+            inv.arg(fresh);
+            let _: i64 = inv.invoke_async(&mut conn).await?;
+        }
+        report.bumps += keys.len() as u64;
+        Ok(())
+    }
+
+    /// Every key matching `pattern` (optionally of one type), by SCAN.
+    async fn scan(
+        &mut self,
+        pattern: &str,
+        kind: Option<&str>,
+        report: &mut ExecReport,
+    ) -> Result<Vec<String>, redis::RedisError> {
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(self.opts.scan_count);
+            if let Some(kind) = kind {
+                cmd.arg("TYPE").arg(kind);
+            }
+            let (next, found): (u64, Vec<String>) = cmd.query_async(&mut conn).await?;
+            report.scans += 1;
+            out.extend(found);
+            if next == 0 {
+                out.sort();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn unlink_keys(
+        &mut self,
+        keys: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        // Bound one pipeline so a huge batch does not build a huge request.
+        for group in keys.chunks(self.opts.unlink_chunk * 64) {
+            let mut pipe = redis::pipe();
+            for chunk in group.chunks(self.opts.unlink_chunk) {
+                pipe.cmd("UNLINK").arg(chunk);
+                report.unlink_commands += 1;
+            }
+            let removed: Vec<u64> = pipe.query_async(&mut conn).await?;
+            report.removed += removed.iter().sum::<u64>();
+        }
+        Ok(())
+    }
+
+    async fn unlink_pattern(
+        &mut self,
+        pattern: &str,
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(self.opts.scan_count)
+                .query_async(&mut conn)
+                .await?;
+            report.scans += 1;
+            if !found.is_empty() {
+                let removed: u64 = redis::cmd("UNLINK")
+                    .arg(&found)
+                    .query_async(&mut conn)
+                    .await?;
+                report.unlink_commands += 1;
+                report.removed += removed;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Redis (standalone) as a cache target.
+//!
+//! [`RedisTarget`] owns one multiplexed connection, reopened after a connection-level failure,
+//! and implements [`CacheTarget`]: invalidation ([`invalidate`]: pipelined, chunked `UNLINK`s —
+//! one round trip for a whole batch — and `SCAN MATCH`, never `KEYS`, for patterns, so Redis is
+//! never blocked), versioned writes ([`versioned`]: the fence protocol's compare-and-set in Lua)
+//! and `INFO` figures ([`stats`]).
+
+mod invalidate;
+mod stats;
+mod versioned;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use redis::aio::MultiplexedConnection;
+
+use super::{CacheError, CacheStats, CacheTarget, ExecReport, VersionedWrite};
+use crate::action::Target;
+use crate::fence::Version;
+
+/// Tunables for [`RedisTarget`].
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Keys per `UNLINK` command.
+    pub unlink_chunk: usize,
+    /// `COUNT` hint for `SCAN`.
+    pub scan_count: usize,
+    pub timeout: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            unlink_chunk: 500,
+            scan_count: 1000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A Redis server (standalone) as a cache target.
+pub struct RedisTarget {
+    name: String,
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+    opts: CacheOptions,
+}
+
+impl RedisTarget {
+    pub fn new(url: &str, opts: CacheOptions) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url)?;
+        let info = client.get_connection_info();
+        let name = format!("redis {}/{}", info.addr(), info.redis_settings().db());
+        Ok(RedisTarget {
+            name,
+            client,
+            conn: None,
+            opts,
+        })
+    }
+
+    /// Returns a live connection, opening one if needed.
+    pub async fn connection(&mut self) -> Result<MultiplexedConnection, CacheError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.opts.timeout))
+            .set_response_timeout(Some(self.opts.timeout));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Checks the connection with `PING`.
+    pub async fn ping(&mut self) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        let r: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+        self.forget_on_error(r).map(|_| ())
+    }
+
+    pub(super) fn forget_on_error<T>(
+        &mut self,
+        r: Result<T, redis::RedisError>,
+    ) -> Result<T, CacheError> {
+        r.map_err(|e| {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error()
+            {
+                self.conn = None;
+            }
+            CacheError::Redis(e)
+        })
+    }
+}
+
+/// Runs a pipeline of `EVALSHA`s of `script`. On a server that has not seen the script yet
+/// (NOSCRIPT), loads it and runs the pipeline once more; every script here is idempotent.
+pub(super) async fn query_scripted<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    pipe: &redis::Pipeline,
+    script: &redis::Script,
+) -> Result<T, redis::RedisError> {
+    match pipe.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            let _: Result<String, _> = script.prepare_invoke().load_async(conn).await;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+pub(super) fn into_redis(e: CacheError) -> redis::RedisError {
+    match e {
+        CacheError::Redis(e) => e,
+        CacheError::Timeout => {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        }
+    }
+}
+
+impl CacheTarget for RedisTarget {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        marks: &'a [(String, Version)],
+        targets: &'a [&'a Target],
+    ) -> BoxFuture<'a, Result<ExecReport, CacheError>> {
+        self.execute_all(marks, targets).boxed()
+    }
+
+    fn write_versioned<'a>(
+        &'a mut self,
+        writes: &'a [VersionedWrite<'a>],
+    ) -> BoxFuture<'a, Result<Vec<bool>, CacheError>> {
+        RedisTarget::write_versioned(self, writes).boxed()
+    }
+
+    fn write_versioned_bulk<'a>(
+        &'a mut self,
+        writes: &'a [(String, Vec<u8>)],
+        version: Version,
+        ttl: Option<u64>,
+        rule_mark: &'a str,
+        rule_max_mark: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CacheError>> {
+        RedisTarget::write_versioned_bulk(self, writes, version, ttl, rule_mark, rule_max_mark)
+            .boxed()
+    }
+
+    fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>> {
+        RedisTarget::ping(self).boxed()
+    }
+
+    fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>> {
+        RedisTarget::stats(self).boxed()
+    }
+}

@@ -1,0 +1,206 @@
+//! The worker: start-up checks, then the [`pipeline`] with its helper tasks until shutdown.
+//!
+//! [`Worker::start`] connects to the journal's database, migrates, checks the rules against the
+//! schema, syncs `cache_configs`, and opens the configured source (PostgreSQL: publication and
+//! slot) and cache targets. Errors there are configuration errors. [`Worker::run`] recovers open
+//! journal rows, spawns the helpers — rule control ([`crate::control`]), the cache health watch
+//! ([`health`]), delayed passes ([`delayed`]), the warmer and warm-on-start ([`crate::warm`]) —
+//! and runs the pipeline, whose module documents the acknowledgement contract. At shutdown the
+//! helpers are drained, not aborted: queued warm writes and delayed passes still run.
+
+mod delayed;
+mod health;
+mod pipeline;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{redact_url, Config};
+use crate::control::{Controller, Live};
+use crate::journal::PgJournal;
+use crate::plan;
+use crate::rules::{check, RuleErrors, RuleSet};
+use crate::runtime::{Backoff, Shutdown, TaskSet};
+use crate::source::{self, Source, SourceError};
+use crate::status::Status;
+use crate::target::Targets;
+use pipeline::{Followers, Pipeline};
+
+/// How long stopping waits for the helper tasks.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Why the worker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid postgres url: {0}")]
+    Url(tokio_postgres::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] crate::migrate::MigrateError),
+    #[error("rules do not match the database:\n{0}")]
+    Rules(RuleErrors),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Cache(#[from] crate::target::CacheError),
+    #[error("warming: {0}")]
+    Warm(#[from] crate::warm::WarmError),
+}
+
+impl WorkerError {
+    /// Whether retrying later may succeed (the database is unreachable, as opposed to refusing
+    /// what we asked).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Postgres(e) => e.code().is_none(),
+            WorkerError::Source(SourceError::Postgres(e)) => e.code().is_none(),
+            WorkerError::Migrate(crate::migrate::MigrateError::Postgres(e)) => e.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// The running pipeline and what it needs to start its helpers.
+pub struct Worker {
+    config: Config,
+    reload: Arc<Notify>,
+    source: Box<dyn Source>,
+    pipeline: Pipeline,
+}
+
+impl Worker {
+    /// Connects, migrates, checks the rules against the schema, syncs `cache_configs` and
+    /// opens the source and the cache targets. Errors here are configuration errors: the caller
+    /// should report them and exit non-zero.
+    pub async fn start(
+        config: Config,
+        rules: RuleSet,
+        status: Arc<Status>,
+        shutdown: Shutdown,
+    ) -> Result<Worker, WorkerError> {
+        let pg = config.postgres_config().map_err(WorkerError::Url)?;
+        tracing::info!(postgres = %redact_url(&config.postgres.url), redis = %redact_url(&config.redis.url),
+            rules = rules.len(), "starting");
+        let mut client = crate::db::connect(&pg).await?;
+        if config.postgres.auto_migrate {
+            for (version, name) in crate::migrate::apply(&mut client).await? {
+                tracing::info!(version, name, "applied migration");
+            }
+        }
+        let tables = rules.tables();
+        let catalog = crate::control::check_against_database(&client, &rules)
+            .await
+            .map_err(|e| match e {
+                crate::control::CheckError::Rules(e) => WorkerError::Rules(e),
+                crate::control::CheckError::Postgres(e) => WorkerError::Postgres(e),
+            })?;
+        crate::registry::sync(&client, &rules).await?;
+        let source = source::open(&config, &client, &tables).await?;
+        status.set_source(
+            &config.postgres.slot,
+            &config.postgres.publication,
+            tables,
+            rules.len(),
+        );
+        status.set_progress(source.progress());
+        drop(client);
+        let plan_cx = plan::Context {
+            key_prefix: config.redis.key_prefix.clone(),
+            primary_keys: check::primary_keys(&catalog),
+            disabled: Default::default(),
+        };
+        let pipeline = Pipeline {
+            live: Arc::new(Live::new(rules, plan_cx)),
+            status,
+            journal: Box::new(PgJournal::new(pg)),
+            targets: Targets::open(&config)?,
+            backoff: Backoff::new(pipeline::max_backoff(config.worker.max_backoff_ms)),
+            shutdown,
+            followers: Followers::default(),
+        };
+        Ok(Worker {
+            config,
+            reload: Arc::new(Notify::new()),
+            source,
+            pipeline,
+        })
+    }
+
+    /// Notifying this reloads the rules (what SIGHUP does).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
+    }
+
+    /// Runs until shutdown: recovers open journal rows, then streams, reconnecting on errors;
+    /// then drains the helper tasks.
+    pub async fn run(self) -> Result<(), WorkerError> {
+        let Worker {
+            config,
+            reload,
+            mut source,
+            mut pipeline,
+        } = self;
+        pipeline.recover().await;
+        let (live, status, shutdown) = (
+            pipeline.live.clone(),
+            pipeline.status.clone(),
+            pipeline.shutdown.clone(),
+        );
+        let pg = config.postgres_config().map_err(WorkerError::Url)?;
+        let mut tasks = TaskSet::new();
+        tasks.spawn(
+            "control",
+            Controller {
+                config: config.clone(),
+                live: live.clone(),
+                status: status.clone(),
+                reload,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+        tasks.spawn(
+            "health",
+            health::watch(
+                config.clone(),
+                Targets::open(&config)?,
+                status.clone(),
+                shutdown.clone(),
+            ),
+        );
+        let (warm_tx, warmer) =
+            crate::warm::Warmer::new(config.clone(), live.clone(), status.clone())?;
+        let (delayed_tx, delayed_rx) = mpsc::channel(1024);
+        let delayed = delayed::DelayedRunner {
+            journal: PgJournal::new(pg),
+            cache: Targets::open(&config)?,
+            live: live.clone(),
+            status: status.clone(),
+            warm_tx: warm_tx.clone(),
+        };
+        tasks.spawn("delayed passes", delayed.run(delayed_rx));
+        tasks.spawn(
+            "warm on start",
+            crate::warm::on_start(config.clone(), live.clone(), shutdown.clone()),
+        );
+        pipeline.followers = Followers {
+            warm: Some(warm_tx),
+            delayed: Some(delayed_tx),
+        };
+        // The warmer stops once every sender (the pipeline's, the delayed passes') is gone.
+        tasks.spawn("warmer", warmer);
+        pipeline.run(source.as_mut()).await;
+        // Closing the channels lets the delayed passes run what is queued and the warmer
+        // finish its queue; the others watch `shutdown`.
+        pipeline.followers = Followers::default();
+        drop(pipeline);
+        tasks.drain(DRAIN).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The pipeline: source → plan → cache targets → journal → acknowledge, in a loop.
+//!
+//! # The acknowledgement contract
+//!
+//! A source position is confirmed only after **every** cache action planned from changes
+//! before it has completed on every cache target **and** its journal rows are final
+//! (`completed`). This is enforced here, in [`Pipeline::stream`]: a batch is planned, executed
+//! and journaled by [`Pipeline::process`] (through the one invalidation lifecycle,
+//! [`crate::journal::lifecycle`]), which retries until it succeeds, and only then is
+//! `batch.confirmable` passed to [`Source::confirm`]. Batches are processed one at a time, in
+//! order, so "every action before it" holds across batches too. A crash at any point therefore
+//! replays every change after the last confirmed position; since every action is idempotent
+//! (unlinking a key that is gone is a no-op) replay is safe, and nothing is lost. Journal rows
+//! left `pending` by a crash are re-executed and completed at the next start
+//! ([`Pipeline::recover`]).
+//!
+//! Failures never skip work: cache or journal errors mark the batch's rows `failed`, back off
+//! and retry the same batch; a lost source connection reconnects and resumes from the last
+//! confirmed position. The pipeline never names a concrete source, cache or journal: it is
+//! tested with in-memory ones (see the tests below), including a property test over arbitrary
+//! interleavings of batches, failures and crashes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use super::delayed::{self, Delayed};
+use crate::action::WarmJob;
+use crate::control::Live;
+use crate::failpoints;
+use crate::journal::{self, InvalidationError, JournalStore, OnFailure, Rows};
+use crate::plan;
+use crate::runtime::{Backoff, Shutdown};
+use crate::source::{Batch, Source, SourceError};
+use crate::status::{add, Status};
+use crate::target::{CacheTarget, Targets};
+
+/// Open journal rows re-executed per round at start.
+const RECOVER_CHUNK: i64 = 5000;
+
+/// Where a finished batch's follow-up work goes (never waited for).
+#[derive(Debug, Default)]
+pub(crate) struct Followers {
+    pub warm: Option<mpsc::Sender<Vec<WarmJob>>>,
+    pub delayed: Option<mpsc::Sender<Delayed>>,
+}
+
+/// The worker's main loop over one source, its cache targets and its journal.
+pub(crate) struct Pipeline {
+    pub live: Arc<Live>,
+    pub status: Arc<Status>,
+    pub journal: Box<dyn JournalStore>,
+    pub targets: Targets,
+    pub backoff: Backoff,
+    pub shutdown: Shutdown,
+    pub followers: Followers,
+}
+
+impl Pipeline {
+    /// Streams until shutdown, (re)connecting the source with backoff after each failure.
+    pub async fn run(&mut self, source: &mut dyn Source) {
+        while !self.shutdown.is_shutdown() {
+            let result = match source.connect().await {
+                Ok(()) => {
+                    self.status.source_connected.store(true, Ordering::Relaxed);
+                    self.stream(source).await
+                }
+                Err(e) => Err(e),
+            };
+            self.status.source_connected.store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    add(&self.status.counters.source_errors, 1);
+                    tracing::warn!(error = %e, "source stream failed; reconnecting");
+                    self.status.set_error(Some(format!("source: {e}")));
+                    source.close().await;
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = self.backoff.wait() => {}
+                        _ = shutdown.recv() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The main loop on one connection. See the module docs for the contract.
+    pub async fn stream(&mut self, source: &mut dyn Source) -> Result<(), SourceError> {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let batch = source.next_batch(&mut shutdown).await?;
+            let finished = if batch.transactions.is_empty() {
+                true
+            } else {
+                // While the batch runs (a TRUNCATE's SCANs can take long), keep the stream alive.
+                let heartbeat = source.heartbeat_interval();
+                let work = self.process(&batch);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        done = &mut work => break done,
+                        _ = tokio::time::sleep(heartbeat) => source.heartbeat().await?,
+                    }
+                }
+            };
+            if !finished {
+                // Shutdown while the batch could not finish: leave it unconfirmed for replay.
+                tracing::warn!("stopping with an unfinished batch; it will be replayed on restart");
+                source.close().await;
+                return Ok(());
+            }
+            self.backoff.reset();
+            if let Some(position) = batch.confirmable {
+                failpoints::hit(failpoints::AFTER_JOURNAL_BEFORE_CONFIRM);
+                // Every action before `position` is done on every target and journaled.
+                tracing::debug!(position = %position, "confirming");
+                source.confirm(position).await?;
+            }
+            self.status.set_progress(source.progress());
+            if batch.ends_mid_transaction {
+                failpoints::hit(failpoints::BETWEEN_CHUNKS);
+            }
+            if batch.shutdown {
+                source.close().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Plans, executes and journals one batch, retrying until it succeeds. Returns false only
+    /// if shutdown was requested while it kept failing.
+    pub async fn process(&mut self, batch: &Batch) -> bool {
+        // One snapshot per batch: a reload or switch lands between batches, never inside one.
+        let snap = self.live.snapshot();
+        let plan = plan::build(&snap.rules, &snap.cx, &batch.transactions);
+        let c = &self.status.counters;
+        add(&c.batches, 1);
+        add(&c.transactions, batch.transactions.len() as u64);
+        add(&c.changes, batch.change_count() as u64);
+        add(&c.skipped_keys, plan.skipped as u64);
+        add(&c.widened_keys, plan.widened as u64);
+        add(&c.undecodable_changes, plan.undecodable as u64);
+        if plan.undecodable > 0 {
+            tracing::error!(
+                count = plan.undecodable,
+                "undecodable changes: invalidating every key family of their tables"
+            );
+        }
+        if plan.widened > 0 {
+            tracing::warn!(count = plan.widened, "keys widened to patterns: a value the rule needs was not in the WAL (check REPLICA IDENTITY)");
+        }
+        let done_at = if plan.is_empty() {
+            Utc::now()
+        } else {
+            loop {
+                match self.execute(&plan).await {
+                    Ok(at) => break at,
+                    Err(e) => {
+                        self.status.set_error(Some(e.to_string()));
+                        if self.shutdown.is_shutdown() {
+                            return false;
+                        }
+                        self.backoff.wait().await;
+                    }
+                }
+            }
+        };
+        self.after_batch(&plan, &snap.rules);
+        let lags = batch
+            .transactions
+            .iter()
+            .filter(|t| !t.changes.is_empty())
+            .map(|t| (done_at - t.commit_time).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        self.status.record_lags(lags);
+        if let Some(last) = batch.transactions.last() {
+            tracing::debug!(
+                transactions = batch.transactions.len(),
+                changes = batch.change_count(),
+                keys = plan.keys().count(),
+                patterns = plan.patterns().count(),
+                lsn = %last.commit_lsn,
+                "batch done"
+            );
+        }
+        true
+    }
+
+    /// Hands a completed batch's warm jobs to the warmer and schedules its delayed second
+    /// invalidations. Never waits: a full queue drops work (counted), the keys stay invalidated.
+    fn after_batch(&self, plan: &plan::Plan, rules: &crate::rules::RuleSet) {
+        let c = &self.status.counters;
+        if !plan.warms.is_empty() {
+            if let Some(tx) = &self.followers.warm {
+                if tx.try_send(plan.warms.clone()).is_err() {
+                    add(&c.warm_dropped, plan.warms.len() as u64);
+                }
+            }
+        }
+        let Some(tx) = &self.followers.delayed else {
+            return;
+        };
+        for d in delayed::schedule(plan, rules) {
+            if tx.try_send(d).is_err() {
+                add(&c.warm_dropped, 1);
+            }
+        }
+    }
+
+    /// One attempt of one batch through the invalidation lifecycle.
+    async fn execute(&mut self, plan: &plan::Plan) -> Result<DateTime<Utc>, InvalidationError> {
+        let targets: Vec<_> = plan.actions.iter().map(|a| &a.target).collect();
+        let r = journal::invalidate(
+            self.journal.as_mut(),
+            &mut self.targets,
+            Rows::Record(&plan.actions),
+            &plan.marks,
+            &targets,
+            OnFailure::Fail,
+        )
+        .await;
+        let c = &self.status.counters;
+        match r {
+            Ok(done) => {
+                add(&c.journal_us, done.journal_time.as_micros() as u64);
+                add(&c.redis_us, done.cache_time.as_micros() as u64);
+                add(&c.journal_rows, done.rows as u64);
+                self.status.redis_connected.store(true, Ordering::Relaxed);
+                add(&c.keys, plan.keys().count() as u64);
+                add(&c.patterns, plan.patterns().count() as u64);
+                add(&c.keys_removed, done.report.removed);
+                self.status.set_error(None);
+                Ok(done.at)
+            }
+            Err(InvalidationError::Journal(e)) => {
+                add(&c.journal_errors, 1);
+                tracing::warn!(error = %e, "journal write failed; retrying the batch");
+                Err(InvalidationError::Journal(e))
+            }
+            Err(InvalidationError::Cache(e)) => {
+                self.status.redis_connected.store(false, Ordering::Relaxed);
+                add(&c.redis_errors, 1);
+                tracing::warn!(error = %e, actions = plan.actions.len(), "cache failed; batch journaled as failed and retried");
+                Err(InvalidationError::Cache(e))
+            }
+        }
+    }
+
+    /// Re-executes journal rows left `pending`/`running` (by a crash, or requested by an
+    /// application) and completes them. Retries until done or shutdown.
+    pub async fn recover(&mut self) {
+        loop {
+            if self.shutdown.is_shutdown() {
+                return;
+            }
+            match self.recover_once().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    add(&self.status.counters.recovered_rows, n as u64);
+                    tracing::info!(rows = n, "re-executed open journal rows");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recovering open journal rows failed; retrying");
+                    self.status.set_error(Some(e.to_string()));
+                    self.backoff.wait().await;
+                    continue;
+                }
+            }
+            match self.targets.ping().await {
+                Ok(()) => self.status.redis_connected.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    self.status.redis_connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "the cache is not reachable yet");
+                }
+            }
+            self.backoff.reset();
+            return;
+        }
+    }
+
+    async fn recover_once(&mut self) -> Result<usize, InvalidationError> {
+        let mut total = 0;
+        loop {
+            let rows = self.journal.open_rows(RECOVER_CHUNK).await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let targets: Vec<_> = rows.iter().flat_map(|r| r.targets.iter()).collect();
+            journal::invalidate(
+                self.journal.as_mut(),
+                &mut self.targets,
+                Rows::Existing(ids),
+                &[],
+                &targets,
+                OnFailure::Reopen,
+            )
+            .await?;
+            total += rows.len();
+        }
+    }
+}
+
+/// The longest a retry waits, from the configuration.
+pub(crate) fn max_backoff(ms: u64) -> Duration {
+    Duration::from_millis(ms.max(50))
+}

@@ -1,0 +1,278 @@
+//! Tests of the pipeline itself, with in-memory source, cache target and journal: the
+//! acknowledgement contract under failures, and a property test over arbitrary interleavings
+//! of batches, cache and journal failures, lost streams and crashes.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use proptest::prelude::*;
+
+use super::pipeline::{Followers, Pipeline};
+use crate::action::Target;
+use crate::control::Live;
+use crate::journal::memory::MemoryJournal;
+use crate::plan;
+use crate::rules::{parse_file, RuleSet};
+use crate::runtime::{Backoff, ShutdownSender};
+use crate::source::memory::{ConfirmCheck, MemoryLog, MemorySource};
+use crate::source::{Change, Column, Datum, Lsn, Op, Relation, Transaction, Tuple};
+use crate::status::Status;
+use crate::target::memory::MemoryTarget;
+use crate::target::Targets;
+
+fn rules() -> RuleSet {
+    RuleSet::new(
+        parse_file(
+            Path::new("t.toml"),
+            "[[rule]]\nname = 't'\ntable = 'public.t'\nkeys = ['t:{id}']\n",
+        )
+        .expect("valid rule"),
+    )
+}
+
+/// Transaction `i` updates rows `ids`; it commits at 10·i+5 and ends at 10·i+10.
+fn transaction(i: usize, ids: &[u8]) -> Transaction {
+    let relation = Arc::new(Relation {
+        oid: 1,
+        schema: "public".into(),
+        name: "t".into(),
+        replica_identity: b'd',
+        columns: vec![Column {
+            name: "id".into(),
+            type_oid: crate::source::oid::INT4,
+            is_key: true,
+        }],
+    });
+    Transaction {
+        xid: i as u32 + 1,
+        commit_lsn: Lsn(10 * i as u64 + 5),
+        end_lsn: Lsn(10 * i as u64 + 10),
+        commit_time: Utc::now(),
+        changes: ids
+            .iter()
+            .map(|id| Change {
+                relation: relation.clone(),
+                op: Op::Update,
+                old: None,
+                new: Some(Tuple(vec![Datum::Text(id.to_string())])),
+                undecodable: None,
+            })
+            .collect(),
+    }
+}
+
+/// The world outside one run of the worker: it survives crashes.
+struct World {
+    log: Arc<Mutex<MemoryLog>>,
+    cache: MemoryTarget,
+    journal: MemoryJournal,
+    keys_by_tx: Vec<(Lsn, Vec<String>)>,
+}
+
+impl World {
+    fn new(txs: &[Vec<u8>]) -> World {
+        let transactions: Vec<Transaction> = txs
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| transaction(i, ids))
+            .collect();
+        let keys_by_tx = transactions
+            .iter()
+            .map(|t| {
+                let keys = t
+                    .changes
+                    .iter()
+                    .filter_map(|c| match c.new.as_ref()?.0.first()? {
+                        Datum::Text(id) => Some(format!("t:{id}")),
+                        _ => None,
+                    })
+                    .collect();
+                (t.end_lsn, keys)
+            })
+            .collect();
+        World {
+            log: Arc::new(Mutex::new(MemoryLog {
+                transactions,
+                ..MemoryLog::default()
+            })),
+            cache: MemoryTarget::new(),
+            journal: MemoryJournal::new(),
+            keys_by_tx,
+        }
+    }
+
+    /// The contract: at a confirmation of `lsn`, every key of every transaction ending at or
+    /// before it was unlinked on the cache and is in a `completed` journal row.
+    fn check(&self) -> ConfirmCheck {
+        let (cache, journal, keys) = (
+            self.cache.clone(),
+            self.journal.clone(),
+            self.keys_by_tx.clone(),
+        );
+        Arc::new(move |lsn| {
+            let executed = cache.state().executed.clone();
+            let rows = journal.state();
+            for (end, keys) in keys.iter().filter(|(end, _)| *end <= lsn) {
+                for k in keys {
+                    if !executed.contains(&format!("key:{k}")) {
+                        return Some(format!(
+                            "confirmed {lsn} before {k} (tx ending {end}) was unlinked"
+                        ));
+                    }
+                    let journaled = rows.rows.values().any(|r| {
+                        r.status == "completed" && r.targets.contains(&Target::Key(k.clone()))
+                    });
+                    if !journaled {
+                        return Some(format!(
+                            "confirmed {lsn} before {k} (tx ending {end}) was journaled"
+                        ));
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    fn pipeline(&self, stop: &ShutdownSender) -> Pipeline {
+        Pipeline {
+            live: Arc::new(Live::new(rules(), plan::Context::default())),
+            status: Arc::new(Status::default()),
+            journal: Box::new(self.journal.clone()),
+            targets: Targets::new(vec![Box::new(self.cache.clone())]),
+            backoff: Backoff::new(Duration::from_millis(200)),
+            shutdown: stop.subscribe(),
+            followers: Followers::default(),
+        }
+    }
+
+    /// One life of the worker: recover, then stream until done or until `crash_after` of
+    /// (virtual) time, when it is dropped wherever it is.
+    async fn life(&self, per_batch: usize, crash_after: Option<Duration>) {
+        let stop = ShutdownSender::new();
+        let mut pipeline = self.pipeline(&stop);
+        let mut source = MemorySource::new(self.log.clone(), per_batch, self.check());
+        let run = async {
+            pipeline.recover().await;
+            pipeline.run(&mut source).await;
+        };
+        match crash_after {
+            Some(d) => {
+                let _ = tokio::time::timeout(d, run).await;
+            }
+            None => run.await,
+        }
+    }
+
+    fn assert_all_done(&self) {
+        let log = self.log.lock().unwrap();
+        assert!(log.violations.is_empty(), "{:?}", log.violations);
+        let last = log.transactions.last().map_or(Lsn(0), |t| t.end_lsn);
+        assert_eq!(log.confirmed, last, "everything is confirmed in the end");
+        let executed = self.cache.state().executed.clone();
+        for (_, keys) in &self.keys_by_tx {
+            for k in keys {
+                assert!(executed.contains(&format!("key:{k}")), "{k} was unlinked");
+            }
+        }
+        let rows = self.journal.state();
+        assert!(
+            rows.rows
+                .values()
+                .all(|r| r.status == "completed" || r.status == "failed"),
+            "no journal row is left open"
+        );
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn failures_hold_the_position_until_the_batch_is_done() {
+    runtime().block_on(async {
+        let world = World::new(&[vec![1, 2], vec![3], vec![1]]);
+        world.cache.fail_next(3);
+        world.journal.fail_next(2);
+        world.life(2, None).await;
+        world.assert_all_done();
+        let log = world.log.lock().unwrap();
+        assert_eq!(log.confirms, [Lsn(20), Lsn(30)]);
+        // Three cache failures and two journal failures: each retried the same batch.
+        let failed = world
+            .journal
+            .state()
+            .rows
+            .values()
+            .filter(|r| r.status == "failed")
+            .count();
+        assert!(failed >= 1, "a cache failure is journaled as failed");
+    });
+}
+
+#[test]
+fn a_crash_after_the_cache_and_before_the_journal_is_recovered() {
+    runtime().block_on(async {
+        let world = World::new(&[vec![1], vec![2]]);
+        // The journal's completion fails forever in this life: the rows stay pending, the
+        // position unconfirmed; then the process "dies".
+        world.journal.fail_next(u32::MAX);
+        world.life(1, Some(Duration::from_secs(5))).await;
+        assert!(world.log.lock().unwrap().confirms.is_empty());
+        world.journal.fail_next(0);
+        world.life(1, None).await;
+        world.assert_all_done();
+    });
+}
+
+#[derive(Debug, Clone)]
+struct Life {
+    cache_failures: u32,
+    journal_failures: u32,
+    stream_failures: u32,
+    crash_after_ms: u64,
+}
+
+fn life() -> impl Strategy<Value = Life> {
+    (0u32..4, 0u32..4, 0u32..3, 1u64..400).prop_map(|(c, j, s, ms)| Life {
+        cache_failures: c,
+        journal_failures: j,
+        stream_failures: s,
+        crash_after_ms: ms,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever the interleaving of batches, failures and crashes, a confirmed position never
+    /// passes an action that has not completed and been journaled; and once the failures stop,
+    /// everything is invalidated, journaled and confirmed.
+    #[test]
+    fn confirmation_never_passes_unfinished_work(
+        txs in proptest::collection::vec(proptest::collection::vec(0u8..12, 1..4), 1..25),
+        per_batch in 1usize..6,
+        lives in proptest::collection::vec(life(), 0..5),
+    ) {
+        runtime().block_on(async {
+            let world = World::new(&txs);
+            for l in &lives {
+                world.cache.fail_next(l.cache_failures);
+                world.journal.fail_next(l.journal_failures);
+                world.log.lock().unwrap().fail_next = l.stream_failures;
+                world.life(per_batch, Some(Duration::from_millis(l.crash_after_ms))).await;
+            }
+            world.cache.fail_next(0);
+            world.journal.fail_next(0);
+            world.log.lock().unwrap().fail_next = 0;
+            world.life(per_batch, None).await;
+            world.assert_all_done();
+        });
+    }
+}
