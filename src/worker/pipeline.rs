@@ -115,7 +115,9 @@ impl Pipeline {
             }
             self.backoff.reset();
             if let Some(position) = batch.confirmable {
-                failpoints::hit(failpoints::AFTER_JOURNAL_BEFORE_CONFIRM);
+                if !batch.transactions.is_empty() {
+                    failpoints::hit(failpoints::AFTER_JOURNAL_BEFORE_CONFIRM);
+                }
                 // Every action before `position` is done on every target and journaled.
                 tracing::debug!(position = %position, "confirming");
                 source.confirm(position).await?;
