@@ -139,6 +139,15 @@ pub struct RedisSnapshot {
     pub memory_ratio: Option<f64>,
 }
 
+/// A position, or `0/0` before the source reported one (what clients parse).
+fn or_zero(position: &str) -> String {
+    if position.is_empty() {
+        "0/0".into()
+    } else {
+        position.to_string()
+    }
+}
+
 fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -248,8 +257,8 @@ impl Status {
             publication: i.publication.clone(),
             source_connected: self.source_connected.load(Ordering::Relaxed),
             redis_connected: self.redis_connected.load(Ordering::Relaxed),
-            confirmed_lsn: i.progress.confirmed.clone(),
-            server_lsn: i.progress.head.clone(),
+            confirmed_lsn: or_zero(&i.progress.confirmed),
+            server_lsn: or_zero(&i.progress.head),
             lag_bytes: i.progress.lag,
             lag_ms_p50: quantile(&lags, 0.5),
             lag_ms_p99: quantile(&lags, 0.99),
