@@ -21,7 +21,7 @@
 //! reads only once the triggering transaction is visible to its snapshot (see
 //! [`crate::warm`]), so a value versioned `V` never predates `V`.
 //!
-//! Planning raises marks for the rules' own firings ([`crate::plan`]); every other invalidation
+//! Planning raises marks for the rules' own firings (`crate::plan`); every other invalidation
 //! — another rule's key, a delayed pass, an application request, the CLI — raises the marks
 //! [`fences`] computes for its targets. The cache target raises marks before it unlinks
 //! anything ([`crate::target::CacheTarget::execute`]). This module is pure: key names, versions

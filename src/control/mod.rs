@@ -13,10 +13,10 @@
 //! * **Requests** — rows applications insert into `cache_invalidations` with status `pending`
 //!   (and no rule) are claimed (`running`), executed on Redis and completed or failed.
 //!
-//! * [`live`] — the swappable rule set.
-//! * [`checked`] — loading and checking rules against the schema.
-//! * [`switches`] — `cache_configs` switches and drift.
-//! * [`requests`] — application requests.
+//! * `live` — the swappable rule set.
+//! * `checked` — loading and checking rules against the schema.
+//! * `switches` — `cache_configs` switches and drift.
+//! * `requests` — application requests.
 
 mod checked;
 mod live;

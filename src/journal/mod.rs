@@ -5,15 +5,15 @@
 //! `failed` with the error. [`lifecycle::invalidate`] is the only code that moves rows along
 //! that path around a cache call, and every path uses it: stream batches, delayed passes
 //! (`reinvalidate_after`), recovery of rows left open by a crash, application requests, the
-//! `cachewarden invalidate` command. All `cache_invalidations` SQL lives in [`postgres`].
+//! `cachewarden invalidate` command. All `cache_invalidations` SQL lives in `postgres`.
 //!
 //! The journal is part of the acknowledgement contract (see [`crate::worker`]): a position is
 //! confirmed only after its rows are final. Rows left `pending` or `running` by a crash are
 //! re-executed at start ([`JournalStore::open_rows`]), so every row ends final.
 //!
-//! * [`entries`] — pure grouping of actions into rows, and rows back into targets.
+//! * `entries` — pure grouping of actions into rows, and rows back into targets.
 //! * [`lifecycle`] — record → execute → complete/fail, with its failpoint.
-//! * [`postgres`] — [`PgJournal`], the PostgreSQL store.
+//! * `postgres` — [`PgJournal`], the PostgreSQL store.
 
 pub mod entries;
 pub mod lifecycle;

@@ -4,7 +4,7 @@
 //! and patterns. This module owns the whole path from TOML text to "these keys must go": parsing
 //! with exact positions ([`load_dir`], [`parse_file`]), validation that refuses anything ambiguous
 //! with `file:line:col: error: reason`, semantic checks against the live schema ([`check`]), and the
-//! pure matching of a [`Change`] against the rules ([`RuleSet::matches`]). A rule set is
+//! pure matching of a [`Change`] against the rules (`RuleSet::matches`). A rule set is
 //! immutable once built; a new one replaces it whole, so a broken file never half-applies.
 
 pub mod check;

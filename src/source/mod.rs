@@ -15,7 +15,7 @@
 //!
 //! [`Position`] is opaque to the worker: it is only handed back to the source that produced it
 //! and shown in `/status`. The row vocabulary every source speaks ([`Change`], [`Relation`],
-//! [`Transaction`], …) lives in [`change`], so rules and planning never see a wire protocol.
+//! [`Transaction`], …) lives in `change`, so rules and planning never see a wire protocol.
 //!
 //! * [`postgres`] — PostgreSQL logical replication with `pgoutput`.
 //! * `memory` — an in-memory source for tests of the pipeline itself.

@@ -13,7 +13,7 @@
 //! * [`CacheTarget::ping`] and [`CacheTarget::stats`] serve health and monitoring.
 //!
 //! [`Targets`] is the list the worker holds (one per configured cache; each action must succeed
-//! on all). [`redis`] is the implementation for Redis; [`memory`] an in-memory one for tests.
+//! on all). [`redis`] is the implementation for Redis; `memory` an in-memory one for tests.
 
 #[cfg(test)]
 pub(crate) mod memory;

@@ -3,13 +3,13 @@
 //! Why a warm write can never land over a newer invalidation is the fence protocol's argument,
 //! written once in [`crate::fence`]; this module fills keys under it:
 //!
-//! * [`warmer`] — the worker's background warmer for `refresh`/`write-through` rules, fed
+//! * `warmer` — the worker's background warmer for `refresh`/`write-through` rules, fed
 //!   after each batch is journaled; it waits until the triggering transaction is visible
 //!   before a refresh reads, so a value versioned `V` never predates `V`.
-//! * [`bulk`] and [`resume`] — `cachewarden warm` and `warm_on_start`: every key of a rule,
+//! * `bulk` and `resume` — `cachewarden warm` and `warm_on_start`: every key of a rule,
 //!   resumable.
-//! * [`bulk_sql`] — the SQL bulk warming reads with (pure).
-//! * [`values`] — text-format arguments and raw results.
+//! * `bulk_sql` — the SQL bulk warming reads with (pure).
+//! * `values` — text-format arguments and raw results.
 
 mod bulk;
 mod bulk_sql;

@@ -1,10 +1,10 @@
-//! The worker: start-up checks, then the [`pipeline`] with its helper tasks until shutdown.
+//! The worker: start-up checks, then the `pipeline` with its helper tasks until shutdown.
 //!
 //! [`Worker::start`] connects to the journal's database, migrates, checks the rules against the
 //! schema, syncs `cache_configs`, and opens the configured source (PostgreSQL: publication and
 //! slot) and cache targets. Errors there are configuration errors. [`Worker::run`] recovers open
 //! journal rows, spawns the helpers — rule control ([`crate::control`]), the cache health watch
-//! ([`health`]), delayed passes ([`delayed`]), the warmer and warm-on-start ([`crate::warm`]) —
+//! (`health`), delayed passes (`delayed`), the warmer and warm-on-start ([`crate::warm`]) —
 //! and runs the pipeline, whose module documents the acknowledgement contract. At shutdown the
 //! helpers are drained, not aborted: queued warm writes and delayed passes still run.
 

@@ -1,14 +1,14 @@
 //! The PostgreSQL source: logical replication with `pgoutput` from one slot.
 //!
 //! [`PostgresSource::prepare`] does the PostgreSQL-only start-up (`wal_level`, publication,
-//! slot; [`setup`]) and learns the slot's confirmed position. The [`Source`] implementation then
-//! opens replication connections ([`stream`]) on demand and resumes each at the slot, so a
+//! slot; `setup`) and learns the slot's confirmed position. The [`Source`] implementation then
+//! opens replication connections (`stream`) on demand and resumes each at the slot, so a
 //! reconnect after any failure replays exactly what was not confirmed.
 //!
 //! * [`pgoutput`] — pure decoding of `pgoutput` messages and assembly into transactions.
 //! * [`replication`] — the replication sub-protocol over a socket.
-//! * [`setup`] — publication and slot management.
-//! * [`stream`] — one live connection cut into batches.
+//! * `setup` — publication and slot management.
+//! * `stream` — one live connection cut into batches.
 
 pub mod pgoutput;
 pub mod replication;

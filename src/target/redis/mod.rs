@@ -1,10 +1,10 @@
 //! Redis (standalone) as a cache target.
 //!
 //! [`RedisTarget`] owns one multiplexed connection, reopened after a connection-level failure,
-//! and implements [`CacheTarget`]: invalidation ([`invalidate`]: pipelined, chunked `UNLINK`s —
+//! and implements [`CacheTarget`]: invalidation (`invalidate`: pipelined, chunked `UNLINK`s —
 //! one round trip for a whole batch — and `SCAN MATCH`, never `KEYS`, for patterns, so Redis is
-//! never blocked), versioned writes ([`versioned`]: the fence protocol's compare-and-set in Lua)
-//! and `INFO` figures ([`stats`]).
+//! never blocked), versioned writes (`versioned`: the fence protocol's compare-and-set in Lua)
+//! and `INFO` figures (`stats`).
 
 mod invalidate;
 mod stats;

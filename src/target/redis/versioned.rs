@@ -125,7 +125,7 @@ impl RedisTarget {
             .collect())
     }
     /// Bulk warm writes that share a version, TTL and rule: compare-and-set like
-    /// [`Cache::write_versioned`], made cheap for the common case. Per chunk, the rule's marks
+    /// `Cache::write_versioned`, made cheap for the common case. Per chunk, the rule's marks
     /// are WATCHed and read: if no key of the rule was invalidated after `version` (its max
     /// mark is older), the values go in one MULTI/EXEC of native SETs, which aborts and is
     /// retried if a mark moves meanwhile; otherwise the chunk takes the per-key script.
