@@ -49,9 +49,18 @@ pub enum EventError {
     Invalid { index: usize, message: String },
 }
 
+/// Why a Debezium event cannot be explained.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DebeziumError {
+    #[error("unknown Debezium op {0:?}")]
+    UnknownOp(String),
+    #[error("Debezium event without source.table")]
+    NoTable,
+}
+
 /// Reads a Debezium change event (with or without the `schema`/`payload` envelope) as an
 /// [`EventJson`]; `None` when the value is not one.
-pub fn from_debezium(value: &Value) -> Option<Result<EventJson, String>> {
+pub fn from_debezium(value: &Value) -> Option<Result<EventJson, DebeziumError>> {
     let payload = value
         .get("payload")
         .filter(|p| p.is_object())
@@ -63,14 +72,14 @@ pub fn from_debezium(value: &Value) -> Option<Result<EventJson, String>> {
         "u" => Op::Update,
         "d" => Op::Delete,
         "t" => Op::Truncate,
-        other => return Some(Err(format!("unknown Debezium op {other:?}"))),
+        other => return Some(Err(DebeziumError::UnknownOp(other.to_string()))),
     };
     let schema = source
         .get("schema")
         .and_then(Value::as_str)
         .unwrap_or("public");
     let Some(table) = source.get("table").and_then(Value::as_str) else {
-        return Some(Err("Debezium event without source.table".into()));
+        return Some(Err(DebeziumError::NoTable));
     };
     let row = |k: &str| payload.get(k).and_then(Value::as_object).cloned();
     Some(Ok(EventJson {
@@ -83,7 +92,10 @@ pub fn from_debezium(value: &Value) -> Option<Result<EventJson, String>> {
 
 fn parse_one(value: Value, index: usize) -> Result<EventJson, EventError> {
     if let Some(ev) = from_debezium(&value) {
-        return ev.map_err(|message| EventError::Invalid { index, message });
+        return ev.map_err(|e| EventError::Invalid {
+            index,
+            message: e.to_string(),
+        });
     }
     serde_json::from_value(value).map_err(|e| EventError::Invalid {
         index,

@@ -285,7 +285,7 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
                     }
                     Err(e) => {
                         let loc = cx.at(op.span().start);
-                        cx.error(loc, e)
+                        cx.error(loc, e.to_string())
                     }
                 }
             }

@@ -65,17 +65,20 @@ impl fmt::Display for Op {
     }
 }
 
+/// A name that is not an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown operation {0:?}: expected insert, update, delete or truncate")]
+pub struct UnknownOp(pub String);
+
 impl FromStr for Op {
-    type Err = String;
+    type Err = UnknownOp;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "insert" => Ok(Op::Insert),
             "update" => Ok(Op::Update),
             "delete" => Ok(Op::Delete),
             "truncate" => Ok(Op::Truncate),
-            other => Err(format!(
-                "unknown operation {other:?}: expected insert, update, delete or truncate"
-            )),
+            other => Err(UnknownOp(other.to_string())),
         }
     }
 }

@@ -1,0 +1,279 @@
+//! The [`Assembler`]: keeps the relation cache and the open transaction, and turns a message
+//! sequence into [`Transaction`]s with rows resolved against their relation (key-only old
+//! tuples, unchanged TOAST, canonical values).
+
+use super::*;
+
+/// What feeding one message to the [`Assembler`] produced.
+#[derive(Debug)]
+pub enum Assembled {
+    /// Nothing complete yet.
+    Pending,
+    /// A transaction committed.
+    Committed(Transaction),
+}
+
+/// Turns a `pgoutput` message sequence into transactions, keeping the relation cache.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    relations: HashMap<u32, Arc<Relation>>,
+    open: Option<Transaction>,
+}
+
+/// A protocol-level inconsistency in the message sequence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("{0} outside a transaction")]
+    OutsideTransaction(&'static str),
+    #[error("BEGIN inside an open transaction")]
+    NestedBegin,
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a transaction has begun but not yet committed.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The number of changes in the open transaction.
+    pub fn open_len(&self) -> usize {
+        self.open.as_ref().map_or(0, |t| t.changes.len())
+    }
+
+    /// Forgets any open transaction (after a reconnect the server resends it whole).
+    pub fn reset_transaction(&mut self) {
+        self.open = None;
+    }
+
+    /// Takes the changes of the open transaction accumulated so far, leaving it open. Used to
+    /// invalidate a huge transaction in bounded chunks; its position is confirmed only at commit.
+    pub fn drain_open(&mut self) -> Option<Transaction> {
+        let open = self.open.as_mut()?;
+        Some(Transaction {
+            changes: std::mem::take(&mut open.changes),
+            ..open.clone()
+        })
+    }
+
+    /// Feeds one XLogData payload. A payload that does not decode inside an open transaction
+    /// becomes an undecodable change (of its relation when the relation id could be read).
+    pub fn feed(&mut self, payload: &[u8]) -> Result<Assembled, SequenceError> {
+        match decode(payload) {
+            Ok(msg) => self.apply(msg),
+            Err(err) => {
+                let Some(open) = self.open.as_mut() else {
+                    return Err(SequenceError::OutsideTransaction("undecodable message"));
+                };
+                let rel = payload
+                    .get(1..5)
+                    .filter(|_| matches!(payload.first(), Some(b'I' | b'U' | b'D')))
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .and_then(|oid| self.relations.get(&oid).cloned());
+                let relation = rel.unwrap_or_else(|| Arc::new(unknown_relation()));
+                open.changes.push(Change {
+                    relation,
+                    op: Op::Truncate,
+                    old: None,
+                    new: None,
+                    undecodable: Some(err.to_string()),
+                });
+                Ok(Assembled::Pending)
+            }
+        }
+    }
+
+    /// Applies one decoded message.
+    pub fn apply(&mut self, msg: Message) -> Result<Assembled, SequenceError> {
+        match msg {
+            Message::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
+                if self.open.is_some() {
+                    return Err(SequenceError::NestedBegin);
+                }
+                self.open = Some(Transaction {
+                    xid,
+                    commit_lsn: final_lsn,
+                    end_lsn: final_lsn,
+                    commit_time: pg_time(commit_time),
+                    changes: Vec::new(),
+                });
+            }
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                let mut tx = self
+                    .open
+                    .take()
+                    .ok_or(SequenceError::OutsideTransaction("COMMIT"))?;
+                tx.commit_lsn = commit_lsn;
+                tx.end_lsn = end_lsn;
+                tx.commit_time = pg_time(commit_time);
+                return Ok(Assembled::Committed(tx));
+            }
+            Message::Relation(rel) => {
+                self.relations.insert(rel.oid, Arc::new(rel));
+            }
+            Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+            Message::Insert { rel, new } => {
+                let relation = self.relation(rel);
+                let new = resolve_new(&relation, new, None);
+                self.push("INSERT", relation, Op::Insert, None, Some(new))?;
+            }
+            Message::Update { rel, old, new } => {
+                let relation = self.relation(rel);
+                let old = old.map(|(kind, t)| resolve_old(&relation, kind, t));
+                let new = resolve_new(&relation, new, old.as_ref());
+                // Without an old tuple the key did not change: its columns equal the new ones.
+                let old = old.unwrap_or_else(|| key_only_from(&relation, &new));
+                self.push("UPDATE", relation, Op::Update, Some(old), Some(new))?;
+            }
+            Message::Delete {
+                rel,
+                old: (kind, t),
+            } => {
+                let relation = self.relation(rel);
+                let old = resolve_old(&relation, kind, t);
+                self.push("DELETE", relation, Op::Delete, Some(old), None)?;
+            }
+            Message::Truncate { rels, .. } => {
+                for rel in rels {
+                    let relation = self.relation(rel);
+                    self.push("TRUNCATE", relation, Op::Truncate, None, None)?;
+                }
+            }
+        }
+        Ok(Assembled::Pending)
+    }
+
+    fn relation(&self, oid: u32) -> Arc<Relation> {
+        self.relations.get(&oid).cloned().unwrap_or_else(|| {
+            Arc::new(Relation {
+                oid,
+                ..unknown_relation()
+            })
+        })
+    }
+
+    fn push(
+        &mut self,
+        what: &'static str,
+        relation: Arc<Relation>,
+        op: Op,
+        old: Option<Tuple>,
+        new: Option<Tuple>,
+    ) -> Result<(), SequenceError> {
+        let open = self
+            .open
+            .as_mut()
+            .ok_or(SequenceError::OutsideTransaction(what))?;
+        let undecodable = if relation.schema.is_empty() {
+            Some(format!("relation {} was never described", relation.oid))
+        } else if [&old, &new]
+            .into_iter()
+            .flatten()
+            .any(|t| t.0.len() != relation.columns.len())
+        {
+            Some(format!(
+                "tuple width does not match relation {}",
+                relation.qualified_name()
+            ))
+        } else {
+            None
+        };
+        let (op, old, new) = if undecodable.is_some() {
+            (Op::Truncate, None, None)
+        } else {
+            (op, old, new)
+        };
+        open.changes.push(Change {
+            relation,
+            op,
+            old,
+            new,
+            undecodable,
+        });
+        Ok(())
+    }
+}
+
+fn unknown_relation() -> Relation {
+    Relation {
+        oid: 0,
+        schema: String::new(),
+        name: String::new(),
+        replica_identity: b'd',
+        columns: Vec::new(),
+    }
+}
+
+/// Puts every text value of a tuple into its canonical form (see [`super::canonical_text`]).
+fn canonical(relation: &Relation, raw: RawTuple) -> RawTuple {
+    RawTuple(
+        raw.0
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| match (d, relation.columns.get(i)) {
+                (Datum::Text(v), Some(c)) => {
+                    Datum::Text(crate::source::canonical_text(c.type_oid, v))
+                }
+                (d, _) => d,
+            })
+            .collect(),
+    )
+}
+
+/// A key-only old tuple: non-key columns are unknown, not NULL.
+fn resolve_old(relation: &Relation, kind: OldKind, raw: RawTuple) -> Tuple {
+    let raw = canonical(relation, raw);
+    match kind {
+        OldKind::Full => Tuple(raw.0),
+        OldKind::Key => Tuple(
+            raw.0
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| match relation.columns.get(i) {
+                    Some(c) if c.is_key => d,
+                    _ => Datum::Unknown,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Fills unchanged-TOAST columns of a new tuple from the old tuple where it has them.
+fn resolve_new(relation: &Relation, raw: RawTuple, old: Option<&Tuple>) -> Tuple {
+    Tuple(
+        canonical(relation, raw)
+            .0
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| match (d, old.and_then(|o| o.0.get(i))) {
+                (Datum::UnchangedToast, Some(Datum::Text(v))) => Datum::Text(v.clone()),
+                (d, _) => d,
+            })
+            .collect(),
+    )
+}
+
+fn key_only_from(relation: &Relation, new: &Tuple) -> Tuple {
+    Tuple(
+        new.0
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match relation.columns.get(i) {
+                Some(c) if c.is_key && relation.replica_identity != b'n' => d.clone(),
+                _ => Datum::Unknown,
+            })
+            .collect(),
+    )
+}
