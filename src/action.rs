@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::fence::Version;
+use crate::version::Version;
 
 /// What to do to Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -236,7 +235,7 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = crate::rules::line_col(text, e.span().map_or(0, |s| s.start));
+            let (line, col) = crate::span::line_col(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -280,22 +279,6 @@ impl Config {
 
     pub fn postgres_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
         self.postgres.url.parse()
-    }
-
-    pub fn batch_limits(&self) -> crate::source::BatchLimits {
-        crate::source::BatchLimits {
-            max_changes: self.worker.max_batch_changes,
-            linger: Duration::from_millis(self.worker.batch_linger_ms),
-            status_interval: Duration::from_millis(self.worker.status_interval_ms.max(100)),
-        }
-    }
-
-    pub fn cache_options(&self) -> crate::target::redis::CacheOptions {
-        crate::target::redis::CacheOptions {
-            unlink_chunk: self.redis.unlink_chunk,
-            scan_count: self.redis.scan_count,
-            timeout: Duration::from_millis(self.redis.timeout_ms),
-        }
     }
 }
 

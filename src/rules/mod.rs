@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::source::{Change, Datum, Op};
 pub use condition::{Condition, Truth};
-pub use parse::{line_col, max_placeholder, parse_duration, parse_file, OWN_TABLES};
+pub use parse::{max_placeholder, parse_duration, parse_file, OWN_TABLES};
 pub use template::{Lookup, Rendered, RowView, Side, Template, TemplateKind};
 
 /// A place in a rule file.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::*;
+use crate::span::line_col;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,18 +90,6 @@ pub const OWN_TABLES: [&str; 5] = [
     "cachewarden_migrations",
     "cachewarden_warm_runs",
 ];
-
-/// 1-based line and column (in characters) of a byte offset in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
 
 struct FileCtx<'a> {
     path: &'a Path,

@@ -115,6 +115,17 @@ pub struct BatchLimits {
     pub status_interval: Duration,
 }
 
+impl BatchLimits {
+    /// The limits `[worker]` configures.
+    pub fn from_config(w: &crate::config::WorkerConfig) -> Self {
+        BatchLimits {
+            max_changes: w.max_batch_changes,
+            linger: Duration::from_millis(w.batch_linger_ms),
+            status_interval: Duration::from_millis(w.status_interval_ms.max(100)),
+        }
+    }
+}
+
 impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
@@ -186,7 +197,7 @@ pub async fn open(
         &config.postgres.slot,
         &config.postgres.publication,
         tables,
-        config.batch_limits(),
+        BatchLimits::from_config(&config.worker),
     )
     .await?;
     Ok(Box::new(source))

@@ -145,7 +145,10 @@ impl Targets {
 
     /// The targets a configuration names.
     pub fn open(config: &Config) -> Result<Self, CacheError> {
-        let redis = RedisTarget::new(&config.redis.url, config.cache_options())?;
+        let redis = RedisTarget::new(
+            &config.redis.url,
+            redis::CacheOptions::from_config(&config.redis),
+        )?;
         Ok(Targets::new(vec![Box::new(redis)]))
     }
 

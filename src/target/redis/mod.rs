@@ -30,6 +30,17 @@ pub struct CacheOptions {
     pub timeout: Duration,
 }
 
+impl CacheOptions {
+    /// The options `[redis]` configures.
+    pub fn from_config(r: &crate::config::RedisConfig) -> Self {
+        CacheOptions {
+            unlink_chunk: r.unlink_chunk,
+            scan_count: r.scan_count,
+            timeout: Duration::from_millis(r.timeout_ms),
+        }
+    }
+}
+
 impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions {
