@@ -117,7 +117,16 @@ async fn run_serves_status_and_shuts_down_gracefully() {
     let env = TestEnv::new("cli_run", SCHEMA).await;
     env.write_rules("courses.toml", RULES);
     let addr = format!("127.0.0.1:{}", free_port());
-    let cfg = env.write_config(&addr, "");
+    // A password in the URL (trust auth ignores it) that must never reach the log.
+    let cfg = env.dir.join("cachewarden.toml");
+    std::fs::write(
+        &cfg,
+        env.config_text(&addr, "").replace(
+            "postgres://postgres@",
+            "postgres://postgres:s3cret-Pw@",
+        ),
+    )
+    .unwrap();
     let log = env.dir.join("worker.log");
     let mut child = spawn_run(&cfg, &log);
     let start = Instant::now();
@@ -177,6 +186,10 @@ async fn run_serves_status_and_shuts_down_gracefully() {
     );
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("shutdown requested"), "{log}");
-    assert!(!log.contains("postgres://postgres:"), "no secrets in logs");
+    assert!(
+        log.contains("postgres://postgres:***@"),
+        "the URL is logged, redacted: {log}"
+    );
+    assert!(!log.contains("s3cret-Pw"), "no secrets in logs");
     env.cleanup().await;
 }
