@@ -171,3 +171,69 @@ async fn open_journal_rows_are_executed_at_start() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// Rows applications write are input from outside: a `keys` array with a NULL element or two
+/// dimensions must fail that row with the reason, never panic the worker (at start, that was a
+/// crash loop on every restart), and never hold up the good rows beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_rows_fail_with_a_reason_and_stop_nothing() {
+    let env = TestEnv::new("bad_rows", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    env.start_worker().await.stop().await;
+    env.set_keys(&["item:7", "item:8", "item:9"]).await;
+    let insert_bad = |status: &'static str, rule: Option<&'static str>| {
+        let env = &env;
+        async move {
+            env.db
+                .execute(
+                    "INSERT INTO cache_invalidations (key_pattern, kind, keys, key_count, reason, status, rule_name) VALUES \
+                     ($1, 'keys', ARRAY[$2, NULL]::text[], 2, 'null element', $3, $4), \
+                     ($1, 'keys', '{{a,b},{c,d}}'::text[], 4, 'two dimensions', $3, $4)",
+                    &[&env.key("item:*"), &env.key("item:7"), &status, &rule],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Left open by a "crash" (worker rows) and requested by an application, before start.
+    insert_bad("pending", Some("items")).await;
+    insert_bad("running", None).await;
+    env.db
+        .execute(
+            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status) VALUES ($1, 'key', 'good', 'pending')",
+            &[&env.key("item:8")],
+        )
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    env.wait_gone(&["item:8"], WAIT).await;
+    // And while it runs.
+    insert_bad("pending", None).await;
+    env.db
+        .execute(
+            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status) VALUES ($1, 'key', 'good', 'pending')",
+            &[&env.key("item:9")],
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["item:9"], WAIT).await;
+    common::eventually("bad rows are failed", WAIT, || async {
+        let rows = env
+            .db
+            .query(
+                "SELECT status, coalesce(error, '') FROM cache_invalidations WHERE reason IN ('null element', 'two dimensions')",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.len() == 6
+            && rows.iter().all(|r| {
+                let (status, error): (String, String) = (r.get(0), r.get(1));
+                status == "failed" && error.contains("keys")
+            })
+    })
+    .await;
+    assert!(w.status.is_ready(), "the worker is still running");
+    w.stop().await;
+    env.cleanup().await;
+}

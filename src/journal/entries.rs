@@ -94,31 +94,82 @@ pub fn plural(kind: &str) -> &'static str {
     }
 }
 
-/// The targets of a journal row (`kind`, `key_pattern`, `keys`). Unknown kinds are treated as
-/// one pattern: the widest reading of an application's request.
-pub fn row_targets(kind: &str, key_pattern: String, members: Option<Vec<String>>) -> Vec<Target> {
-    let singular = match kind {
-        "keys" => "key",
-        "patterns" => "pattern",
-        "tags" => "tag",
-        "tag-patterns" => "tag-pattern",
-        "bumps" => "bump",
-        "bump-patterns" => "bump-pattern",
+/// Why a journal row (one an application wrote, typically) cannot be executed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    #[error("kind {0:?} needs a non-empty keys array")]
+    NoMembers(String),
+    #[error("keys has a NULL element at position {0}")]
+    NullMember(usize),
+    #[error("key_pattern is empty")]
+    EmptyTarget,
+    #[error("keys is not a one-dimensional text array ({0})")]
+    BadArray(String),
+}
+
+/// The targets of a journal row (`kind`, `key_pattern`, `keys`), validated: the values come
+/// from outside. Unknown kinds are treated as one pattern: the widest reading of an
+/// application's request.
+pub fn row_targets(
+    kind: &str,
+    key_pattern: String,
+    members: Option<Vec<Option<String>>>,
+) -> Result<Vec<Target>, RowError> {
+    let make: fn(String) -> Target = match kind {
+        "keys" => Target::Key,
+        "patterns" => Target::Pattern,
+        "tags" => Target::Tag,
+        "tag-patterns" => Target::TagPattern,
+        "bumps" => Target::Bump,
+        "bump-patterns" => Target::BumpPattern,
         other => {
+            if key_pattern.is_empty() {
+                return Err(RowError::EmptyTarget);
+            }
             let fallback = Target::Pattern(key_pattern.clone());
-            return vec![Target::from_kind(other, key_pattern).unwrap_or(fallback)];
+            return Ok(vec![Target::from_kind(other, key_pattern).unwrap_or(fallback)]);
         }
     };
+    let members = members
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| RowError::NoMembers(kind.to_string()))?;
     members
-        .unwrap_or_default()
         .into_iter()
-        .filter_map(|m| Target::from_kind(singular, m))
+        .enumerate()
+        .map(|(i, m)| match m {
+            Some(m) if !m.is_empty() => Ok(make(m)),
+            Some(_) => Err(RowError::EmptyTarget),
+            None => Err(RowError::NullMember(i + 1)),
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_from_outside_are_validated() {
+        let m = |v: &[Option<&str>]| Some(v.iter().map(|s| s.map(String::from)).collect());
+        assert_eq!(
+            row_targets("keys", "c:*".into(), m(&[Some("c:1"), Some("c:2")])),
+            Ok(vec![Target::Key("c:1".into()), Target::Key("c:2".into())])
+        );
+        assert_eq!(
+            row_targets("keys", "c:*".into(), m(&[Some("c:1"), None])),
+            Err(RowError::NullMember(2))
+        );
+        assert_eq!(
+            row_targets("keys", "c:*".into(), None),
+            Err(RowError::NoMembers("keys".into()))
+        );
+        assert_eq!(row_targets("key", String::new(), None), Err(RowError::EmptyTarget));
+        assert_eq!(
+            row_targets("mystery", "x:*".into(), None),
+            Ok(vec![Target::Pattern("x:*".into())]),
+            "the widest reading"
+        );
+    }
 
     fn action(target: Target, family: &str, causes: u32) -> Action {
         Action {

@@ -76,11 +76,13 @@ impl JournalStore for MemoryJournal {
             let mut s = self.check()?;
             let mut ids = Vec::new();
             for e in super::entries(actions) {
+                let members = e.members.into_iter().map(Some).collect::<Vec<_>>();
                 let targets = super::entries::row_targets(
                     e.kind,
                     e.key_pattern,
-                    (!e.members.is_empty()).then_some(e.members),
-                );
+                    (!members.is_empty()).then_some(members),
+                )
+                .map_err(|_| JournalError::Unavailable("an action makes an invalid row"))?;
                 s.next += 1;
                 let id = s.next;
                 s.rows.insert(

@@ -170,7 +170,7 @@ impl PgJournal {
                 &[&limit],
             )
             .await?;
-        Ok(rows.iter().map(open_row).collect())
+        self.keep_valid(&rows).await
     }
 
     async fn reopen_rows(&mut self, ids: &[String], error: &str) -> Result<(), JournalError> {
@@ -197,7 +197,38 @@ impl PgJournal {
                 &[&limit],
             )
             .await?;
-        Ok(rows.iter().map(open_row).collect())
+        self.keep_valid(&rows).await
+    }
+
+    /// The rows that can be executed; the others are marked `failed` with their reason at once,
+    /// so a malformed row never stalls or crashes anything.
+    async fn keep_valid(
+        &mut self,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Vec<OpenRow>, JournalError> {
+        let mut good = Vec::with_capacity(rows.len());
+        let (mut bad_ids, mut reasons) = (Vec::new(), Vec::new());
+        for r in rows {
+            match read_row(r) {
+                Ok(row) => good.push(row),
+                Err((id, reason)) => {
+                    tracing::warn!(id = %id, reason = %reason, "journal row cannot be executed; marked failed");
+                    bad_ids.push(id);
+                    reasons.push(reason);
+                }
+            }
+        }
+        if !bad_ids.is_empty() {
+            let p = self.prepared().await?;
+            p.client
+                .execute(
+                    "UPDATE cache_invalidations c SET status = 'failed', completed_at = now(), error = u.e \
+                     FROM unnest($1::text[], $2::text[]) AS u(id, e) WHERE c.id = u.id::uuid",
+                    &[&bad_ids, &reasons],
+                )
+                .await?;
+        }
+        Ok(good)
     }
 
     /// Journals an operator's request as `running` (this process executes it next); returns
@@ -243,14 +274,18 @@ impl PgJournal {
     }
 }
 
-fn open_row(r: &tokio_postgres::Row) -> OpenRow {
-    let text: String = r.get(1);
-    let kind: String = r.get(2);
-    let members: Option<Vec<String>> = r.get(3);
-    OpenRow {
-        id: r.get(0),
-        targets: entries::row_targets(&kind, text, members),
-    }
+/// Reads a row as an [`OpenRow`], or says why it cannot be executed (the row's id and the
+/// reason). Nothing read here is trusted: applications write these rows.
+fn read_row(r: &tokio_postgres::Row) -> Result<OpenRow, (String, String)> {
+    let id: String = r.get(0);
+    let invalid = |e: &dyn std::fmt::Display| (id.clone(), format!("invalid row: {e}"));
+    let text: String = r.try_get(1).map_err(|e| invalid(&e))?;
+    let kind: String = r.try_get(2).map_err(|e| invalid(&e))?;
+    let members: Option<Vec<Option<String>>> = r
+        .try_get(3)
+        .map_err(|e| invalid(&entries::RowError::BadArray(e.to_string())))?;
+    let targets = entries::row_targets(&kind, text, members).map_err(|e| invalid(&e))?;
+    Ok(OpenRow { id, targets })
 }
 
 impl JournalStore for PgJournal {
