@@ -154,6 +154,10 @@ pub struct WorkerConfig {
     /// Sample Redis INFO into `/status` and `cache_metrics` this often (0: never).
     #[serde(default = "default_metrics_interval")]
     pub metrics_interval_secs: u64,
+    /// Journal rows still `pending` or `running` this long after they were written are
+    /// re-executed while the worker runs (a cancelled batch, a request whose executor failed).
+    #[serde(default = "default_recover_after")]
+    pub recover_after_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -165,6 +169,7 @@ impl Default for WorkerConfig {
             max_backoff_ms: default_max_backoff(),
             metrics_interval_secs: default_metrics_interval(),
             control_interval_ms: default_control_interval(),
+            recover_after_secs: default_recover_after(),
         }
     }
 }
@@ -183,6 +188,9 @@ fn default_metrics_interval() -> u64 {
 }
 fn default_control_interval() -> u64 {
     500
+}
+fn default_recover_after() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

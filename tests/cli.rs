@@ -121,10 +121,8 @@ async fn run_serves_status_and_shuts_down_gracefully() {
     let cfg = env.dir.join("cachewarden.toml");
     std::fs::write(
         &cfg,
-        env.config_text(&addr, "").replace(
-            "postgres://postgres@",
-            "postgres://postgres:s3cret-Pw@",
-        ),
+        env.config_text(&addr, "")
+            .replace("postgres://postgres@", "postgres://postgres:s3cret-Pw@"),
     )
     .unwrap();
     let log = env.dir.join("worker.log");

@@ -237,3 +237,32 @@ async fn malformed_request_rows_fail_with_a_reason_and_stop_nothing() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// Recovery runs continuously, not only at start: a request left `running` (its executor
+/// failed after claiming it) and worker rows left `pending` (a batch cancelled mid-way) are
+/// picked up again while the worker runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stranded_rows_are_recovered_while_running() {
+    let env = TestEnv::new("stranded", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let mut cfg = env.config();
+    cfg.worker.recover_after_secs = 1;
+    let w = env.start_worker_with(cfg).await;
+    env.set_keys(&["item:21", "item:22"]).await;
+    env.db
+        .execute(
+            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status, rule_name, created_at) VALUES \
+             ($1, 'key', 'claimed, then its executor failed', 'running', NULL, now() - interval '1 minute'), \
+             ($2, 'key', 'a cancelled batch', 'pending', 'items', now() - interval '1 minute')",
+            &[&env.key("item:21"), &env.key("item:22")],
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&["item:21", "item:22"], WAIT).await;
+    common::eventually("the rows are completed", WAIT, || async {
+        env.journal_counts().await == [("completed".to_string(), 2)]
+    })
+    .await;
+    w.stop().await;
+    env.cleanup().await;
+}

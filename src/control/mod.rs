@@ -10,6 +10,8 @@
 //!   `cache_configs` and the publication, then replaces the old.
 //! * **Live `cache_configs`** — `is_active = false` on a rule's row disables it within one poll
 //!   interval; `ttl`/`strategy` edits are reported as drift from the rule file.
+//! * **Sweeping** — journal rows left `pending`/`running` for `recover_after_secs` (a
+//!   cancelled batch, a request whose executor failed) are re-executed and completed.
 //! * **Requests** — rows applications insert into `cache_invalidations` with status `pending`
 //!   (and no rule) are claimed (`running`), executed on Redis and completed or failed.
 //!
@@ -68,6 +70,9 @@ impl Controller {
         };
         let mut journal = PgJournal::new(pg);
         let mut drift_seen: Vec<String> = Vec::new();
+        let stale_after = Duration::from_secs(self.config.worker.recover_after_secs.max(1));
+        let sweep_every = (stale_after / 2).max(interval);
+        let mut next_sweep = tokio::time::Instant::now() + sweep_every;
         loop {
             let forced = tokio::select! {
                 _ = tokio::time::sleep(interval) => false,
@@ -99,6 +104,22 @@ impl Controller {
             {
                 tracing::warn!(error = %e, "executing invalidation requests failed");
             }
+            if tokio::time::Instant::now() >= next_sweep {
+                next_sweep = tokio::time::Instant::now() + sweep_every;
+                self.sweep(&mut journal, &mut targets, stale_after).await;
+            }
+        }
+    }
+
+    /// Finishes journal rows left open longer than `stale_after` while the worker runs.
+    async fn sweep(&self, journal: &mut PgJournal, targets: &mut Targets, stale_after: Duration) {
+        match crate::journal::recover(journal, targets, stale_after).await {
+            Ok(0) => {}
+            Ok(n) => {
+                add(&self.status.counters.recovered_rows, n as u64);
+                tracing::warn!(rows = n, "re-executed journal rows left open");
+            }
+            Err(e) => tracing::warn!(error = %e, "re-executing journal rows left open failed"),
         }
     }
 

@@ -127,7 +127,9 @@ pub fn row_targets(
                 return Err(RowError::EmptyTarget);
             }
             let fallback = Target::Pattern(key_pattern.clone());
-            return Ok(vec![Target::from_kind(other, key_pattern).unwrap_or(fallback)]);
+            return Ok(vec![
+                Target::from_kind(other, key_pattern).unwrap_or(fallback)
+            ]);
         }
     };
     let members = members
@@ -163,7 +165,10 @@ mod tests {
             row_targets("keys", "c:*".into(), None),
             Err(RowError::NoMembers("keys".into()))
         );
-        assert_eq!(row_targets("key", String::new(), None), Err(RowError::EmptyTarget));
+        assert_eq!(
+            row_targets("key", String::new(), None),
+            Err(RowError::EmptyTarget)
+        );
         assert_eq!(
             row_targets("mystery", "x:*".into(), None),
             Ok(vec![Target::Pattern("x:*".into())]),

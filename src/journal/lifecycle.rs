@@ -9,8 +9,14 @@
 //! retries with new rows) or go back to `pending` ([`OnFailure::Reopen`]: a later poll retries
 //! the same rows). When the journal fails, the error says so and the caller retries the whole
 //! call: executing is idempotent, and nothing counts as done until its rows are `completed`.
+//!
+//! [`recover`] finishes rows someone left open, through the same lifecycle: at start, and
+//! while running for rows older than `recover_after_secs`.
 
 use std::time::{Duration, Instant};
+
+/// Open journal rows re-executed per round by [`recover`].
+const RECOVER_CHUNK: i64 = 5000;
 
 use chrono::{DateTime, Utc};
 
@@ -115,5 +121,38 @@ where
             }
             Err(InvalidationError::Cache(e))
         }
+    }
+}
+
+/// Re-executes journal rows left `pending`/`running` at least `min_age` ago — by a crash, a
+/// cancelled batch, a request whose executor failed, or an application — and completes them
+/// (or puts them back to `pending` if the cache fails). Returns how many rows were completed.
+pub async fn recover<J, C>(
+    journal: &mut J,
+    cache: &mut C,
+    min_age: Duration,
+) -> Result<usize, InvalidationError>
+where
+    J: JournalStore + ?Sized,
+    C: CacheTarget + ?Sized,
+{
+    let mut total = 0;
+    loop {
+        let rows = journal.open_rows(RECOVER_CHUNK, min_age).await?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let targets: Vec<_> = rows.iter().flat_map(|r| r.targets.iter()).collect();
+        invalidate(
+            journal,
+            cache,
+            Rows::Existing(ids),
+            &[],
+            &targets,
+            OnFailure::Reopen,
+        )
+        .await?;
+        total += rows.len();
     }
 }

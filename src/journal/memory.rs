@@ -123,7 +123,11 @@ impl JournalStore for MemoryJournal {
         async move { self.set(ids, "pending") }.boxed()
     }
 
-    fn open_rows(&mut self, limit: i64) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
+    fn open_rows(
+        &mut self,
+        limit: i64,
+        _min_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
         async move {
             let s = self.check()?;
             Ok(s.rows

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 
 pub use entries::{entries, Entry};
-pub use lifecycle::{invalidate, Completed, InvalidationError, OnFailure, Rows};
+pub use lifecycle::{invalidate, recover, Completed, InvalidationError, OnFailure, Rows};
 pub use postgres::PgJournal;
 
 use crate::action::{Action, Target};
@@ -75,6 +75,11 @@ pub trait JournalStore: Send {
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
 
-    /// Rows still `pending` or `running`, oldest first, at most `limit`.
-    fn open_rows(&mut self, limit: i64) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>>;
+    /// Rows still `pending` or `running` that were written at least `min_age` ago, oldest
+    /// first, at most `limit`. Rows that cannot be executed are marked `failed` instead.
+    fn open_rows(
+        &mut self,
+        limit: i64,
+        min_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>>;
 }

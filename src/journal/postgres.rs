@@ -160,14 +160,20 @@ impl PgJournal {
     }
 
     /// Rows still `pending` or `running`, oldest first, at most `limit`.
-    async fn open(&mut self, limit: i64) -> Result<Vec<OpenRow>, JournalError> {
+    async fn open(
+        &mut self,
+        limit: i64,
+        min_age: std::time::Duration,
+    ) -> Result<Vec<OpenRow>, JournalError> {
         let p = self.prepared().await?;
         let rows = p
             .client
             .query(
                 "SELECT id::text, key_pattern, kind, keys FROM cache_invalidations \
-                 WHERE status IN ('pending', 'running') ORDER BY created_at LIMIT $1",
-                &[&limit],
+                 WHERE status IN ('pending', 'running') \
+                   AND created_at <= now() - make_interval(secs => $2) \
+                 ORDER BY created_at LIMIT $1",
+                &[&limit, &min_age.as_secs_f64()],
             )
             .await?;
         self.keep_valid(&rows).await
@@ -320,7 +326,11 @@ impl JournalStore for PgJournal {
         self.reopen_rows(ids, error).boxed()
     }
 
-    fn open_rows(&mut self, limit: i64) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
-        self.open(limit).boxed()
+    fn open_rows(
+        &mut self,
+        limit: i64,
+        min_age: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
+        self.open(limit, min_age).boxed()
     }
 }

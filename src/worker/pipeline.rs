@@ -38,9 +38,6 @@ use crate::source::{Batch, Source, SourceError};
 use crate::status::{add, Status};
 use crate::target::{CacheTarget, Targets};
 
-/// Open journal rows re-executed per round at start.
-const RECOVER_CHUNK: i64 = 5000;
-
 /// Where a finished batch's follow-up work goes (never waited for).
 #[derive(Debug, Default)]
 pub(crate) struct Followers {
@@ -258,7 +255,7 @@ impl Pipeline {
             if self.shutdown.is_shutdown() {
                 return;
             }
-            match self.recover_once().await {
+            match journal::recover(self.journal.as_mut(), &mut self.targets, Duration::ZERO).await {
                 Ok(0) => {}
                 Ok(n) => {
                     add(&self.status.counters.recovered_rows, n as u64);
@@ -280,28 +277,6 @@ impl Pipeline {
             }
             self.backoff.reset();
             return;
-        }
-    }
-
-    async fn recover_once(&mut self) -> Result<usize, InvalidationError> {
-        let mut total = 0;
-        loop {
-            let rows = self.journal.open_rows(RECOVER_CHUNK).await?;
-            if rows.is_empty() {
-                return Ok(total);
-            }
-            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-            let targets: Vec<_> = rows.iter().flat_map(|r| r.targets.iter()).collect();
-            journal::invalidate(
-                self.journal.as_mut(),
-                &mut self.targets,
-                Rows::Existing(ids),
-                &[],
-                &targets,
-                OnFailure::Reopen,
-            )
-            .await?;
-            total += rows.len();
         }
     }
 }
