@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "warm_runs",
         sql: include_str!("../migrations/0003_warm_runs.sql"),
     },
+    Migration {
+        version: 4,
+        name: "dead_letters",
+        sql: include_str!("../migrations/0004_dead_letters.sql"),
+    },
 ];
 
 /// Errors applying migrations.

@@ -55,6 +55,8 @@ pub struct Counters {
     pub warm_dropped: AtomicU64,
     /// Delayed second invalidations executed (`reinvalidate_after`).
     pub reinvalidations: AtomicU64,
+    /// Input the source could not understand, kept in `cache_dead_letters`.
+    pub dead_letters: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -248,6 +250,7 @@ impl Status {
             ("warm_failures", get(&c.warm_failures)),
             ("warm_dropped", get(&c.warm_dropped)),
             ("reinvalidations", get(&c.reinvalidations)),
+            ("dead_letters", get(&c.dead_letters)),
         ]
         .into_iter()
         .collect();

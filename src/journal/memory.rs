@@ -26,6 +26,7 @@ pub struct MemoryRows {
     next: u64,
     /// Calls still to fail before doing anything.
     pub fail_next: u32,
+    pub dead_letters: Vec<crate::source::DeadLetter>,
 }
 
 /// A shared handle on one in-memory journal.
@@ -121,6 +122,17 @@ impl JournalStore for MemoryJournal {
         _error: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         async move { self.set(ids, "pending") }.boxed()
+    }
+
+    fn record_dead_letters<'a>(
+        &'a mut self,
+        letters: &'a [crate::source::DeadLetter],
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        async move {
+            self.check()?.dead_letters.extend_from_slice(letters);
+            Ok(())
+        }
+        .boxed()
     }
 
     fn open_rows(

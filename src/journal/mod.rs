@@ -75,6 +75,12 @@ pub trait JournalStore: Send {
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
 
+    /// Keeps input a source could not understand (`cache_dead_letters`), in one statement.
+    fn record_dead_letters<'a>(
+        &'a mut self,
+        letters: &'a [crate::source::DeadLetter],
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+
     /// Rows still `pending` or `running` that were written at least `min_age` ago, oldest
     /// first, at most `limit`. Rows that cannot be executed are marked `failed` instead.
     fn open_rows(

@@ -237,6 +237,28 @@ impl PgJournal {
         Ok(good)
     }
 
+    async fn insert_dead_letters(
+        &mut self,
+        letters: &[crate::source::DeadLetter],
+    ) -> Result<(), JournalError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let sources: Vec<&str> = letters.iter().map(|l| l.source).collect();
+        let positions: Vec<&str> = letters.iter().map(|l| l.position.as_str()).collect();
+        let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();
+        let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+        let p = self.prepared().await?;
+        p.client
+            .execute(
+                "INSERT INTO cache_dead_letters (source, position, payload, error) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])",
+                &[&sources, &positions, &payloads, &errors],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Journals an operator's request as `running` (this process executes it next); returns
     /// its id.
     pub async fn insert_request(
@@ -324,6 +346,13 @@ impl JournalStore for PgJournal {
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         self.reopen_rows(ids, error).boxed()
+    }
+
+    fn record_dead_letters<'a>(
+        &'a mut self,
+        letters: &'a [crate::source::DeadLetter],
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        self.insert_dead_letters(letters).boxed()
     }
 
     fn open_rows(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Batch, Lsn, Position, Progress, Source, SourceError, Transaction};
+use super::{Batch, DeadLetter, Lsn, Position, Progress, Source, SourceError, Transaction};
 use crate::runtime::Shutdown;
 
 /// Called with each confirmed position; returns a description of what is wrong, if anything.
@@ -28,6 +28,8 @@ pub struct MemoryLog {
     pub violations: Vec<String>,
     /// Batches still to fail (the stream is lost) before delivering anything.
     pub fail_next: u32,
+    /// Dead letters delivered with the batch holding the transaction of that index.
+    pub dead_letters: Vec<(usize, DeadLetter)>,
 }
 
 /// A source over a [`MemoryLog`].
@@ -89,10 +91,16 @@ impl Source for MemorySource {
                             .transactions
                             .last()
                             .is_none_or(|t| t.end_lsn <= log.confirmed);
-                    Some((log.transactions[cursor..end].to_vec(), end, done))
+                    let letters: Vec<DeadLetter> = log
+                        .dead_letters
+                        .iter()
+                        .filter(|(i, _)| (cursor..end).contains(i))
+                        .map(|(_, d)| d.clone())
+                        .collect();
+                    Some((log.transactions[cursor..end].to_vec(), end, done, letters))
                 }
             };
-            let Some((transactions, end, done)) = taken else {
+            let Some((transactions, end, done, dead_letters)) = taken else {
                 self.cursor = None;
                 return Err(SourceError::Lost("injected failure".into()));
             };
@@ -113,6 +121,7 @@ impl Source for MemorySource {
                 ends_mid_transaction: false,
                 confirmable,
                 shutdown: shutdown.is_shutdown(),
+                dead_letters,
             })
         }
         .boxed()

@@ -147,6 +147,21 @@ pub struct Batch {
     pub confirmable: Option<Position>,
     /// Shutdown was requested while the batch was gathered.
     pub shutdown: bool,
+    /// Input that could not be understood, kept before the position passes it (each is also
+    /// answered by a conservative, undecodable change in `transactions`).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Input a source could not understand, kept in `cache_dead_letters` for a person to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Which source (`postgres`, `kafka`).
+    pub source: &'static str,
+    /// Where it was in the stream.
+    pub position: String,
+    /// The raw bytes.
+    pub payload: Vec<u8>,
+    pub error: String,
 }
 
 impl Batch {

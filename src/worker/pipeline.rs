@@ -133,6 +133,27 @@ impl Pipeline {
     /// Plans, executes and journals one batch, retrying until it succeeds. Returns false only
     /// if shutdown was requested while it kept failing.
     pub async fn process(&mut self, batch: &Batch) -> bool {
+        // Dead letters are kept before the position can pass them.
+        while !batch.dead_letters.is_empty() {
+            match self.journal.record_dead_letters(&batch.dead_letters).await {
+                Ok(()) => {
+                    add(
+                        &self.status.counters.dead_letters,
+                        batch.dead_letters.len() as u64,
+                    );
+                    break;
+                }
+                Err(e) => {
+                    add(&self.status.counters.journal_errors, 1);
+                    tracing::warn!(error = %e, "recording dead letters failed; retrying");
+                    self.status.set_error(Some(e.to_string()));
+                    if self.shutdown.is_shutdown() {
+                        return false;
+                    }
+                    self.backoff.wait().await;
+                }
+            }
+        }
         // One snapshot per batch: a reload or switch lands between batches, never inside one.
         let snap = self.live.snapshot();
         let plan = plan::build(&snap.rules, &snap.cx, &batch.transactions);

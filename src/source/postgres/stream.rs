@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::pgoutput::{Assembled, Assembler};
 use super::replication::{ReplMessage, ReplicationConnection};
 use crate::runtime::Shutdown;
-use crate::source::{Batch, BatchLimits, Lsn, Position, SourceError};
+use crate::source::{Batch, BatchLimits, DeadLetter, Lsn, Position, SourceError};
 
 /// A live replication stream from one slot.
 pub(super) struct ReplicationStream {
@@ -88,8 +88,11 @@ impl ReplicationStream {
         match msg {
             ReplMessage::XLogData { start, end, data } => {
                 self.received = self.received.max(end).max(start);
-                match self.assembler.feed(&data) {
-                    Ok(Assembled::Committed(tx)) => {
+                match self
+                    .assembler
+                    .feed_lenient(&data, start, chrono::Utc::now())
+                {
+                    Assembled::Committed(tx) => {
                         self.resumable = self.resumable.max(tx.end_lsn);
                         // A chunk of this transaction may already be in the batch: merge.
                         match batch.transactions.last_mut() {
@@ -103,12 +106,26 @@ impl ReplicationStream {
                         batch.ends_mid_transaction = false;
                         return Ok(true);
                     }
-                    Ok(Assembled::Pending) => {}
-                    Err(e) => {
-                        // The stream lost its framing: reconnect and replay from the slot
-                        // rather than confirm past changes that were not understood.
-                        tracing::error!(error = %e, lsn = %start, "pgoutput stream out of sequence; reconnecting");
-                        return Err(SourceError::Sequence(e));
+                    Assembled::Pending => {}
+                    Assembled::Poisoned {
+                        error,
+                        conservative,
+                    } => {
+                        // Reconnecting would replay the same bytes forever: keep them as a dead
+                        // letter, invalidate conservatively, move on.
+                        tracing::error!(error = %error, lsn = %start, "pgoutput message cannot be placed; dead letter, invalidating whole key families");
+                        batch.dead_letters.push(DeadLetter {
+                            source: "postgres",
+                            position: start.to_string(),
+                            payload: data.to_vec(),
+                            error,
+                        });
+                        if !self.assembler.in_transaction() {
+                            self.resumable = self.resumable.max(conservative.end_lsn);
+                        }
+                        batch.transactions.push(conservative);
+                        batch.ends_mid_transaction = false;
+                        return Ok(true);
                     }
                 }
             }

@@ -11,6 +11,13 @@ pub enum Assembled {
     Pending,
     /// A transaction committed.
     Committed(Transaction),
+    /// A message that could not be placed in the stream (see [`Assembler::feed_lenient`]): to
+    /// be kept as a dead letter, and answered by `conservative`, a transaction whose changes
+    /// are undecodable so that planning invalidates whole key families.
+    Poisoned {
+        error: String,
+        conservative: Transaction,
+    },
 }
 
 /// Turns a `pgoutput` message sequence into transactions, keeping the relation cache.
@@ -83,6 +90,63 @@ impl Assembler {
                 });
                 Ok(Assembled::Pending)
             }
+        }
+    }
+
+    /// Like [`Assembler::feed`], but never fails: a message that cannot be placed (it does not
+    /// decode outside a transaction, or breaks the BEGIN/COMMIT sequence) becomes
+    /// [`Assembled::Poisoned`] instead of an error, so the stream moves on rather than
+    /// reconnecting and replaying the same bytes forever. The conservative transaction holds
+    /// what is known to be affected: the changes of a transaction cut short by a second BEGIN,
+    /// and an undecodable change of the relation the message names (every rule's families when
+    /// that is unknown). It is placed at `at`, the message's WAL position. A malformed
+    /// relation description is forgotten, so later changes of that relation are undecodable
+    /// too rather than read against stale columns.
+    pub fn feed_lenient(&mut self, payload: &[u8], at: Lsn, now: DateTime<Utc>) -> Assembled {
+        let error = match self.feed(payload) {
+            Ok(a) => return a,
+            Err(e) => e,
+        };
+        let mut changes = Vec::new();
+        if error == SequenceError::NestedBegin {
+            if let Some(open) = self.open.take() {
+                changes = open.changes;
+            }
+            // The new BEGIN itself is sound: its transaction starts now.
+            let _ = self.feed(payload);
+        }
+        let oid = payload
+            .get(1..5)
+            .filter(|_| matches!(payload.first(), Some(b'I' | b'U' | b'D' | b'R')))
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let relation = match oid {
+            Some(oid) if payload.first() == Some(&b'R') => self
+                .relations
+                .remove(&oid)
+                .unwrap_or_else(|| Arc::new(unknown_relation())),
+            Some(oid) => self
+                .relations
+                .get(&oid)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(unknown_relation())),
+            None => Arc::new(unknown_relation()),
+        };
+        changes.push(Change {
+            relation,
+            op: Op::Truncate,
+            old: None,
+            new: None,
+            undecodable: Some(error.to_string()),
+        });
+        Assembled::Poisoned {
+            error: error.to_string(),
+            conservative: Transaction {
+                xid: 0,
+                commit_lsn: at,
+                end_lsn: Lsn(at.0 + 1),
+                commit_time: now,
+                changes,
+            },
         }
     }
 

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use crate::source::{pg_time, Change, Column, Datum, Lsn, Op, Relation, Transaction, Tuple};
 
 mod assemble;

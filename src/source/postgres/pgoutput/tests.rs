@@ -170,3 +170,89 @@ proptest! {
         prop_assert!(decode(&full[..full.len() - cut]).is_err());
     }
 }
+
+/// Feeds messages leniently at positions 1, 2, 3, …; returns what each produced.
+fn run_lenient(a: &mut Assembler, msgs: &[Vec<u8>]) -> Vec<Assembled> {
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| a.feed_lenient(m, Lsn(i as u64 + 1), chrono::Utc::now()))
+        .collect()
+}
+
+#[test]
+fn an_undecodable_message_outside_a_transaction_is_poisoned_not_an_error() {
+    let mut a = Assembler::new();
+    let out = run_lenient(&mut a, &[relation(&courses()), vec![b'B', 1, 2]]);
+    let Assembled::Poisoned {
+        error,
+        conservative,
+    } = &out[1]
+    else {
+        panic!("poisoned: {out:?}")
+    };
+    assert!(error.contains("outside a transaction"), "{error}");
+    assert_eq!(conservative.commit_lsn, Lsn(2));
+    assert_eq!(conservative.end_lsn, Lsn(3), "the position can pass it");
+    let c = &conservative.changes[0];
+    assert!(c.undecodable.is_some());
+    assert!(
+        c.relation.schema.is_empty(),
+        "unknown relation: every rule's families"
+    );
+    assert!(!a.in_transaction());
+}
+
+#[test]
+fn a_second_begin_closes_the_cut_transaction_conservatively_and_opens_the_new_one() {
+    let rel = courses();
+    let mut a = Assembler::new();
+    let out = run_lenient(
+        &mut a,
+        &[
+            relation(&rel),
+            begin(100, 0, 7),
+            insert(16400, &[t("1"), t("a"), Datum::Null]),
+            begin(200, 0, 8),
+            insert(16400, &[t("2"), t("b"), Datum::Null]),
+            commit(200, 210, 0),
+        ],
+    );
+    let Assembled::Poisoned { conservative, .. } = &out[3] else {
+        panic!("poisoned: {out:?}")
+    };
+    assert_eq!(conservative.changes.len(), 2, "the cut change and a marker");
+    assert_eq!(conservative.changes[0].op, Op::Insert);
+    let Assembled::Committed(tx) = &out[5] else {
+        panic!("the new transaction commits: {out:?}")
+    };
+    assert_eq!((tx.xid, tx.changes.len()), (8, 1));
+}
+
+#[test]
+fn a_malformed_relation_message_is_forgotten_so_later_rows_are_not_misread() {
+    let rel = courses();
+    let mut a = Assembler::new();
+    let mut bad = relation(&rel);
+    bad.truncate(8);
+    let out = run_lenient(
+        &mut a,
+        &[
+            relation(&rel),
+            bad,
+            begin(100, 0, 7),
+            insert(16400, &[t("1"), t("a"), Datum::Null]),
+            commit(100, 110, 0),
+        ],
+    );
+    let Assembled::Poisoned { conservative, .. } = &out[1] else {
+        panic!("poisoned: {out:?}")
+    };
+    assert_eq!(conservative.changes[0].relation.name, "courses");
+    let Assembled::Committed(tx) = &out[4] else {
+        panic!("{out:?}")
+    };
+    assert!(
+        tx.changes[0].undecodable.is_some(),
+        "the relation is no longer trusted"
+    );
+}
