@@ -266,3 +266,28 @@ async fn stranded_rows_are_recovered_while_running() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// Two workers started at once on a fresh database: creating the publication and the slot
+/// races, and neither may fail with a raw "already exists" error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_starts_on_a_fresh_slot_both_succeed() {
+    use cachewarden::runtime::ShutdownSender;
+    use cachewarden::status::Status;
+    use cachewarden::worker::Worker;
+    use std::sync::Arc;
+    for round in 0..5 {
+        let env = TestEnv::new(&format!("race_{round}"), SCHEMA).await;
+        env.write_rules("items.toml", RULES);
+        let stop = ShutdownSender::new();
+        let start = || {
+            let config = env.config();
+            let rules = cachewarden::rules::load_dir(&config.rules_dir).unwrap();
+            Worker::start(config, rules, Arc::new(Status::default()), stop.subscribe())
+        };
+        let (a, b) = tokio::join!(start(), start());
+        assert!(a.is_ok(), "first: {:?}", a.err());
+        assert!(b.is_ok(), "second: {:?}", b.err());
+        drop((a, b));
+        env.cleanup().await;
+    }
+}

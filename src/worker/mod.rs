@@ -87,6 +87,14 @@ impl Worker {
         tracing::info!(postgres = %redact_url(&config.postgres.url), redis = %redact_url(&config.redis.url),
             rules = rules.len(), "starting");
         let mut client = crate::db::connect(&pg).await?;
+        // Instances of one slot starting together set up one at a time (the lock ends with the
+        // session when `client` is dropped below).
+        client
+            .execute(
+                "SELECT pg_advisory_lock(hashtext('cachewarden set-up ' || $1::text))",
+                &[&config.postgres.slot],
+            )
+            .await?;
         if config.postgres.auto_migrate {
             for (version, name) in crate::migrate::apply(&mut client).await? {
                 tracing::info!(version, name, "applied migration");

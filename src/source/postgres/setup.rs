@@ -7,7 +7,7 @@ use crate::source::{Lsn, SourceError};
 use crate::sql::{quote_ident, quote_table};
 
 /// Makes sure `wal_level` is logical, the publication covers exactly `tables`, and the slot
-/// exists. Returns the slot's confirmed position.
+/// exists. Returns the slot's confirmed position. Safe to run from several instances at once.
 pub(crate) async fn prepare(
     client: &tokio_postgres::Client,
     slot: &str,
@@ -26,6 +26,12 @@ pub(crate) async fn prepare(
         .map(|t| quote_table(t))
         .collect::<Vec<_>>()
         .join(", ");
+    // Another instance may be doing the same at this very moment: "already exists" from a
+    // create means it won the race, so take what it created.
+    let p = quote_ident(publication);
+    let alter = format!(
+        "ALTER PUBLICATION {p} SET TABLE {list}; ALTER PUBLICATION {p} SET (publish_via_partition_root = true)"
+    );
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -33,51 +39,76 @@ pub(crate) async fn prepare(
         )
         .await?
         .is_some();
-    // Changes to partitions are published under the partitioned table the rules name.
-    let verb = if exists {
-        format!(
-            "ALTER PUBLICATION {p} SET TABLE {list}; ALTER PUBLICATION {p} SET (publish_via_partition_root = true)",
-            p = quote_ident(publication)
-        )
+    if exists {
+        client.batch_execute(&alter).await?;
     } else {
-        format!(
-            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
-            quote_ident(publication)
-        )
+        // Changes to partitions are published under the partitioned table the rules name.
+        let create = format!(
+            "CREATE PUBLICATION {p} FOR TABLE {list} WITH (publish_via_partition_root = true)"
+        );
+        match client.batch_execute(&create).await {
+            Ok(()) => {}
+            Err(e) if is_duplicate(&e) => client.batch_execute(&alter).await?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let confirmed = match slot_position(client, slot).await? {
+        Some(lsn) => lsn,
+        None => {
+            let created = client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
+                .await;
+            match created {
+                Ok(row) => {
+                    let lsn: String = row.get(0);
+                    tracing::info!(slot, lsn, "created replication slot");
+                    lsn.parse().unwrap_or_default()
+                }
+                Err(e) if is_duplicate(&e) => slot_position(client, slot)
+                    .await?
+                    .ok_or_else(|| SourceError::Postgres(e))?,
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
-    client.batch_execute(&verb).await?;
-    let row = client
+    Ok(confirmed)
+}
+
+/// Whether an error says the object was created meanwhile (by another instance).
+fn is_duplicate(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code()
+        .is_some_and(|c| *c == SqlState::DUPLICATE_OBJECT || *c == SqlState::UNIQUE_VIOLATION)
+}
+
+/// The slot's confirmed position, if the slot exists; an error if it exists but is not a
+/// `pgoutput` slot of this database.
+async fn slot_position(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<Lsn>, SourceError> {
+    let Some(row) = client
         .query_opt(
             "SELECT s.plugin, d.datname = current_database(), s.confirmed_flush_lsn::text \
              FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid \
              WHERE s.slot_name = $1",
             &[&slot],
         )
-        .await?;
-    let confirmed = match row {
-        Some(row) => {
-            let plugin: Option<String> = row.get(0);
-            let same_db: Option<bool> = row.get(1);
-            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-                return Err(SourceError::SlotMismatch {
-                    slot: slot.to_string(),
-                    plugin,
-                });
-            }
-            let lsn: Option<String> = row.get(2);
-            lsn.and_then(|l| l.parse().ok()).unwrap_or_default()
-        }
-        None => {
-            let row = client
-                .query_one(
-                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
-                )
-                .await?;
-            let lsn: String = row.get(0);
-            tracing::info!(slot, lsn, "created replication slot");
-            lsn.parse().unwrap_or_default()
-        }
+        .await?
+    else {
+        return Ok(None);
     };
-    Ok(confirmed)
+    let plugin: Option<String> = row.get(0);
+    let same_db: Option<bool> = row.get(1);
+    if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+        return Err(SourceError::SlotMismatch {
+            slot: slot.to_string(),
+            plugin,
+        });
+    }
+    let lsn: Option<String> = row.get(2);
+    Ok(Some(lsn.and_then(|l| l.parse().ok()).unwrap_or_default()))
 }
