@@ -163,6 +163,10 @@ async fn check(
         }
     };
     let mut errors = 0;
+    for d in rules::check_families(&rules, &config.redis.key_prefix) {
+        errors += 1;
+        eprintln!("{d}");
+    }
     if !offline {
         let pg = config.postgres_config().context("[postgres] url")?;
         match db::connect(&pg).await {

@@ -39,9 +39,10 @@ pub fn fingerprint(dir: &Path) -> u64 {
 pub async fn load_checked(
     client: &Client,
     dir: &Path,
+    key_prefix: &str,
 ) -> Result<(RuleSet, HashMap<String, check::TableInfo>), RuleErrors> {
     let rules = rules::load_dir(dir)?;
-    let catalog = check_against_database(client, &rules)
+    let catalog = check_against_database(client, &rules, key_prefix)
         .await
         .map_err(|e| match e {
             CheckError::Rules(e) => e,
@@ -67,12 +68,18 @@ pub enum CheckError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
-/// Every check that needs the database — schema, replica identity, conditions, warm queries —
-/// for the worker's start and every reload. Returns the catalog the rules were checked against.
+/// Every check of a rule set before it runs — key families against `key_prefix`, then schema,
+/// replica identity, conditions, warm queries — for the worker's start and every reload.
+/// Returns the catalog the rules were checked against.
 pub async fn check_against_database(
     client: &Client,
     rules: &RuleSet,
+    key_prefix: &str,
 ) -> Result<HashMap<String, check::TableInfo>, CheckError> {
+    let families = rules::check_families(rules, key_prefix);
+    if !families.is_empty() {
+        return Err(CheckError::Rules(RuleErrors(families)));
+    }
     let catalog = check::load_catalog(client, &rules.tables()).await?;
     check_schema(rules, &catalog).map_err(CheckError::Rules)?;
     let queries = check::check_queries(client, rules).await;

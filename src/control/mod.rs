@@ -129,7 +129,13 @@ impl Controller {
         } else {
             "rule files changed"
         };
-        match load_checked(client, &self.config.rules_dir).await {
+        match load_checked(
+            client,
+            &self.config.rules_dir,
+            &self.config.redis.key_prefix,
+        )
+        .await
+        {
             Err(e) => {
                 tracing::error!(
                     reason = why,

@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod condition;
+mod families;
 mod parse;
 pub mod template;
 
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::source::{Change, Datum, Op};
 pub use condition::{Condition, Truth};
+pub use families::check_families;
 pub use parse::{max_placeholder, parse_duration, parse_file, OWN_TABLES};
 pub use template::{Lookup, Rendered, RowView, Side, Template, TemplateKind};
 

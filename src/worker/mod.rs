@@ -101,12 +101,13 @@ impl Worker {
             }
         }
         let tables = rules.tables();
-        let catalog = crate::control::check_against_database(&client, &rules)
-            .await
-            .map_err(|e| match e {
-                crate::control::CheckError::Rules(e) => WorkerError::Rules(e),
-                crate::control::CheckError::Postgres(e) => WorkerError::Postgres(e),
-            })?;
+        let catalog =
+            crate::control::check_against_database(&client, &rules, &config.redis.key_prefix)
+                .await
+                .map_err(|e| match e {
+                    crate::control::CheckError::Rules(e) => WorkerError::Rules(e),
+                    crate::control::CheckError::Postgres(e) => WorkerError::Postgres(e),
+                })?;
         crate::registry::sync(&client, &rules).await?;
         let source = source::open(&config, &client, &tables).await?;
         status.set_source(
