@@ -219,6 +219,7 @@ pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagn
                 }
             }
         }
+        out.extend(bare_placeholder_warnings(rule, info));
         if !rule.changed.is_empty() && info.replica_identity != 'f' {
             let missing: Vec<&str> = rule
                 .changed
@@ -239,6 +240,59 @@ pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagn
                     ),
                 ));
             }
+        }
+    }
+    out
+}
+
+/// A bare `{col}` renders the new row on update: when `col` itself changes, the key of the old
+/// value is never invalidated. Warns for bare placeholders of columns outside the row's key
+/// (which an update does not change in practice), unless the rule also renders `{old.col}`.
+fn bare_placeholder_warnings(rule: &super::Rule, info: &TableInfo) -> Vec<Diagnostic> {
+    if !rule.ops.is_empty() && !rule.ops.contains(&Op::Update.into()) {
+        return Vec::new();
+    }
+    let key: &BTreeSet<String> =
+        &if info.replica_identity == 'f' || info.identity_columns.is_empty() {
+            info.primary_key.iter().cloned().collect()
+        } else {
+            info.identity_columns.clone()
+        };
+    let renders_old: BTreeSet<&str> = rule
+        .all_templates()
+        .flat_map(|t| t.value.fields())
+        .filter(|(side, _)| *side == Side::Old)
+        .map(|(_, c)| c)
+        .collect();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in rule.all_templates() {
+        for (side, col) in t.value.fields() {
+            if side != Side::Current
+                || key.contains(col)
+                || renders_old.contains(col)
+                || !info.columns.iter().any(|c| c == col)
+                || !seen.insert((t.value.source.clone(), col.to_string()))
+            {
+                continue;
+            }
+            let old = t
+                .value
+                .source
+                .replace(&format!("{{{col}}}"), &format!("{{old.{col}}}"));
+            let new = t
+                .value
+                .source
+                .replace(&format!("{{{col}}}"), &format!("{{new.{col}}}"));
+            out.push(diag(
+                &t.at,
+                Severity::Warning,
+                format!(
+                    "rule {:?}: {{{col}}} in {:?} reads the new row on update, so when {col} changes \
+                     the key of its old value stays cached; use both \"{old}\" and \"{new}\"",
+                    rule.name, t.value.source
+                ),
+            ));
         }
     }
     out
@@ -347,5 +401,25 @@ mod tests {
         let r = rules("[[rule]]\nname='a'\ntable='courses'\nchanged=['title']\nops=['update']\nkeys=['c:{id}']\n");
         let d = check(&r, &catalog('d'));
         assert_eq!(d[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_bare_placeholder_of_a_column_that_can_change_warns_with_the_fix() {
+        let r =
+            rules("[[rule]]\nname='w'\ntable='courses'\nkeys=['widget-name:{slug}', 'c:{id}']\n");
+        let d = check(&r, &catalog('f'));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].severity, Severity::Warning);
+        assert!(
+            d[0].message
+                .contains("use both \"widget-name:{old.slug}\" and \"widget-name:{new.slug}\""),
+            "{}",
+            d[0].message
+        );
+        // Handled: the rule renders the old value too; or the rule never sees updates.
+        let r = rules("[[rule]]\nname='w'\ntable='courses'\nkeys=['w:{slug}', 'w:{old.slug}']\n");
+        assert!(check(&r, &catalog('f')).is_empty());
+        let r = rules("[[rule]]\nname='w'\ntable='courses'\nops=['insert']\nkeys=['w:{slug}']\n");
+        assert!(check(&r, &catalog('f')).is_empty());
     }
 }
