@@ -86,6 +86,9 @@ pub struct Context {
     pub primary_keys: HashMap<String, Vec<String>>,
     /// Rules switched off in `cache_configs` (`is_active = false`).
     pub disabled: std::collections::HashSet<String>,
+    /// Rule tables by identity (OID): a renamed table's changes, which arrive under its new
+    /// name, still reach the rules that name it by its old one.
+    pub tables_by_oid: HashMap<u32, String>,
 }
 
 /// `id=42` (the primary key, or else the replica identity columns), for reasons.
@@ -118,6 +121,23 @@ pub fn describe_identity(change: &Change, primary_key: Option<&[String]>) -> Str
         }
     }
     out
+}
+
+/// The rules a change concerns: by its table's name, or by its identity when the table was
+/// renamed since the rules were loaded.
+fn rules_for<'r>(
+    rules: &'r RuleSet,
+    cx: &Context,
+    change: &Change,
+) -> Box<dyn Iterator<Item = &'r Rule> + 'r> {
+    match cx.tables_by_oid.get(&change.relation.oid) {
+        Some(name)
+            if !change.relation.schema.is_empty() && *name != change.relation.qualified_name() =>
+        {
+            Box::new(rules.for_table(name))
+        }
+        _ => rules.concerned(change),
+    }
 }
 
 struct Builder<'a> {
@@ -176,7 +196,7 @@ impl Builder<'_> {
         if change.undecodable.is_some() {
             self.plan.undecodable += 1;
         }
-        for rule in rules.concerned(change) {
+        for rule in rules_for(rules, self.cx, change) {
             if self.cx.disabled.contains(&rule.name) {
                 continue;
             }
@@ -406,6 +426,7 @@ patterns = ["catalog:page:*"]
             key_prefix: prefix.into(),
             primary_keys: HashMap::from([("public.courses".to_string(), vec!["id".to_string()])]),
             disabled: Default::default(),
+            tables_by_oid: HashMap::new(),
         }
     }
 
@@ -568,6 +589,26 @@ patterns = ["catalog:page:*"]
         );
         assert_eq!(plan.marks, [("p:cw:v:rule:w".to_string(), Version(10))]);
         assert!(plan.warms.is_empty());
+    }
+
+    #[test]
+    fn a_renamed_tables_changes_reach_its_rules_by_identity() {
+        let ins = |name: &str| {
+            let mut c = change(Op::Insert, None, row(&["5", "go", "G", "0"]));
+            c.relation = Arc::new(Relation {
+                name: name.into(),
+                ..(*rel()).clone()
+            });
+            c
+        };
+        let mut cx = cx("");
+        assert!(build(&rules(), &cx, &[tx(vec![ins("things")])]).is_empty());
+        cx.tables_by_oid = HashMap::from([(1, "public.courses".to_string())]);
+        let plan = build(&rules(), &cx, &[tx(vec![ins("things")])]);
+        assert_eq!(
+            plan.keys().collect::<Vec<_>>(),
+            ["course:5", "course-slug:go"]
+        );
     }
 
     #[test]

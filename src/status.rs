@@ -57,6 +57,8 @@ pub struct Counters {
     pub reinvalidations: AtomicU64,
     /// Input the source could not understand, kept in `cache_dead_letters`.
     pub dead_letters: AtomicU64,
+    /// Times a rule table was found missing from the publication and re-added.
+    pub publication_repairs: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +74,7 @@ struct Inner {
     rules_error: Option<String>,
     disabled_rules: Vec<String>,
     drift: Vec<String>,
+    schema_drift: Vec<String>,
     /// Commit-to-invalidated latencies in milliseconds, newest last.
     lag_ms: VecDeque<f64>,
 }
@@ -194,6 +197,11 @@ impl Status {
         self.inner().drift = drift;
     }
 
+    /// Differences between the rule files and the schema (a renamed table).
+    pub fn set_schema_drift(&self, drift: Vec<String>) {
+        self.inner().schema_drift = drift;
+    }
+
     pub fn set_redis_stats(&self, stats: crate::target::CacheStats) {
         self.inner().redis_stats = Some(stats);
     }
@@ -251,6 +259,7 @@ impl Status {
             ("warm_dropped", get(&c.warm_dropped)),
             ("reinvalidations", get(&c.reinvalidations)),
             ("dead_letters", get(&c.dead_letters)),
+            ("publication_repairs", get(&c.publication_repairs)),
         ]
         .into_iter()
         .collect();
@@ -279,7 +288,7 @@ impl Status {
             }),
             rules_error: i.rules_error.clone(),
             disabled_rules: i.disabled_rules.clone(),
-            drift: i.drift.clone(),
+            drift: i.drift.iter().chain(&i.schema_drift).cloned().collect(),
         }
     }
 }

@@ -70,7 +70,6 @@ async fn crash_at(name: &str, failpoint: &str, rows: i32, extra: &str) -> AfterC
 
     let mut worker = spawn_with_failpoint(&cfg, &log, failpoint);
     wait_ready(&addr).await;
-    let before = env.current_lsn().await;
     env.db
         .batch_execute(&format!(
             "INSERT INTO items SELECT g, 1 FROM generate_series(1, {rows}) g"
@@ -92,10 +91,6 @@ async fn crash_at(name: &str, failpoint: &str, rows: i32, extra: &str) -> AfterC
         journal: env.journal_counts().await,
         confirmed_past_changes: env.confirmed().await >= after,
     };
-    assert!(
-        crash.confirmed_past_changes || env.confirmed().await >= before,
-        "the slot never goes back"
-    );
 
     // A normal restart finishes the work.
     let worker = spawn_run(&cfg, &log);

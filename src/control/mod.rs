@@ -10,6 +10,8 @@
 //!   `cache_configs` and the publication, then replaces the old.
 //! * **Live `cache_configs`** — `is_active = false` on a rule's row disables it within one poll
 //!   interval; `ttl`/`strategy` edits are reported as drift from the rule file.
+//! * **Schema changes** — a rule table that left the publication (dropped and recreated) is
+//!   re-added and its families invalidated; a renamed one is reported ([`catalog`]).
 //! * **Sweeping** — journal rows left `pending`/`running` for `recover_after_secs` (a
 //!   cancelled batch, a request whose executor failed) are re-executed and completed.
 //! * **Requests** — rows applications insert into `cache_invalidations` with status `pending`
@@ -18,8 +20,10 @@
 //! * `live` — the swappable rule set.
 //! * `checked` — loading and checking rules against the schema.
 //! * `switches` — `cache_configs` switches and drift.
+//! * `catalog` — the catalog watch.
 //! * `requests` — application requests.
 
+mod catalog;
 mod checked;
 mod live;
 mod requests;
@@ -73,6 +77,9 @@ impl Controller {
         let stale_after = Duration::from_secs(self.config.worker.recover_after_secs.max(1));
         let sweep_every = (stale_after / 2).max(interval);
         let mut next_sweep = tokio::time::Instant::now() + sweep_every;
+        let mut catalog = catalog::CatalogWatch::default();
+        let catalog_every = Duration::from_secs(2).max(interval);
+        let mut next_catalog = tokio::time::Instant::now();
         loop {
             let forced = tokio::select! {
                 _ = tokio::time::sleep(interval) => false,
@@ -103,6 +110,15 @@ impl Controller {
                 .await
             {
                 tracing::warn!(error = %e, "executing invalidation requests failed");
+            }
+            if forced || tokio::time::Instant::now() >= next_catalog {
+                next_catalog = tokio::time::Instant::now() + catalog_every;
+                if let Err(e) = self
+                    .watch_catalog(client, &mut journal, &mut targets, &mut catalog)
+                    .await
+                {
+                    tracing::warn!(error = %e, "watching the catalog failed");
+                }
             }
             if tokio::time::Instant::now() >= next_sweep {
                 next_sweep = tokio::time::Instant::now() + sweep_every;
@@ -160,6 +176,7 @@ impl Controller {
                     rules: Arc::new(rules),
                     cx: Arc::new(plan::Context {
                         primary_keys: check::primary_keys(&catalog),
+                        tables_by_oid: check::table_oids(&catalog),
                         ..(*old.cx).clone()
                     }),
                 });

@@ -13,6 +13,8 @@ use crate::source::Op;
 /// What a rule check needs to know about one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
+    /// The table's identity (`pg_class.oid`): it survives a rename, not a drop.
+    pub oid: u32,
     pub columns: Vec<String>,
     /// Type OID of each column, parallel to `columns`.
     pub types: Vec<u32>,
@@ -34,7 +36,7 @@ pub async fn load_catalog(
         .query(
             "SELECT n.nspname || '.' || c.relname, c.relreplident::text, a.attname::text, \
                     coalesce(a.attnum = ANY(i.indkey::int2[]), false), \
-                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false), a.atttypid \
+                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false), a.atttypid, c.oid \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -54,8 +56,10 @@ pub async fn load_catalog(
         let in_key: bool = row.get(3);
         let in_pk: bool = row.get(4);
         let type_oid: u32 = row.get(5);
+        let oid: u32 = row.get(6);
         let ident = ident.chars().next().unwrap_or('d');
         let info = out.entry(table).or_insert_with(|| TableInfo {
+            oid,
             columns: Vec::new(),
             types: Vec::new(),
             identity_columns: BTreeSet::new(),
@@ -72,6 +76,12 @@ pub async fn load_catalog(
         info.types.push(type_oid);
     }
     Ok(out)
+}
+
+/// Each table's name by its identity, so changes are matched to rules by OID as well as name
+/// (a renamed table's changes arrive under the new name).
+pub fn table_oids(catalog: &HashMap<String, TableInfo>) -> HashMap<u32, String> {
+    catalog.iter().map(|(t, i)| (i.oid, t.clone())).collect()
 }
 
 /// Primary key columns by table, for journal reasons.
@@ -328,6 +338,7 @@ mod tests {
         HashMap::from([(
             "public.courses".to_string(),
             TableInfo {
+                oid: 1,
                 columns: cols.iter().map(|s| s.to_string()).collect(),
                 types: vec![
                     crate::source::oid::INT4,

@@ -122,6 +122,7 @@ impl Worker {
             key_prefix: config.redis.key_prefix.clone(),
             primary_keys: check::primary_keys(&catalog),
             disabled: Default::default(),
+            tables_by_oid: check::table_oids(&catalog),
         };
         let pipeline = Pipeline {
             live: Arc::new(Live::new(rules, plan_cx)),

@@ -1,0 +1,241 @@
+//! The catalog watch: schema changes under the running worker must not lose invalidations.
+//!
+//! Every couple of seconds (and after every reload) the controller compares what the rules
+//! name with the catalog:
+//!
+//! * **A table left the publication** — `DROP TABLE` removes it, and a table recreated under
+//!   the same name is a new relation no publication names, so its changes are not streamed at
+//!   all. The watch re-adds it, then invalidates the whole key families of its rules (changes
+//!   committed before the repair were never streamed, so which keys they touched is unknown),
+//!   retrying that invalidation until it is done, and says so in the log and `/status`
+//!   (`publication_repairs`).
+//! * **A table was renamed** — it keeps its identity (OID) and its place in the publication;
+//!   its changes arrive under the new name and are matched to the rules by OID (see
+//!   [`crate::plan`]), so invalidation goes on. The watch reports the stale rule file in
+//!   `/status` (`drift`) and the log, with the line to change.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio_postgres::Client;
+
+use super::{current_lsn, Controller, Snapshot};
+use crate::journal::{self, OnFailure, PgJournal, Rows};
+use crate::plan;
+use crate::source::{Change, Op, Relation, Transaction};
+use crate::sql::split_table;
+use crate::status::add;
+use crate::target::Targets;
+
+/// What the watch remembers between runs.
+#[derive(Debug, Default)]
+pub(super) struct CatalogWatch {
+    /// Tables whose families must still be invalidated after a repair.
+    owed: BTreeSet<String>,
+    /// Renames already reported.
+    reported: Vec<String>,
+}
+
+/// Why one run of the watch stopped early (it runs again on the next tick).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WatchError {
+    #[error("reading the catalog: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("repairing the publication: {0}")]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Invalidation(#[from] journal::InvalidationError),
+}
+
+impl Controller {
+    pub(super) async fn watch_catalog(
+        &self,
+        client: &Client,
+        journal: &mut PgJournal,
+        targets: &mut Targets,
+        state: &mut CatalogWatch,
+    ) -> Result<(), WatchError> {
+        let snap = self.live.snapshot();
+        let rule_tables = snap.rules.tables();
+        // Known identities and what they are called now.
+        let oids: Vec<u32> = snap.cx.tables_by_oid.keys().copied().collect();
+        let now_named: HashMap<u32, String> = client
+            .query(
+                "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
+                &[&oids],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        // Rule tables that exist under their rule name, with their identity now.
+        let by_name: HashMap<String, u32> = client
+            .query(
+                "SELECT n.nspname || '.' || c.relname, c.oid FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1)",
+                &[&rule_tables],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let published: BTreeSet<String> = client
+            .query(
+                "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+                &[&self.config.postgres.publication],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+
+        // Renames: report them (once each), keep matching by identity.
+        let mut renames = Vec::new();
+        for (oid, rule_name) in &snap.cx.tables_by_oid {
+            if let Some(now) = now_named.get(oid).filter(|n| *n != rule_name) {
+                let files: BTreeSet<String> = snap
+                    .rules
+                    .for_table(rule_name)
+                    .map(|r| r.at.file.display().to_string())
+                    .collect();
+                renames.push(format!(
+                    "table {rule_name} was renamed to {now}: its changes still invalidate the rules \
+                     that name {rule_name}, but the rule file is stale; set table = \"{now}\" in {}",
+                    files.into_iter().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        renames.sort();
+        if renames != state.reported {
+            for r in renames.iter().filter(|r| !state.reported.contains(r)) {
+                tracing::warn!("{r}");
+            }
+            self.status.set_schema_drift(renames.clone());
+            state.reported = renames;
+        }
+
+        // Tables the publication must hold: each rule table under its current name.
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        for t in &rule_tables {
+            let renamed = snap
+                .cx
+                .tables_by_oid
+                .iter()
+                .find(|(_, n)| *n == t)
+                .and_then(|(oid, _)| now_named.get(oid));
+            if let Some(now) = renamed {
+                wanted.insert(now.clone());
+            }
+            if by_name.contains_key(t) {
+                wanted.insert(t.clone());
+            }
+        }
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|t| !published.contains(*t))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let list: Vec<String> = wanted.iter().cloned().collect();
+            crate::source::watch_tables(&self.config, client, &list).await?;
+            add(&self.status.counters.publication_repairs, 1);
+            tracing::warn!(tables = ?missing, "the publication had lost rule tables (dropped and recreated?); re-added them, invalidating their whole key families");
+            // Recreated tables have new identities: match them too.
+            let new_oids: Vec<(u32, String)> = missing
+                .iter()
+                .filter_map(|t| by_name.get(t).map(|oid| (*oid, t.clone())))
+                .collect();
+            if !new_oids.is_empty() {
+                self.live.replace(|old| Snapshot {
+                    rules: old.rules.clone(),
+                    cx: Arc::new(plan::Context {
+                        tables_by_oid: old
+                            .cx
+                            .tables_by_oid
+                            .iter()
+                            .map(|(k, v)| (*k, v.clone()))
+                            .chain(new_oids.iter().cloned())
+                            .collect(),
+                        ..(*old.cx).clone()
+                    }),
+                });
+            }
+            state.owed.extend(
+                missing
+                    .iter()
+                    .map(|t| rule_name_of(&snap, t, &now_named).unwrap_or_else(|| t.clone())),
+            );
+        }
+        if !state.owed.is_empty() {
+            self.invalidate_families(client, journal, targets, &state.owed)
+                .await?;
+            state.owed.clear();
+        }
+        Ok(())
+    }
+
+    /// Invalidates every key family of the rules of `tables` (rule names), journaled.
+    async fn invalidate_families(
+        &self,
+        client: &Client,
+        journal: &mut PgJournal,
+        targets: &mut Targets,
+        tables: &BTreeSet<String>,
+    ) -> Result<(), WatchError> {
+        let snap = self.live.snapshot();
+        let at = current_lsn(client).await?;
+        let changes = tables
+            .iter()
+            .map(|t| {
+                let (schema, name) = split_table(t);
+                Change {
+                    relation: Arc::new(Relation {
+                        oid: 0,
+                        schema: schema.to_string(),
+                        name: name.to_string(),
+                        replica_identity: b'd',
+                        columns: Vec::new(),
+                    }),
+                    op: Op::Truncate,
+                    old: None,
+                    new: None,
+                    undecodable: Some(
+                        "the publication had lost the table: changes before its repair were not streamed"
+                            .into(),
+                    ),
+                }
+            })
+            .collect();
+        let tx = Transaction {
+            xid: 0,
+            commit_lsn: at,
+            end_lsn: at,
+            commit_time: Utc::now(),
+            changes,
+        };
+        let plan = plan::build(&snap.rules, &snap.cx, std::slice::from_ref(&tx));
+        let all: Vec<_> = plan.actions.iter().map(|a| &a.target).collect();
+        journal::invalidate(
+            journal,
+            targets,
+            Rows::Record(&plan.actions),
+            &plan.marks,
+            &all,
+            OnFailure::Fail,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The name the rules use for a table known now as `now`.
+fn rule_name_of(snap: &Snapshot, now: &str, now_named: &HashMap<u32, String>) -> Option<String> {
+    snap.cx
+        .tables_by_oid
+        .iter()
+        .find(|(oid, _)| now_named.get(oid).is_some_and(|n| n == now))
+        .map(|(_, rule)| rule.clone())
+}

@@ -1,0 +1,96 @@
+//! Schema changes under a running worker must not lose invalidations: a rule's table dropped
+//! and recreated under the same name, and a rule's table renamed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, TestEnv, WAIT};
+
+const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, val int NOT NULL);";
+const RULES: &str = r#"
+[[rule]]
+name = "item"
+table = "items"
+keys = ["item:{id}"]
+"#;
+
+/// DROP TABLE removes the table from the publication; a table recreated under the same name
+/// is a new relation that no publication names. The worker notices, re-adds it, invalidates
+/// the rule's whole family (changes in between were not streamed), and later changes stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_and_recreated_table_is_repaired_and_nothing_is_lost() {
+    let env = TestEnv::new("recreated", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let w = env.start_worker().await;
+    env.db
+        .batch_execute(
+            "DROP TABLE items; CREATE TABLE items (id int PRIMARY KEY, val int NOT NULL)",
+        )
+        .await
+        .unwrap();
+    // A change right after the recreate, before anything could repair the publication.
+    env.set_keys(&["item:1"]).await;
+    env.db
+        .execute("INSERT INTO items VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["item:1"], WAIT).await;
+    // Once repaired, changes stream again as usual.
+    eventually("the publication names the table again", WAIT, || async {
+        env.db
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = 'items'",
+                &[&env.name],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.set_keys(&["item:2"]).await;
+    env.db
+        .execute("INSERT INTO items VALUES (2, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["item:2"], WAIT).await;
+    let s = w.status.snapshot();
+    assert!(
+        s.counters["publication_repairs"] >= 1,
+        "the repair is counted: {:?}",
+        s.counters
+    );
+    w.stop().await;
+    env.cleanup().await;
+}
+
+/// A renamed table keeps its identity (OID) and stays in the publication; its changes arrive
+/// under the new name. They must keep invalidating the rule's keys, and the operator is told
+/// that the rule file is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_table_keeps_invalidating_and_is_reported() {
+    let env = TestEnv::new("renamed", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let w = env.start_worker().await;
+    env.db
+        .batch_execute("ALTER TABLE items RENAME TO things")
+        .await
+        .unwrap();
+    env.set_keys(&["item:3"]).await;
+    env.db
+        .execute("INSERT INTO things VALUES (3, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["item:3"], WAIT).await;
+    eventually("the rename is reported", WAIT, || async {
+        w.status
+            .snapshot()
+            .drift
+            .iter()
+            .any(|d| d.contains("public.items") && d.contains("public.things"))
+    })
+    .await;
+    w.stop().await;
+    env.cleanup().await;
+}
