@@ -229,43 +229,59 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             http_stop.recv().await;
         },
     ));
-    // Wait for PostgreSQL at start-up (containers often start before the database).
-    let mut delay = std::time::Duration::from_millis(200);
-    let worker = loop {
-        match Worker::start(
-            config.clone(),
-            rules.clone(),
-            status.clone(),
-            stop_rx.clone(),
-        )
-        .await
-        {
-            Ok(w) => break w,
-            Err(WorkerError::Rules(e)) => {
-                eprintln!("{e}");
-                return Ok(ExitCode::from(1));
+    // SIGHUP reloads the rules of whichever worker is running.
+    let reload = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn({
+        let reload = reload.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading rules");
+                reload.notify_one();
             }
-            Err(_) if stop_rx.is_shutdown() => return Ok(ExitCode::SUCCESS),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL unavailable at start-up");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let reload = worker.reload_handle();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading rules");
-            reload.notify_one();
         }
     });
-    worker.run().await?;
+    loop {
+        // Wait for PostgreSQL at start-up (containers often start before the database), and
+        // for the slot's lease while another instance is active.
+        let mut delay = std::time::Duration::from_millis(200);
+        let mut worker = loop {
+            match Worker::start(
+                config.clone(),
+                rules.clone(),
+                status.clone(),
+                stop_rx.clone(),
+            )
+            .await
+            {
+                Ok(w) => break w,
+                Err(WorkerError::Rules(e)) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(_) if stop_rx.is_shutdown() => {
+                    let _ = http.await;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL unavailable at start-up");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        worker.set_reload_handle(reload.clone());
+        match worker.run().await {
+            Ok(()) => break,
+            // Another instance may have taken over: wait for the lease again.
+            Err(WorkerError::LeaseLost) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
     let _ = http.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,7 @@ struct Inner {
     slot: String,
     publication: String,
     progress: Progress,
+    role: Role,
     rules_loaded: usize,
     tables: Vec<String>,
     last_error: Option<String>,
@@ -101,6 +102,19 @@ impl Default for Status {
     }
 }
 
+/// Whether this instance works the slot or waits for it (see the worker's lease).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Not yet connected far enough to know.
+    #[default]
+    Starting,
+    /// Holds the slot's lease and streams.
+    Active,
+    /// Another instance holds the lease; this one waits, touching nothing.
+    Standby,
+}
+
 /// Adds to a counter.
 pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -109,6 +123,8 @@ pub fn add(c: &AtomicU64, n: u64) {
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub source: &'static str,
+    /// `active`, `standby` or `starting`.
+    pub role: Role,
     pub slot: String,
     pub publication: String,
     pub source_connected: bool,
@@ -197,6 +213,14 @@ impl Status {
         self.inner().drift = drift;
     }
 
+    pub fn set_role(&self, role: Role) {
+        self.inner().role = role;
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner().role
+    }
+
     /// Differences between the rule files and the schema (a renamed table).
     pub fn set_schema_drift(&self, drift: Vec<String>) {
         self.inner().schema_drift = drift;
@@ -265,6 +289,7 @@ impl Status {
         .collect();
         Snapshot {
             source: "postgres",
+            role: i.role,
             slot: i.slot.clone(),
             publication: i.publication.clone(),
             source_connected: self.source_connected.load(Ordering::Relaxed),

@@ -267,27 +267,42 @@ async fn stranded_rows_are_recovered_while_running() {
     env.cleanup().await;
 }
 
-/// Two workers started at once on a fresh database: creating the publication and the slot
-/// races, and neither may fail with a raw "already exists" error.
+/// Two workers started at once on a fresh database: setting up the publication and the slot
+/// races, and neither may fail with a raw "already exists" error. One becomes active; the
+/// other waits as a standby (touching nothing) and starts as soon as the first is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_starts_on_a_fresh_slot_both_succeed() {
     use cachewarden::runtime::ShutdownSender;
-    use cachewarden::status::Status;
+    use cachewarden::status::{Role, Status};
     use cachewarden::worker::Worker;
     use std::sync::Arc;
-    for round in 0..5 {
+    for round in 0..3 {
         let env = TestEnv::new(&format!("race_{round}"), SCHEMA).await;
         env.write_rules("items.toml", RULES);
         let stop = ShutdownSender::new();
-        let start = || {
+        let start = |status: Arc<Status>| {
             let config = env.config();
             let rules = cachewarden::rules::load_dir(&config.rules_dir).unwrap();
-            Worker::start(config, rules, Arc::new(Status::default()), stop.subscribe())
+            Worker::start(config, rules, status, stop.subscribe())
         };
-        let (a, b) = tokio::join!(start(), start());
-        assert!(a.is_ok(), "first: {:?}", a.err());
-        assert!(b.is_ok(), "second: {:?}", b.err());
-        drop((a, b));
+        let (sa, sb) = (Arc::new(Status::default()), Arc::new(Status::default()));
+        let a = start(sa.clone());
+        let b = start(sb.clone());
+        tokio::pin!(a, b);
+        let (first, second, second_status) = tokio::select! {
+            r = &mut a => (r, b, sb),
+            r = &mut b => (r, a, sa),
+        };
+        let first = first.expect("the first start succeeds");
+        common::eventually("the other waits as a standby", WAIT, || async {
+            second_status.role() == Role::Standby
+        })
+        .await;
+        drop(first);
+        let second = tokio::time::timeout(WAIT, second)
+            .await
+            .expect("the standby starts once the first is gone");
+        assert!(second.is_ok(), "second: {:?}", second.err());
         env.cleanup().await;
     }
 }

@@ -10,6 +10,7 @@
 
 mod delayed;
 mod health;
+mod lease;
 mod pipeline;
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,10 @@ pub enum WorkerError {
     Cache(#[from] crate::target::CacheError),
     #[error("warming: {0}")]
     Warm(#[from] crate::warm::WarmError),
+    #[error("stopped before this instance became active")]
+    Stopped,
+    #[error("lost the slot's lease (its PostgreSQL session failed): stopped streaming")]
+    LeaseLost,
 }
 
 impl WorkerError {
@@ -60,6 +65,7 @@ impl WorkerError {
             WorkerError::Postgres(e) => e.code().is_none(),
             WorkerError::Source(SourceError::Postgres(e)) => e.code().is_none(),
             WorkerError::Migrate(crate::migrate::MigrateError::Postgres(e)) => e.code().is_none(),
+            WorkerError::LeaseLost => true,
             _ => false,
         }
     }
@@ -68,6 +74,7 @@ impl WorkerError {
 /// The running pipeline and what it needs to start its helpers.
 pub struct Worker {
     config: Config,
+    lease: lease::Lease,
     reload: Arc<Notify>,
     source: Box<dyn Source>,
     pipeline: Pipeline,
@@ -81,9 +88,15 @@ impl Worker {
         config: Config,
         rules: RuleSet,
         status: Arc<Status>,
-        shutdown: Shutdown,
+        mut shutdown: Shutdown,
     ) -> Result<Worker, WorkerError> {
         let pg = config.postgres_config().map_err(WorkerError::Url)?;
+        // Nothing is created or altered before this instance holds the slot's lease.
+        let Some(lease) =
+            lease::Lease::acquire(&pg, &config.postgres.slot, &status, &mut shutdown).await?
+        else {
+            return Err(WorkerError::Stopped);
+        };
         tracing::info!(postgres = %redact_url(&config.postgres.url), redis = %redact_url(&config.redis.url),
             rules = rules.len(), "starting");
         let mut client = crate::db::connect(&pg).await?;
@@ -135,10 +148,16 @@ impl Worker {
         };
         Ok(Worker {
             config,
+            lease,
             reload: Arc::new(Notify::new()),
             source,
             pipeline,
         })
+    }
+
+    /// Uses `reload` (shared with a signal handler that outlives this worker) to reload.
+    pub fn set_reload_handle(&mut self, reload: Arc<Notify>) {
+        self.reload = reload;
     }
 
     /// Notifying this reloads the rules (what SIGHUP does).
@@ -151,10 +170,22 @@ impl Worker {
     pub async fn run(self) -> Result<(), WorkerError> {
         let Worker {
             config,
+            lease,
             reload,
             mut source,
             mut pipeline,
         } = self;
+        // Everything below stops on the caller's shutdown or when the lease is lost.
+        let stop = Arc::new(crate::runtime::ShutdownSender::new());
+        let mut outer = pipeline.shutdown.clone();
+        pipeline.shutdown = stop.subscribe();
+        let forward = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                outer.recv().await;
+                stop.trigger();
+            }
+        });
         pipeline.recover().await;
         let (live, status, shutdown) = (
             pipeline.live.clone(),
@@ -204,12 +235,30 @@ impl Worker {
         };
         // The warmer stops once every sender (the pipeline's, the delayed passes') is gone.
         tasks.spawn("warmer", warmer);
-        pipeline.run(source.as_mut()).await;
+        // A stop request reaches the pipeline through its shutdown (it finishes its batch); a
+        // lost lease stops it where it stands.
+        let lost = tokio::select! {
+            _ = pipeline.run(source.as_mut()) => false,
+            _ = lease.lost() => true,
+        };
+        forward.abort();
+        if lost {
+            tracing::error!("lost the slot's lease: stopping at once (unconfirmed changes are replayed by whoever takes over)");
+            status.set_role(crate::status::Role::Starting);
+            status
+                .source_connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        stop.trigger();
         // Closing the channels lets the delayed passes run what is queued and the warmer
         // finish its queue; the others watch `shutdown`.
         pipeline.followers = Followers::default();
         drop(pipeline);
         tasks.drain(DRAIN).await;
+        drop(lease);
+        if lost {
+            return Err(WorkerError::LeaseLost);
+        }
         tracing::info!("stopped");
         Ok(())
     }
