@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letters",
         sql: include_str!("../migrations/0004_dead_letters.sql"),
     },
+    Migration {
+        version: 5,
+        name: "slots",
+        sql: include_str!("../migrations/0005_slots.sql"),
+    },
 ];
 
 /// Errors applying migrations.

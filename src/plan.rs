@@ -59,6 +59,25 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Adds another plan's work (planned with other rules) to this one: targets already
+    /// present are kept once, marks and warm jobs are kept (the highest mark wins on the
+    /// target; the warmer keeps the newest job per key).
+    pub fn absorb(&mut self, other: Plan) {
+        let have: std::collections::HashSet<Target> =
+            self.actions.iter().map(|a| a.target.clone()).collect();
+        self.actions.extend(
+            other
+                .actions
+                .into_iter()
+                .filter(|a| !have.contains(&a.target)),
+        );
+        self.warms.extend(other.warms);
+        self.marks.extend(other.marks);
+        self.skipped += other.skipped;
+        self.widened += other.widened;
+        self.undecodable += other.undecodable;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
@@ -86,6 +105,9 @@ pub struct Context {
     pub primary_keys: HashMap<String, Vec<String>>,
     /// Rules switched off in `cache_configs` (`is_active = false`).
     pub disabled: std::collections::HashSet<String>,
+    /// The rules live when these changes were committed are not known (a new instance with
+    /// other rules inherited them): every change fires its table's rules' whole key families.
+    pub whole_families: bool,
     /// Rule tables by identity (OID): a renamed table's changes, which arrive under its new
     /// name, still reach the rules that name it by its old one.
     pub tables_by_oid: HashMap<u32, String>,
@@ -201,6 +223,7 @@ impl Builder<'_> {
                 continue;
             }
             let whole_family = match rule.verdict(change) {
+                _ if self.cx.whole_families => true,
                 Verdict::FiresWholeFamily => true,
                 Verdict::Fires => false,
                 _ => continue,
@@ -427,6 +450,7 @@ patterns = ["catalog:page:*"]
             primary_keys: HashMap::from([("public.courses".to_string(), vec!["id".to_string()])]),
             disabled: Default::default(),
             tables_by_oid: HashMap::new(),
+            whole_families: false,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The rule registry in `cache_configs`: one row per rule, kept in step with the rule files.
+//! The rule registry: `cache_configs` (one row per rule, kept in step with the rule files) and
+//! `cachewarden_slots` (the rule files each slot's active instance runs).
 //!
 //! At start the worker upserts every loaded rule by its unique name (key patterns, TTL,
 //! strategy, table, file) without touching `is_active`, which belongs to operators. Rows of rules
@@ -47,4 +48,56 @@ pub async fn sync(client: &Client, rules: &RuleSet) -> Result<u64, tokio_postgre
             &[&names, &tables, &patterns, &ttls, &strategies, &files],
         )
         .await
+}
+
+/// The rule files of a directory, by file name, as recorded in `cachewarden_slots`.
+pub fn rule_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                if let (Some(name), Ok(text)) = (
+                    p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    std::fs::read_to_string(&p),
+                ) {
+                    out.insert(name, text);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Records the rule files `slot` runs from now on; returns the ones recorded before, if any.
+pub async fn swap_slot_rules(
+    client: &Client,
+    slot: &str,
+    files: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, tokio_postgres::Error> {
+    let json = serde_json::to_value(files).unwrap_or_default();
+    let before: Option<serde_json::Value> = client
+        .query_opt(
+            "SELECT rules FROM cachewarden_slots WHERE slot = $1",
+            &[&slot],
+        )
+        .await?
+        .map(|r| r.get(0));
+    client
+        .execute(
+            "INSERT INTO cachewarden_slots (slot, rules) VALUES ($1, $2) \
+             ON CONFLICT (slot) DO UPDATE SET rules = EXCLUDED.rules, updated_at = now()",
+            &[&slot, &json],
+        )
+        .await?;
+    Ok(before.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+/// Parses recorded rule files into a rule set; `None` if any no longer parses.
+pub fn parse_recorded(files: &std::collections::BTreeMap<String, String>) -> Option<RuleSet> {
+    let mut rules = Vec::new();
+    for (name, text) in files {
+        rules.extend(crate::rules::parse_file(std::path::Path::new(name), text).ok()?);
+    }
+    Some(RuleSet::new(rules))
 }

@@ -306,3 +306,119 @@ async fn simultaneous_starts_on_a_fresh_slot_both_succeed() {
         env.cleanup().await;
     }
 }
+
+/// A reload takes effect at a position, not at wall-clock time: changes committed under the
+/// old rules but still in the backlog when the new rules arrive are planned with the old
+/// rules, so removing a rule never confirms its pending changes with no action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_from_its_position_and_the_backlog_keeps_the_old_rules() {
+    let env = TestEnv::new(
+        "reload_at",
+        "CREATE TABLE items (id int PRIMARY KEY, val int NOT NULL); CREATE TABLE pings (id int PRIMARY KEY);",
+    )
+    .await;
+    env.write_rules("items.toml", RULES);
+    env.write_rules(
+        "pings.toml",
+        "[[rule]]\nname = \"ping\"\ntable = \"pings\"\nkeys = [\"ping:{id}\"]\n",
+    );
+    let redis = PrivateRedis::start().await;
+    let mut cfg = env.config();
+    cfg.redis.url = redis.url.clone();
+    cfg.redis.timeout_ms = 300;
+    let mut r = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for k in ["item:1", "item:2"] {
+        let () = r.set(env.key(k), "cached").await.unwrap();
+    }
+    let w = env.start_worker_with(cfg).await;
+    env.wait_caught_up(WAIT).await;
+    // Redis stalls: the batch with item 1 waits; item 2 queues up behind it.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    env.db
+        .execute("INSERT INTO items VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.db
+        .execute("INSERT INTO items VALUES (2, 0)", &[])
+        .await
+        .unwrap();
+    // Meanwhile the items rule is removed.
+    std::fs::remove_file(env.dir.join("rules").join("items.toml")).unwrap();
+    let before = w
+        .status
+        .counters
+        .rule_reloads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    w.reload.notify_one();
+    common::eventually("the reload lands", WAIT, || async {
+        w.status
+            .counters
+            .rule_reloads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > before
+    })
+    .await;
+    // Both changes were committed under the old rules: both keys go.
+    let start = Instant::now();
+    loop {
+        let left: Vec<bool> = vec![
+            r.exists(env.key("item:1")).await.unwrap_or(true),
+            r.exists(env.key("item:2")).await.unwrap_or(true),
+        ];
+        if left == [false, false] {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "keys still cached: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.stop().await;
+    env.cleanup().await;
+}
+
+/// A new instance with other rules (a rolling deploy) inherits a backlog committed under the
+/// old rules: it is planned with the rules the previous instance recorded for the slot, so a
+/// rule the new files dropped still invalidates the changes committed while it was live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_inherited_across_a_rules_change_uses_the_rules_it_was_committed_under() {
+    let env = TestEnv::new("inherit", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let w = env.start_worker().await;
+    env.wait_caught_up(WAIT).await;
+    w.stop().await;
+    // Committed while nobody streams, under the old rules.
+    env.set_keys(&["item:1", "thing:1"]).await;
+    env.db
+        .execute("INSERT INTO items VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    // The new deployment renders other keys for the same table.
+    env.write_rules(
+        "items.toml",
+        "[[rule]]\nname = \"thing\"\ntable = \"items\"\nkeys = [\"thing:{id}\"]\n",
+    );
+    let w = env.start_worker().await;
+    // item:1 by the old rule; thing:1 because the new rule's keys may be stale (no rule
+    // watched them), so its family is invalidated once.
+    env.wait_gone(&["item:1", "thing:1"], WAIT).await;
+    // Changes committed from the new start use the new rules.
+    env.set_keys(&["item:2", "thing:2"]).await;
+    env.db
+        .execute("INSERT INTO items VALUES (2, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["thing:2"], WAIT).await;
+    assert!(env.exists("item:2").await, "the old rule no longer applies");
+    w.stop().await;
+    env.cleanup().await;
+}

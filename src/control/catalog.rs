@@ -28,11 +28,21 @@ use crate::sql::split_table;
 use crate::status::add;
 use crate::target::Targets;
 
+/// Why a repaired table's families are invalidated.
+const LOST: &str =
+    "the publication had lost the table: changes before its repair were not streamed";
+/// Why the families of a table added to the publication at start are invalidated.
+pub(super) const NEWLY_WATCHED: &str =
+    "a table newly added to the publication: changes before were not streamed";
+/// Why a new rule's families are invalidated.
+pub(super) const NEW_RULE: &str =
+    "a new rule: the cache may hold values that changed while no rule watched them";
+
 /// What the watch remembers between runs.
 #[derive(Debug, Default)]
 pub(super) struct CatalogWatch {
-    /// Tables whose families must still be invalidated after a repair.
-    owed: BTreeSet<String>,
+    /// Tables whose rules' families must still be invalidated, with why.
+    owed: std::collections::BTreeMap<String, &'static str>,
     /// Renames already reported.
     reported: Vec<String>,
 }
@@ -46,6 +56,15 @@ pub(super) enum WatchError {
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Invalidation(#[from] journal::InvalidationError),
+}
+
+impl CatalogWatch {
+    /// Owes the whole key families of the rules of `tables` an invalidation.
+    pub(super) fn owe(&mut self, tables: impl IntoIterator<Item = String>, why: &'static str) {
+        for t in tables {
+            self.owed.entry(t).or_insert(why);
+        }
+    }
 }
 
 impl Controller {
@@ -163,10 +182,11 @@ impl Controller {
                     }),
                 });
             }
-            state.owed.extend(
+            state.owe(
                 missing
                     .iter()
                     .map(|t| rule_name_of(&snap, t, &now_named).unwrap_or_else(|| t.clone())),
+                LOST,
             );
         }
         if !state.owed.is_empty() {
@@ -183,13 +203,13 @@ impl Controller {
         client: &Client,
         journal: &mut PgJournal,
         targets: &mut Targets,
-        tables: &BTreeSet<String>,
+        tables: &std::collections::BTreeMap<String, &'static str>,
     ) -> Result<(), WatchError> {
         let snap = self.live.snapshot();
         let at = current_lsn(client).await?;
         let changes = tables
             .iter()
-            .map(|t| {
+            .map(|(t, why)| {
                 let (schema, name) = split_table(t);
                 Change {
                     relation: Arc::new(Relation {
@@ -202,10 +222,7 @@ impl Controller {
                     op: Op::Truncate,
                     old: None,
                     new: None,
-                    undecodable: Some(
-                        "the publication had lost the table: changes before its repair were not streamed"
-                            .into(),
-                    ),
+                    undecodable: Some(why.to_string()),
                 }
             })
             .collect();

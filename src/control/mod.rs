@@ -29,6 +29,7 @@ mod live;
 mod requests;
 mod switches;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub struct Controller {
     pub status: Arc<Status>,
     pub reload: Arc<Notify>,
     pub shutdown: Shutdown,
+    /// Tables whose rules' families are owed an invalidation from the start.
+    pub owed_at_start: Vec<String>,
 }
 
 impl Controller {
@@ -78,6 +81,10 @@ impl Controller {
         let sweep_every = (stale_after / 2).max(interval);
         let mut next_sweep = tokio::time::Instant::now() + sweep_every;
         let mut catalog = catalog::CatalogWatch::default();
+        catalog.owe(
+            std::mem::take(&mut self.owed_at_start),
+            catalog::NEWLY_WATCHED,
+        );
         let catalog_every = Duration::from_secs(2).max(interval);
         let mut next_catalog = tokio::time::Instant::now();
         loop {
@@ -98,7 +105,8 @@ impl Controller {
             let now = fingerprint(&self.config.rules_dir);
             if forced || now != seen {
                 seen = now;
-                self.reload_rules(client, forced).await;
+                let new_tables = self.reload_rules(client, forced).await;
+                catalog.owe(new_tables, catalog::NEW_RULE);
             }
             if let Err(e) = self.sync_switches(client, &mut drift_seen).await {
                 tracing::debug!(error = %e, "reading cache_configs failed");
@@ -139,7 +147,9 @@ impl Controller {
         }
     }
 
-    async fn reload_rules(&self, client: &Client, forced: bool) {
+    /// Reloads the rules; returns the tables of rules that are new (their families are owed an
+    /// invalidation).
+    async fn reload_rules(&self, client: &Client, forced: bool) -> Vec<String> {
         let why = if forced {
             "SIGHUP"
         } else {
@@ -158,37 +168,65 @@ impl Controller {
                     "new rules refused; the previous rules keep running:\n{e}"
                 );
                 self.status.set_rules_error(Some(e.to_string()));
+                Vec::new()
             }
             Ok((rules, catalog)) => {
-                let old_tables = self.live.snapshot().rules.tables();
+                let old = self.live.snapshot();
+                let old_tables = old.rules.tables();
                 let tables = rules.tables();
                 if let Err(e) = crate::registry::sync(client, &rules).await {
                     tracing::error!(error = %e, "new rules refused: cannot update cache_configs");
                     self.status
                         .set_rules_error(Some(format!("cache_configs: {e}")));
-                    return;
+                    return Vec::new();
                 }
-                // The new rules go live before the publication grows: a change to a newly
-                // added table must never be planned with rules that do not know it.
+                let new_rules: BTreeSet<String> = rules
+                    .rules
+                    .iter()
+                    .filter(|r| !old.rules.rules.iter().any(|o| o.name == r.name))
+                    .map(|r| r.table.clone())
+                    .collect();
                 let count = rules.len();
-                let previous = self.live.snapshot();
-                self.live.replace(|old| Snapshot {
+                let snapshot = Snapshot {
                     rules: Arc::new(rules),
                     cx: Arc::new(plan::Context {
                         primary_keys: check::primary_keys(&catalog),
                         tables_by_oid: check::table_oids(&catalog),
                         ..(*old.cx).clone()
                     }),
-                });
-                if tables != old_tables {
-                    if let Err(e) = crate::source::watch_tables(&self.config, client, &tables).await
-                    {
-                        self.live.replace(|_| previous);
-                        tracing::error!(error = %e, "new rules refused: cannot update the publication");
-                        self.status
-                            .set_rules_error(Some(format!("publication: {e}")));
-                        return;
+                };
+                // The new rules apply from a position: with planning held, read where the WAL
+                // is, change the publication, install them from there (see `live`).
+                {
+                    let _gate = self.live.switch_gate().await;
+                    let at = match current_lsn(client).await {
+                        Ok(at) => at,
+                        Err(e) => {
+                            tracing::error!(error = %e, "new rules refused: cannot read the WAL position");
+                            self.status
+                                .set_rules_error(Some(format!("WAL position: {e}")));
+                            return Vec::new();
+                        }
+                    };
+                    if tables != old_tables {
+                        if let Err(e) =
+                            crate::source::watch_tables(&self.config, client, &tables).await
+                        {
+                            tracing::error!(error = %e, "new rules refused: cannot update the publication");
+                            self.status
+                                .set_rules_error(Some(format!("publication: {e}")));
+                            return Vec::new();
+                        }
                     }
+                    self.live.install(at, snapshot);
+                    let files = crate::registry::rule_files(&self.config.rules_dir);
+                    if let Err(e) =
+                        crate::registry::swap_slot_rules(client, &self.config.postgres.slot, &files)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "could not record the new rules for this slot");
+                    }
+                    tracing::info!(from = %at, "new rules in force for changes committed from here on");
                 }
                 self.status.set_rules(tables.clone(), count);
                 self.status.set_rules_error(None);
@@ -199,6 +237,8 @@ impl Controller {
                     tables = tables.len(),
                     "rules reloaded"
                 );
+                // What new rules cover may already be stale in the cache: no rule watched it.
+                new_rules.into_iter().collect()
             }
         }
     }

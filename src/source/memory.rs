@@ -166,4 +166,8 @@ impl Source for MemorySource {
     fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(10)
     }
+
+    fn resumed(&self) -> bool {
+        true
+    }
 }

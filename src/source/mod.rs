@@ -196,6 +196,10 @@ pub trait Source: Send {
 
     /// How often [`Source::heartbeat`] is needed while a batch runs.
     fn heartbeat_interval(&self) -> Duration;
+
+    /// Whether the stream resumes a position an earlier run confirmed (false for a slot
+    /// created by this start: nothing before it can be delivered).
+    fn resumed(&self) -> bool;
 }
 
 /// Opens the source the configuration names, after its one-time set-up (PostgreSQL: the
@@ -216,6 +220,22 @@ pub async fn open(
     )
     .await?;
     Ok(Box::new(source))
+}
+
+/// The tables the source delivers changes of now (PostgreSQL: the publication's).
+pub async fn watched_tables(
+    config: &crate::config::Config,
+    client: &tokio_postgres::Client,
+) -> Result<Vec<String>, SourceError> {
+    Ok(client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&config.postgres.publication],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Makes the source deliver changes of exactly `tables` (a rule reload changed the set).

@@ -74,6 +74,8 @@ impl WorkerError {
 /// The running pipeline and what it needs to start its helpers.
 pub struct Worker {
     config: Config,
+    /// Tables whose rules' families are invalidated once running.
+    owed: Vec<String>,
     lease: lease::Lease,
     reload: Arc<Notify>,
     source: Box<dyn Source>,
@@ -122,11 +124,18 @@ impl Worker {
                     crate::control::CheckError::Postgres(e) => WorkerError::Postgres(e),
                 })?;
         crate::registry::sync(&client, &rules).await?;
+        let watched_before = source::watched_tables(&config, &client).await?;
         let source = source::open(&config, &client, &tables).await?;
+        // Changes committed from here on are planned with these rules. The backlog before it
+        // was committed under the rules of whoever ran the slot before (see `inherited`).
+        let start_at = crate::control::current_lsn(&client).await?;
+        let files = crate::registry::rule_files(&config.rules_dir);
+        let recorded =
+            crate::registry::swap_slot_rules(&client, &config.postgres.slot, &files).await?;
         status.set_source(
             &config.postgres.slot,
             &config.postgres.publication,
-            tables,
+            tables.clone(),
             rules.len(),
         );
         status.set_progress(source.progress());
@@ -136,18 +145,53 @@ impl Worker {
             primary_keys: check::primary_keys(&catalog),
             disabled: Default::default(),
             tables_by_oid: check::table_oids(&catalog),
+            whole_families: false,
         };
+        // Tables this start added to what the source watches: their changes before were never
+        // delivered, so their rules' families are owed an invalidation.
+        let mut owed: Vec<String> = if source.resumed() {
+            tables
+                .iter()
+                .filter(|t| !watched_before.contains(t))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let previous = match recorded {
+            _ if !source.resumed() => Previous::Same,
+            Some(r) if r == files => Previous::Same,
+            Some(r) => Previous::Recorded(r),
+            None => Previous::Unknown,
+        };
+        // Rules new since the slot's last run: the cache may hold values no rule watched.
+        if let Previous::Recorded(files) = &previous {
+            if let Some(old) = crate::registry::parse_recorded(files) {
+                owed.extend(
+                    rules
+                        .rules
+                        .iter()
+                        .filter(|r| !old.rules.iter().any(|o| o.name == r.name))
+                        .map(|r| r.table.clone()),
+                );
+            }
+        }
+        owed.sort();
+        owed.dedup();
+        let live = inherited(previous, rules, plan_cx, start_at);
         let pipeline = Pipeline {
-            live: Arc::new(Live::new(rules, plan_cx)),
+            live: Arc::new(live),
             status,
             journal: Box::new(PgJournal::new(pg)),
             targets: Targets::open(&config)?,
             backoff: Backoff::new(pipeline::max_backoff(config.worker.max_backoff_ms)),
             shutdown,
             followers: Followers::default(),
+            prev_first_commit: None,
         };
         Ok(Worker {
             config,
+            owed,
             lease,
             reload: Arc::new(Notify::new()),
             source,
@@ -170,6 +214,7 @@ impl Worker {
     pub async fn run(self) -> Result<(), WorkerError> {
         let Worker {
             config,
+            owed,
             lease,
             reload,
             mut source,
@@ -202,6 +247,7 @@ impl Worker {
                 status: status.clone(),
                 reload,
                 shutdown: shutdown.clone(),
+                owed_at_start: owed,
             }
             .run(),
         );
@@ -262,4 +308,61 @@ impl Worker {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The rules a slot's backlog was committed under, as far as a new start can know.
+enum Previous {
+    /// Ours (or there is no backlog: the slot is new).
+    Same,
+    /// Other rule files, recorded in `cachewarden_slots` by the instance that ran the slot.
+    Recorded(std::collections::BTreeMap<String, String>),
+    /// Nothing recorded (a slot from before the record existed).
+    Unknown,
+}
+
+/// The rule epochs a start begins with. A slot that resumes a backlog inherits changes
+/// committed under the rules of the instance that ran it before: when those differ from ours
+/// the backlog is planned with them; when they cannot be known (none recorded, or they no
+/// longer parse), every inherited change invalidates its table's whole key families.
+/// Changes committed from `start_at` on use `rules`.
+fn inherited(
+    previous: Previous,
+    rules: RuleSet,
+    cx: plan::Context,
+    start_at: crate::source::Lsn,
+) -> Live {
+    let recorded = match previous {
+        Previous::Same => return Live::new(rules, cx),
+        Previous::Recorded(files) => crate::registry::parse_recorded(&files),
+        Previous::Unknown => None,
+    };
+    let before = match recorded {
+        Some(old) => {
+            tracing::info!(from = %start_at, "the rules changed since this slot's last run: its backlog is planned with the rules recorded then");
+            crate::control::Snapshot {
+                rules: Arc::new(old),
+                cx: Arc::new(cx.clone()),
+            }
+        }
+        None => {
+            tracing::warn!(from = %start_at, "the rules this slot ran before are unknown: its backlog invalidates whole key families");
+            crate::control::Snapshot {
+                rules: Arc::new(rules.clone()),
+                cx: Arc::new(plan::Context {
+                    whole_families: true,
+                    ..cx.clone()
+                }),
+            }
+        }
+    };
+    let live = Live::new(RuleSet::default(), plan::Context::default());
+    live.replace(|_| before);
+    live.install(
+        start_at,
+        crate::control::Snapshot {
+            rules: Arc::new(rules),
+            cx: Arc::new(cx),
+        },
+    );
+    live
 }

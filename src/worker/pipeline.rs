@@ -54,6 +54,8 @@ pub(crate) struct Pipeline {
     pub backoff: Backoff,
     pub shutdown: Shutdown,
     pub followers: Followers,
+    /// The first commit of the previous batch: rule epochs before it are pruned.
+    pub prev_first_commit: Option<crate::source::Lsn>,
 }
 
 impl Pipeline {
@@ -154,9 +156,13 @@ impl Pipeline {
                 }
             }
         }
-        // One snapshot per batch: a reload or switch lands between batches, never inside one.
-        let snap = self.live.snapshot();
-        let plan = plan::build(&snap.rules, &snap.cx, &batch.transactions);
+        // Each transaction is planned with the rules in force when it committed (a reload
+        // applies from a position; see `control::Live`).
+        let runs = Self::plan_runs(&self.live, batch).await;
+        let mut plan = plan::Plan::default();
+        for (_, p) in &runs {
+            plan.absorb(p.clone());
+        }
         let c = &self.status.counters;
         add(&c.batches, 1);
         add(&c.transactions, batch.transactions.len() as u64);
@@ -189,7 +195,16 @@ impl Pipeline {
                 }
             }
         };
-        self.after_batch(&plan, &snap.rules);
+        for (rules, p) in &runs {
+            self.after_batch(p, rules);
+        }
+        if let Some(first) = batch.transactions.first() {
+            // Epochs older than the previous batch cannot be needed again, even after a
+            // reconnect replays from the last confirmed position.
+            if let Some(prev) = self.prev_first_commit.replace(first.commit_lsn) {
+                self.live.prune(prev);
+            }
+        }
         let lags = batch
             .transactions
             .iter()
@@ -207,6 +222,32 @@ impl Pipeline {
             );
         }
         true
+    }
+
+    /// Plans the batch in runs of consecutive transactions that share their rules' epoch.
+    async fn plan_runs(
+        live: &Live,
+        batch: &Batch,
+    ) -> Vec<(Arc<crate::rules::RuleSet>, plan::Plan)> {
+        let _gate = live.plan_gate().await;
+        let mut runs: Vec<(crate::control::Snapshot, std::ops::Range<usize>)> = Vec::new();
+        for (i, tx) in batch.transactions.iter().enumerate() {
+            let snap = live.snapshot_at(tx.commit_lsn);
+            match runs.last_mut() {
+                Some((s, r))
+                    if Arc::ptr_eq(&s.rules, &snap.rules) && Arc::ptr_eq(&s.cx, &snap.cx) =>
+                {
+                    r.end = i + 1
+                }
+                _ => runs.push((snap, i..i + 1)),
+            }
+        }
+        runs.into_iter()
+            .map(|(s, r)| {
+                let p = plan::build(&s.rules, &s.cx, &batch.transactions[r]);
+                (s.rules, p)
+            })
+            .collect()
     }
 
     /// Hands a completed batch's warm jobs to the warmer and schedules its delayed second

@@ -149,6 +149,7 @@ impl World {
             backoff: Backoff::new(Duration::from_millis(200)),
             shutdown: stop.subscribe(),
             followers: Followers::default(),
+            prev_first_commit: None,
         }
     }
 

@@ -38,6 +38,7 @@ pub struct PostgresSource {
     confirmed: Lsn,
     server_wal_end: Lsn,
     stream: Option<ReplicationStream>,
+    resumed: bool,
 }
 
 impl PostgresSource {
@@ -51,7 +52,7 @@ impl PostgresSource {
         tables: &[String],
         limits: BatchLimits,
     ) -> Result<Self, SourceError> {
-        let confirmed = setup::prepare(client, slot, publication, tables).await?;
+        let (confirmed, resumed) = setup::prepare(client, slot, publication, tables).await?;
         Ok(PostgresSource {
             config,
             slot: slot.to_string(),
@@ -60,6 +61,7 @@ impl PostgresSource {
             confirmed,
             server_wal_end: confirmed,
             stream: None,
+            resumed,
         })
     }
 
@@ -153,5 +155,9 @@ impl Source for PostgresSource {
 
     fn heartbeat_interval(&self) -> Duration {
         self.limits.status_interval
+    }
+
+    fn resumed(&self) -> bool {
+        self.resumed
     }
 }

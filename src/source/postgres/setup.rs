@@ -7,13 +7,14 @@ use crate::source::{Lsn, SourceError};
 use crate::sql::{quote_ident, quote_table};
 
 /// Makes sure `wal_level` is logical, the publication covers exactly `tables`, and the slot
-/// exists. Returns the slot's confirmed position. Safe to run from several instances at once.
+/// exists. Returns the slot's confirmed position, and whether the slot already existed. Safe
+/// to run from several instances at once.
 pub(crate) async fn prepare(
     client: &tokio_postgres::Client,
     slot: &str,
     publication: &str,
     tables: &[String],
-) -> Result<Lsn, SourceError> {
+) -> Result<(Lsn, bool), SourceError> {
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
         return Err(SourceError::WalLevel(wal_level));
@@ -52,6 +53,7 @@ pub(crate) async fn prepare(
             Err(e) => return Err(e.into()),
         }
     }
+    let mut existed = true;
     let confirmed = match slot_position(client, slot).await? {
         Some(lsn) => lsn,
         None => {
@@ -63,6 +65,7 @@ pub(crate) async fn prepare(
                 .await;
             match created {
                 Ok(row) => {
+                    existed = false;
                     let lsn: String = row.get(0);
                     tracing::info!(slot, lsn, "created replication slot");
                     lsn.parse().unwrap_or_default()
@@ -74,7 +77,7 @@ pub(crate) async fn prepare(
             }
         }
     };
-    Ok(confirmed)
+    Ok((confirmed, existed))
 }
 
 /// Whether an error says the object was created meanwhile (by another instance).
