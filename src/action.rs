@@ -83,6 +83,8 @@ pub struct Action {
     pub triggered_at: DateTime<Utc>,
     /// How many changes asked for it.
     pub causes: u32,
+    /// Other rules that asked for the same target (each keeps its own `reinvalidate_after`).
+    pub also: Vec<String>,
     /// The glob covering every key the producing template can render (for a pattern, the
     /// pattern itself). The journal groups a batch's keys by it.
     pub family: String,

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "slots",
         sql: include_str!("../migrations/0005_slots.sql"),
     },
+    Migration {
+        version: 6,
+        name: "scheduled_passes",
+        sql: include_str!("../migrations/0006_scheduled_passes.sql"),
+    },
 ];
 
 /// Errors applying migrations.

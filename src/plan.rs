@@ -184,6 +184,9 @@ impl Builder<'_> {
             let a = &mut self.plan.actions[i];
             a.causes += 1;
             a.triggered_at = a.triggered_at.min(tx.commit_time);
+            if a.rule != rule.name && !a.also.contains(&rule.name) {
+                a.also.push(rule.name.clone());
+            }
             return;
         }
         let table = if change.relation.schema.is_empty() {
@@ -211,6 +214,7 @@ impl Builder<'_> {
             triggered_at: tx.commit_time,
             causes: 1,
             family,
+            also: Vec::new(),
         });
     }
 

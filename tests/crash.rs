@@ -193,3 +193,62 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
     );
     env.cleanup().await;
 }
+
+/// `reinvalidate_after` passes are journaled when their batch is done: a worker killed before
+/// a pass falls due does not lose it; the next run executes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_passes_survive_a_kill() {
+    let env = TestEnv::new("delayed_kill", SCHEMA).await;
+    env.write_rules(
+        "items.toml",
+        "[[rule]]\nname = \"item\"\ntable = \"items\"\nkeys = [\"item:{id}\"]\nreinvalidate_after = \"3s\"\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = env.write_config(&addr, "");
+    let log = env.dir.join("worker.log");
+    let mut worker = spawn_run(&cfg, &log);
+    let start = Instant::now();
+    while !matches!(common::http_get(&addr, "/readyz").await, Some((200, _))) {
+        assert!(start.elapsed() < Duration::from_secs(20), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.set_keys(&["item:1"]).await;
+    env.db
+        .execute("INSERT INTO items VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["item:1"], Duration::from_secs(15)).await;
+    // The cache-aside race: an application refills the key from a read that began before the
+    // change. Then the worker dies before the second pass is due.
+    env.set_keys(&["item:1"]).await;
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let scheduled: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM cache_invalidations WHERE status = 'scheduled'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scheduled, 1, "the pass is journaled, waiting");
+    let worker = spawn_run(&cfg, &log);
+    env.wait_gone(&["item:1"], Duration::from_secs(15)).await;
+    common::eventually("the pass is completed", Duration::from_secs(15), || async {
+        env.db
+            .query_one(
+                "SELECT count(*) FROM cache_invalidations WHERE reason LIKE 'reinvalidate_after%' AND status = 'completed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    sigterm(&worker);
+    let mut worker = worker;
+    let _ = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await;
+    env.cleanup().await;
+}

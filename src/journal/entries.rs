@@ -186,6 +186,7 @@ mod tests {
             triggered_at: Utc::now(),
             causes,
             family: family.into(),
+            also: Vec::new(),
         }
     }
 

@@ -135,6 +135,42 @@ impl JournalStore for MemoryJournal {
         .boxed()
     }
 
+    fn schedule<'a>(
+        &'a mut self,
+        actions: &'a [Action],
+        _due: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        async move {
+            let ids = self.record_pending(actions).await?;
+            self.set(&ids, "scheduled")
+        }
+        .boxed()
+    }
+
+    fn claim_due(
+        &mut self,
+        limit: i64,
+        _all: bool,
+    ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
+        async move {
+            let mut s = self.check()?;
+            let mut out = Vec::new();
+            for (id, r) in s.rows.iter_mut().filter(|(_, r)| r.status == "scheduled") {
+                if out.len() as i64 >= limit {
+                    break;
+                }
+                r.status = "running";
+                out.push(OpenRow {
+                    id: id.to_string(),
+                    targets: r.targets.clone(),
+                    version: None,
+                });
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
     fn open_rows(
         &mut self,
         limit: i64,
@@ -149,6 +185,7 @@ impl JournalStore for MemoryJournal {
                 .map(|(id, r)| OpenRow {
                     id: id.to_string(),
                     targets: r.targets.clone(),
+                    version: None,
                 })
                 .collect())
         }

@@ -39,11 +39,13 @@ pub enum JournalError {
     Unavailable(&'static str),
 }
 
-/// A row left open by an earlier run or requested by an application.
+/// A row left open by an earlier run, scheduled, or requested by an application.
 #[derive(Debug, Clone)]
 pub struct OpenRow {
     pub id: String,
     pub targets: Vec<Target>,
+    /// The stream position the row came from (its `lsn`), for fencing; none for requests.
+    pub version: Option<crate::fence::Version>,
 }
 
 /// Where journal rows are kept. Each call is one statement (one round trip), never one per key.
@@ -80,6 +82,21 @@ pub trait JournalStore: Send {
         &'a mut self,
         letters: &'a [crate::source::DeadLetter],
     ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// Journals actions to run again at `due` (`scheduled` rows: delayed passes), in one
+    /// statement.
+    fn schedule<'a>(
+        &'a mut self,
+        actions: &'a [Action],
+        due: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// Claims `scheduled` rows that are due (or all of them), moving them to `running`.
+    fn claim_due(
+        &mut self,
+        limit: i64,
+        all: bool,
+    ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>>;
 
     /// Rows still `pending` or `running` that were written at least `min_age` ago, oldest
     /// first, at most `limit`. Rows that cannot be executed are marked `failed` instead.

@@ -18,6 +18,7 @@ struct Prepared {
     complete: Statement,
     fail: Statement,
     reopen: Statement,
+    schedule: Statement,
 }
 
 /// The PostgreSQL journal: `cache_invalidations` in the database of `[postgres] url`, on a
@@ -40,6 +41,14 @@ const INSERT: &str = "WITH r AS ( \
      SELECT r.k, r.kd, m.keys, r.n, r.rs, 'pending', r.t, r.rn, r.st, r.l::pg_lsn \
      FROM r LEFT JOIN m ON m.g = r.ord \
      RETURNING id::text";
+/// The same rows as [`INSERT`], scheduled to run at `$11` (delayed passes).
+fn schedule_sql() -> String {
+    INSERT
+        .replace("'pending', r.t", "'scheduled', r.t")
+        .replace("source_table, lsn)", "source_table, lsn, due_at)")
+        .replace("r.l::pg_lsn FROM", "r.l::pg_lsn, $11::timestamptz FROM")
+}
+
 const COMPLETE: &str =
     "UPDATE cache_invalidations SET status = 'completed', completed_at = $2, error = NULL \
      WHERE id = ANY($1::text[]::uuid[])";
@@ -69,12 +78,14 @@ impl PgJournal {
             let complete = client.prepare(COMPLETE).await?;
             let fail = client.prepare(FAIL).await?;
             let reopen = client.prepare(REOPEN).await?;
+            let schedule = client.prepare(&schedule_sql()).await?;
             self.conn = Some(Prepared {
                 client,
                 insert,
                 complete,
                 fail,
                 reopen,
+                schedule,
             });
         }
         self.conn
@@ -82,10 +93,12 @@ impl PgJournal {
             .ok_or(JournalError::Unavailable("no connection"))
     }
 
-    /// Inserts the batch's rows as `pending`; returns their ids.
-    async fn record_pending_rows(
+    /// Inserts the batch's rows as `pending`, or as `scheduled` to run at `due`; returns their
+    /// ids.
+    async fn insert_rows(
         &mut self,
         actions: &[Action],
+        due: Option<DateTime<Utc>>,
     ) -> Result<Vec<String>, JournalError> {
         let rows = entries::entries(actions);
         let n = rows.len();
@@ -114,24 +127,47 @@ impl PgJournal {
             }
         }
         let p = self.prepared().await?;
-        let rows = p
-            .client
-            .query(
-                &p.insert,
-                &[
-                    &keys,
-                    &kinds,
-                    &reasons,
-                    &times,
-                    &rules,
-                    &tables,
-                    &lsns,
-                    &counts,
-                    &member_row,
-                    &members,
-                ],
-            )
-            .await?;
+        let rows = match due {
+            None => {
+                p.client
+                    .query(
+                        &p.insert,
+                        &[
+                            &keys,
+                            &kinds,
+                            &reasons,
+                            &times,
+                            &rules,
+                            &tables,
+                            &lsns,
+                            &counts,
+                            &member_row,
+                            &members,
+                        ],
+                    )
+                    .await?
+            }
+            Some(due) => {
+                p.client
+                    .query(
+                        &p.schedule,
+                        &[
+                            &keys,
+                            &kinds,
+                            &reasons,
+                            &times,
+                            &rules,
+                            &tables,
+                            &lsns,
+                            &counts,
+                            &member_row,
+                            &members,
+                            &due,
+                        ],
+                    )
+                    .await?
+            }
+        };
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -169,7 +205,7 @@ impl PgJournal {
         let rows = p
             .client
             .query(
-                "SELECT id::text, key_pattern, kind, keys FROM cache_invalidations \
+                "SELECT id::text, key_pattern, kind, keys, lsn::text FROM cache_invalidations \
                  WHERE status IN ('pending', 'running') \
                    AND created_at <= now() - make_interval(secs => $2) \
                  ORDER BY created_at LIMIT $1",
@@ -199,7 +235,7 @@ impl PgJournal {
                      SELECT id FROM cache_invalidations \
                      WHERE status = 'pending' AND rule_name IS NULL \
                      ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id::text, key_pattern, kind, keys",
+                 RETURNING id::text, key_pattern, kind, keys, lsn::text",
                 &[&limit],
             )
             .await?;
@@ -259,6 +295,26 @@ impl PgJournal {
         Ok(())
     }
 
+    async fn claim_due_rows(
+        &mut self,
+        limit: i64,
+        all: bool,
+    ) -> Result<Vec<OpenRow>, JournalError> {
+        let p = self.prepared().await?;
+        let rows = p
+            .client
+            .query(
+                "UPDATE cache_invalidations SET status = 'running' WHERE id IN ( \
+                     SELECT id FROM cache_invalidations \
+                     WHERE status = 'scheduled' AND ($2 OR due_at <= now()) \
+                     ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id::text, key_pattern, kind, keys, lsn::text",
+                &[&limit, &all],
+            )
+            .await?;
+        self.keep_valid(&rows).await
+    }
+
     /// Journals an operator's request as `running` (this process executes it next); returns
     /// its id.
     pub async fn insert_request(
@@ -313,7 +369,18 @@ fn read_row(r: &tokio_postgres::Row) -> Result<OpenRow, (String, String)> {
         .try_get(3)
         .map_err(|e| invalid(&entries::RowError::BadArray(e.to_string())))?;
     let targets = entries::row_targets(&kind, text, members).map_err(|e| invalid(&e))?;
-    Ok(OpenRow { id, targets })
+    // Where the row came from in the stream, when it did (applications' rows have none).
+    let version = r
+        .try_get::<_, Option<String>>(4)
+        .ok()
+        .flatten()
+        .and_then(|l| l.parse::<crate::source::Lsn>().ok())
+        .map(crate::fence::Version::from);
+    Ok(OpenRow {
+        id,
+        targets,
+        version,
+    })
 }
 
 impl JournalStore for PgJournal {
@@ -321,7 +388,7 @@ impl JournalStore for PgJournal {
         &'a mut self,
         actions: &'a [Action],
     ) -> BoxFuture<'a, Result<Vec<String>, JournalError>> {
-        self.record_pending_rows(actions).boxed()
+        self.insert_rows(actions, None).boxed()
     }
 
     fn complete<'a>(
@@ -361,5 +428,32 @@ impl JournalStore for PgJournal {
         min_age: std::time::Duration,
     ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
         self.open(limit, min_age).boxed()
+    }
+
+    fn schedule<'a>(
+        &'a mut self,
+        actions: &'a [Action],
+        due: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        async move { self.insert_rows(actions, Some(due)).await.map(|_| ()) }.boxed()
+    }
+
+    fn claim_due(
+        &mut self,
+        limit: i64,
+        all: bool,
+    ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
+        self.claim_due_rows(limit, all).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scheduled_rows_are_the_pending_insert_with_a_due_time() {
+        let sql = super::schedule_sql();
+        assert!(sql.contains("'scheduled', r.t"), "{sql}");
+        assert!(sql.contains("source_table, lsn, due_at)"), "{sql}");
+        assert!(sql.contains("r.l::pg_lsn, $11::timestamptz FROM"), "{sql}");
     }
 }

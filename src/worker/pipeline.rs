@@ -27,7 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::delayed::{self, Delayed};
+use super::delayed::{self, Delayed, Message};
 use crate::action::WarmJob;
 use crate::control::Live;
 use crate::failpoints;
@@ -42,7 +42,7 @@ use crate::target::{CacheTarget, Targets};
 #[derive(Debug, Default)]
 pub(crate) struct Followers {
     pub warm: Option<mpsc::Sender<Vec<WarmJob>>>,
-    pub delayed: Option<mpsc::Sender<Delayed>>,
+    pub delayed: Option<mpsc::Sender<Message>>,
 }
 
 /// The worker's main loop over one source, its cache targets and its journal.
@@ -196,7 +196,11 @@ impl Pipeline {
             }
         };
         for (rules, p) in &runs {
-            self.after_batch(p, rules);
+            let passes = delayed::schedule(p, rules);
+            if !self.schedule_passes(&passes).await {
+                return false;
+            }
+            self.after_batch(p, passes);
         }
         if let Some(first) = batch.transactions.first() {
             // Epochs older than the previous batch cannot be needed again, even after a
@@ -250,9 +254,36 @@ impl Pipeline {
             .collect()
     }
 
-    /// Hands a completed batch's warm jobs to the warmer and schedules its delayed second
-    /// invalidations. Never waits: a full queue drops work (counted), the keys stay invalidated.
-    fn after_batch(&self, plan: &plan::Plan, rules: &crate::rules::RuleSet) {
+    /// Journals the batch's delayed invalidation passes as `scheduled` rows, before the batch
+    /// can be confirmed: a crash must not lose them. Retries until done; false only if
+    /// shutdown was asked while it kept failing.
+    async fn schedule_passes(&mut self, passes: &[Delayed]) -> bool {
+        for d in passes.iter().filter(|d| !d.actions.is_empty()) {
+            let Ok(delay) = chrono::Duration::from_std(d.delay) else {
+                continue;
+            };
+            loop {
+                match self.journal.schedule(&d.actions, Utc::now() + delay).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        add(&self.status.counters.journal_errors, 1);
+                        tracing::warn!(error = %e, "scheduling delayed passes failed; retrying");
+                        self.status.set_error(Some(e.to_string()));
+                        if self.shutdown.is_shutdown() {
+                            return false;
+                        }
+                        self.backoff.wait().await;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Hands a completed batch's warm jobs to the warmer and its delayed passes to their
+    /// runner. Never waits: a full queue drops warm work (counted), the keys stay invalidated;
+    /// scheduled invalidations are already journaled, a lost wake-up only delays them.
+    fn after_batch(&self, plan: &plan::Plan, passes: Vec<Delayed>) {
         let c = &self.status.counters;
         if !plan.warms.is_empty() {
             if let Some(tx) = &self.followers.warm {
@@ -264,8 +295,12 @@ impl Pipeline {
         let Some(tx) = &self.followers.delayed else {
             return;
         };
-        for d in delayed::schedule(plan, rules) {
-            if tx.try_send(d).is_err() {
+        for d in passes {
+            let at = tokio::time::Instant::now() + d.delay;
+            if !d.actions.is_empty() {
+                let _ = tx.try_send(Message::Wake(at));
+            }
+            if !d.warms.is_empty() && tx.try_send(Message::Warm(at, d.warms)).is_err() {
                 add(&c.warm_dropped, 1);
             }
         }
