@@ -56,6 +56,9 @@ pub struct Plan {
     pub widened: usize,
     /// Changes that could not be decoded.
     pub undecodable: usize,
+    /// `rule: column of table` for columns rules read that the changed table no longer has:
+    /// their keys were widened to whole families.
+    pub missing_columns: std::collections::BTreeSet<String>,
 }
 
 impl Plan {
@@ -76,6 +79,7 @@ impl Plan {
         self.skipped += other.skipped;
         self.widened += other.widened;
         self.undecodable += other.undecodable;
+        self.missing_columns.extend(other.missing_columns);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,6 +112,9 @@ pub struct Context {
     /// The rules live when these changes were committed are not known (a new instance with
     /// other rules inherited them): every change fires its table's rules' whole key families.
     pub whole_families: bool,
+    /// Rules that no longer match the schema (a column or table gone): every change of their
+    /// table fires their whole key families until the rule file is fixed.
+    pub conservative: std::collections::HashSet<String>,
     /// Rule tables by identity (OID): a renamed table's changes, which arrive under its new
     /// name, still reach the rules that name it by its old one.
     pub tables_by_oid: HashMap<u32, String>,
@@ -227,7 +234,7 @@ impl Builder<'_> {
                 continue;
             }
             let whole_family = match rule.verdict(change) {
-                _ if self.cx.whole_families => true,
+                _ if self.cx.whole_families || self.cx.conservative.contains(&rule.name) => true,
                 Verdict::FiresWholeFamily => true,
                 Verdict::Fires => false,
                 _ => continue,
@@ -238,6 +245,13 @@ impl Builder<'_> {
             let out = rule_targets(rule, change, &self.cx.key_prefix, whole_family);
             self.plan.skipped += out.skipped.len();
             self.plan.widened += out.widened;
+            for c in out.missing_columns {
+                self.plan.missing_columns.insert(format!(
+                    "rule {:?} reads column {c:?}, which {} no longer has",
+                    rule.name,
+                    change.relation.qualified_name()
+                ));
+            }
             for (target, family) in out.targets {
                 self.add(target, family, rule, change, tx);
             }
@@ -319,6 +333,8 @@ pub struct RuleTargets {
     pub skipped: Vec<String>,
     /// Keys widened to patterns because a value was not carried.
     pub widened: usize,
+    /// Columns the rule reads that the changed table no longer has (dropped or renamed).
+    pub missing_columns: Vec<String>,
 }
 
 /// Renders every template of a rule that fires on `change`: keys, patterns, tags (`tag:`
@@ -350,7 +366,18 @@ pub fn rule_targets(
             match t.render(&row, prefix) {
                 Rendered::Key(k) => out.targets.push((flavor.exact(k), family)),
                 Rendered::Pattern(p) => {
-                    if t.kind == crate::rules::TemplateKind::Key {
+                    let missing: Vec<&str> = t
+                        .fields()
+                        .map(|(_, c)| c)
+                        .filter(|c| {
+                            !change.relation.schema.is_empty()
+                                && change.relation.column_index(c).is_none()
+                        })
+                        .collect();
+                    if !missing.is_empty() {
+                        out.missing_columns
+                            .extend(missing.into_iter().map(String::from));
+                    } else if t.kind == crate::rules::TemplateKind::Key {
                         out.widened += 1;
                     }
                     let family = if t.kind == crate::rules::TemplateKind::Pattern {
@@ -455,6 +482,7 @@ patterns = ["catalog:page:*"]
             disabled: Default::default(),
             tables_by_oid: HashMap::new(),
             whole_families: false,
+            conservative: Default::default(),
         }
     }
 

@@ -69,6 +69,21 @@ pub fn rule_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, S
     out
 }
 
+/// The rule files recorded for `slot`, if any.
+pub async fn slot_rules(
+    client: &Client,
+    slot: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, tokio_postgres::Error> {
+    let v: Option<serde_json::Value> = client
+        .query_opt(
+            "SELECT rules FROM cachewarden_slots WHERE slot = $1",
+            &[&slot],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+}
+
 /// Records the rule files `slot` runs from now on; returns the ones recorded before, if any.
 pub async fn swap_slot_rules(
     client: &Client,

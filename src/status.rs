@@ -246,9 +246,28 @@ impl Status {
         i.last_batch_at = Some(chrono::Utc::now());
     }
 
+    /// Ready: streaming, the cache reachable, and no schema drift (which degrades
+    /// invalidation to whole families and needs a person).
     pub fn is_ready(&self) -> bool {
-        self.source_connected.load(Ordering::Relaxed)
-            && self.redis_connected.load(Ordering::Relaxed)
+        self.not_ready_because().is_none()
+    }
+
+    /// Why `/readyz` is not 200, if it is not.
+    pub fn not_ready_because(&self) -> Option<String> {
+        if !self.source_connected.load(Ordering::Relaxed) {
+            return Some(match self.role() {
+                Role::Standby => "standby: another instance is active".into(),
+                _ => "the source is not connected".into(),
+            });
+        }
+        if !self.redis_connected.load(Ordering::Relaxed) {
+            return Some("the cache is not reachable".into());
+        }
+        let drift = &self.inner().schema_drift;
+        if !drift.is_empty() {
+            return Some(format!("schema drift:\n{}", drift.join("\n")));
+        }
+        None
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -323,10 +342,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {
-    if s.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    match s.not_ready_because() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -94,3 +94,79 @@ async fn a_renamed_table_keeps_invalidating_and_is_reported() {
     w.stop().await;
     env.cleanup().await;
 }
+
+const WIDGETS: &str = "CREATE TABLE widgets (id int PRIMARY KEY, name text NOT NULL); \
+                       ALTER TABLE widgets REPLICA IDENTITY FULL;";
+const WIDGET_RULES: &str = r#"
+[[rule]]
+name = "widget-name"
+table = "widgets"
+keys = ["widget-name:{old.name}", "widget-name:{new.name}"]
+"#;
+
+/// A rule's column dropped (or renamed) while the worker runs, and the worker restarted: it
+/// must start, keep invalidating the affected rule's whole families, and report the drift
+/// with the fix in /status, /readyz and the log — never exit and leave nothing invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_drift_never_stops_invalidation() {
+    let env = TestEnv::new("drift", WIDGETS).await;
+    env.write_rules("widgets.toml", WIDGET_RULES);
+    let w = env.start_worker().await;
+    env.db
+        .batch_execute("ALTER TABLE widgets RENAME COLUMN name TO title")
+        .await
+        .unwrap();
+    // While running: reported within a few seconds, and invalidation goes on.
+    eventually("the drift is reported", WAIT, || async {
+        w.status
+            .snapshot()
+            .drift
+            .iter()
+            .any(|d| d.contains("\"name\" does not exist"))
+    })
+    .await;
+    assert!(!w.status.is_ready(), "/readyz reports the drift");
+    env.set_keys(&["widget-name:a"]).await;
+    env.db
+        .execute("INSERT INTO widgets VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["widget-name:a"], WAIT).await;
+    w.stop().await;
+
+    // After a restart the same files still start, conservatively.
+    let w = env.start_worker().await;
+    let drift = w.status.snapshot().drift;
+    assert!(
+        drift
+            .iter()
+            .any(|d| d.contains("does not exist") && d.contains("running conservatively")),
+        "{drift:?}"
+    );
+    env.set_keys(&["widget-name:b"]).await;
+    env.db
+        .execute("INSERT INTO widgets VALUES (2, 'b')", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["widget-name:b"], WAIT).await;
+    // Fixing the file clears the drift.
+    env.write_rules(
+        "widgets.toml",
+        &WIDGET_RULES
+            .replace("old.name", "old.title")
+            .replace("new.name", "new.title"),
+    );
+    let start = std::time::Instant::now();
+    while !w.status.snapshot().drift.is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the drift clears after the fix: {:?} (rules error: {:?}) {:?}",
+            w.status.snapshot().drift,
+            w.status.snapshot().rules_error,
+            w.status.snapshot().counters
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.stop().await;
+    env.cleanup().await;
+}

@@ -23,6 +23,7 @@ use tokio_postgres::Client;
 use super::{current_lsn, Controller, Snapshot};
 use crate::journal::{self, OnFailure, PgJournal, Rows};
 use crate::plan;
+use crate::rules::check;
 use crate::source::{Change, Op, Relation, Transaction};
 use crate::sql::split_table;
 use crate::status::add;
@@ -128,13 +129,43 @@ impl Controller {
             }
         }
         renames.sort();
-        if renames != state.reported {
-            for r in renames.iter().filter(|r| !state.reported.contains(r)) {
-                tracing::warn!("{r}");
+        // Each rule checked against its table as it is now (under its new name if renamed).
+        let mut names: Vec<String> = rule_tables.clone();
+        names.extend(now_named.values().cloned());
+        let now_catalog = check::load_catalog(client, &names).await?;
+        let mut catalog: HashMap<String, check::TableInfo> = HashMap::new();
+        for t in &rule_tables {
+            let renamed = snap
+                .cx
+                .tables_by_oid
+                .iter()
+                .find(|(_, n)| *n == t)
+                .and_then(|(oid, _)| now_named.get(oid));
+            let info = now_catalog
+                .get(t)
+                .or_else(|| renamed.and_then(|n| now_catalog.get(n)));
+            if let Some(info) = info {
+                catalog.insert(t.clone(), info.clone());
             }
-            self.status.set_schema_drift(renames.clone());
-            state.reported = renames;
         }
+        let (drift, affected) = schema_drift(&snap.rules, &catalog);
+        if affected != snap.cx.conservative {
+            tracing::warn!(rules = ?affected, "rules running conservatively (schema drift) changed");
+            self.live.replace(|old| Snapshot {
+                rules: old.rules.clone(),
+                cx: Arc::new(plan::Context {
+                    conservative: affected.clone(),
+                    ..(*old.cx).clone()
+                }),
+            });
+        }
+        renames.extend(drift);
+        for r in renames.iter().filter(|r| !state.reported.contains(r)) {
+            tracing::warn!("schema drift: {r}");
+        }
+        // Always set: the start may have reported drift this watch has not seen.
+        self.status.set_schema_drift(renames.clone());
+        state.reported = renames;
 
         // Tables the publication must hold: each rule table under its current name.
         let mut wanted: BTreeSet<String> = BTreeSet::new();
@@ -255,4 +286,36 @@ fn rule_name_of(snap: &Snapshot, now: &str, now_named: &HashMap<u32, String>) ->
         .iter()
         .find(|(oid, _)| now_named.get(oid).is_some_and(|n| n == now))
         .map(|(_, rule)| rule.clone())
+}
+
+/// Rules that no longer match the schema, and what to tell the operator. Pure: the checks of
+/// [`check::check`] against the catalog as it is now, each error attributed to its rule.
+pub(crate) fn schema_drift(
+    rules: &crate::rules::RuleSet,
+    catalog: &HashMap<String, check::TableInfo>,
+) -> (Vec<String>, std::collections::HashSet<String>) {
+    let mut messages = Vec::new();
+    let mut affected = std::collections::HashSet::new();
+    for d in check::check(rules, catalog)
+        .into_iter()
+        .filter(|d| d.severity == crate::rules::Severity::Error)
+    {
+        let rule = rules
+            .rules
+            .iter()
+            .filter(|r| r.at.file == d.at.file && r.at.line <= d.at.line)
+            .max_by_key(|r| r.at.line);
+        match rule {
+            Some(r) => {
+                messages.push(format!(
+                    "{d} (running conservatively: every change of {} invalidates rule {:?}'s whole \
+                     key families until the rule file is fixed)",
+                    r.table, r.name
+                ));
+                affected.insert(r.name.clone());
+            }
+            None => messages.push(d.to_string()),
+        }
+    }
+    (messages, affected)
 }

@@ -36,6 +36,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
+pub(crate) use catalog::schema_drift;
 pub use checked::{
     check_against_database, check_schema, current_lsn, fingerprint, load_checked, CheckError,
 };

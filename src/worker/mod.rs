@@ -115,21 +115,45 @@ impl Worker {
                 tracing::info!(version, name, "applied migration");
             }
         }
-        let tables = rules.tables();
-        let catalog =
-            crate::control::check_against_database(&client, &rules, &config.redis.key_prefix)
-                .await
-                .map_err(|e| match e {
-                    crate::control::CheckError::Rules(e) => WorkerError::Rules(e),
-                    crate::control::CheckError::Postgres(e) => WorkerError::Postgres(e),
-                })?;
+        let files = crate::registry::rule_files(&config.rules_dir);
+        let ran_before = crate::registry::slot_rules(&client, &config.postgres.slot)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r == files);
+        let checked =
+            crate::control::check_against_database(&client, &rules, &config.redis.key_prefix).await;
+        let (catalog, conservative) = match checked {
+            Ok(catalog) => (catalog, Default::default()),
+            // The same files ran against this database before: the schema moved, not the
+            // rules. Invalidation must not stop: start, run the affected rules conservatively,
+            // and report the drift until a person fixes the files.
+            Err(crate::control::CheckError::Rules(e))
+                if ran_before
+                    && crate::rules::check_families(&rules, &config.redis.key_prefix)
+                        .is_empty() =>
+            {
+                let catalog = check::load_catalog(&client, &rules.tables()).await?;
+                let (drift, affected) = crate::control::schema_drift(&rules, &catalog);
+                tracing::error!(rules = ?affected, "schema drift: the rules that ran here before no longer match the schema; starting with them running conservatively:\n{e}");
+                status.set_schema_drift(drift);
+                (catalog, affected)
+            }
+            Err(crate::control::CheckError::Rules(e)) => return Err(WorkerError::Rules(e)),
+            Err(crate::control::CheckError::Postgres(e)) => return Err(WorkerError::Postgres(e)),
+        };
+        // Only tables that exist can be published.
+        let tables: Vec<String> = rules
+            .tables()
+            .into_iter()
+            .filter(|t| catalog.contains_key(t))
+            .collect();
         crate::registry::sync(&client, &rules).await?;
         let watched_before = source::watched_tables(&config, &client).await?;
         let source = source::open(&config, &client, &tables).await?;
         // Changes committed from here on are planned with these rules. The backlog before it
         // was committed under the rules of whoever ran the slot before (see `inherited`).
         let start_at = crate::control::current_lsn(&client).await?;
-        let files = crate::registry::rule_files(&config.rules_dir);
         let recorded =
             crate::registry::swap_slot_rules(&client, &config.postgres.slot, &files).await?;
         status.set_source(
@@ -146,6 +170,7 @@ impl Worker {
             disabled: Default::default(),
             tables_by_oid: check::table_oids(&catalog),
             whole_families: false,
+            conservative,
         };
         // Tables this start added to what the source watches: their changes before were never
         // delivered, so their rules' families are owed an invalidation.

@@ -176,6 +176,13 @@ impl Pipeline {
                 "undecodable changes: invalidating every key family of their tables"
             );
         }
+        if !plan.missing_columns.is_empty() {
+            tracing::error!(
+                drift = ?plan.missing_columns,
+                "schema drift: rules read columns their tables no longer have (dropped or renamed?); \
+                 their keys were widened to whole families; fix the rule files"
+            );
+        }
         if plan.widened > 0 {
             tracing::warn!(count = plan.widened, "keys widened to patterns: a value the rule needs was not in the WAL (check REPLICA IDENTITY)");
         }
