@@ -455,3 +455,38 @@ async fn changes_to_partitions_reach_the_partitioned_tables_rules() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// Columns of domain types render (and compare in `when`) as their base types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_resolve_to_their_base_types() {
+    let env = TestEnv::new(
+        "domains",
+        "CREATE DOMAIN flag AS boolean; CREATE DOMAIN stamp AS timestamptz; \
+         CREATE DOMAIN code AS char(6); CREATE DOMAIN small AS int; CREATE DOMAIN tiny AS small; \
+         CREATE TABLE d (id int PRIMARY KEY, f flag, t stamp, c code, n tiny); \
+         ALTER TABLE d REPLICA IDENTITY FULL;",
+    )
+    .await;
+    env.write_rules(
+        "d.toml",
+        "[[rule]]\nname='d'\ntable='d'\nkeys=['d:{f}:{t}:{c}']\nwhen='new.n > 3'\n",
+    );
+    let w = env.start_worker().await;
+    let key = "d:true:2026-01-02T03:04:05Z:ab";
+    env.set_keys(&[key, "d:false:2026-01-02T03:04:05Z:ab"])
+        .await;
+    env.db
+        .batch_execute(
+            "INSERT INTO d VALUES (1, true, '2026-01-02 03:04:05+00', 'ab', 5); \
+             INSERT INTO d VALUES (2, false, '2026-01-02 03:04:05+00', 'ab', 1);",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&[key], WAIT).await;
+    assert!(
+        env.exists("d:false:2026-01-02T03:04:05Z:ab").await,
+        "n = 1 is not > 3: compared as a number"
+    );
+    w.stop().await;
+    env.cleanup().await;
+}

@@ -27,7 +27,7 @@ pub struct TableInfo {
 }
 
 /// Reads the columns and replica identity of `tables` (`schema.table`). Missing tables are
-/// simply absent from the result.
+/// simply absent from the result. A column of a domain type has its base type.
 pub async fn load_catalog(
     client: &tokio_postgres::Client,
     tables: &[String],
@@ -36,10 +36,13 @@ pub async fn load_catalog(
         .query(
             "SELECT n.nspname || '.' || c.relname, c.relreplident::text, a.attname::text, \
                     coalesce(a.attnum = ANY(i.indkey::int2[]), false), \
-                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false), a.atttypid, c.oid \
+                    coalesce(a.attnum = ANY(pk.indkey::int2[]), false), \
+                    coalesce(nullif(bt.typbasetype, 0), nullif(t.typbasetype, 0), a.atttypid), c.oid \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND \
                   ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)) \
              LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary \

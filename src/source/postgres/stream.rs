@@ -34,10 +34,24 @@ impl ReplicationStream {
         limits: BatchLimits,
     ) -> Result<Self, SourceError> {
         let mut conn = ReplicationConnection::connect(config, Duration::from_secs(10)).await?;
+        // Domains render as their base types (two levels of domain over domain).
+        let domains = conn
+            .simple_query(
+                "SELECT t.oid::text, coalesce(nullif(b.typbasetype, 0), t.typbasetype)::text \
+                 FROM pg_type t JOIN pg_type b ON b.oid = t.typbasetype WHERE t.typtype = 'd'",
+            )
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let oid = r.first()?.as_ref()?.parse().ok()?;
+                let base = r.get(1)?.as_ref()?.parse().ok()?;
+                Some((oid, base))
+            })
+            .collect();
         conn.start_replication(slot, publication, Lsn(0)).await?;
         Ok(ReplicationStream {
             conn,
-            assembler: Assembler::new(),
+            assembler: Assembler::with_domains(domains),
             limits,
             received: confirmed,
             confirmed,

@@ -25,6 +25,8 @@ pub enum Assembled {
 pub struct Assembler {
     relations: HashMap<u32, Arc<Relation>>,
     open: Option<Transaction>,
+    /// Domain type OIDs → their base types, so values render as the base type does.
+    domains: HashMap<u32, u32>,
 }
 
 /// A protocol-level inconsistency in the message sequence.
@@ -39,6 +41,15 @@ pub enum SequenceError {
 impl Assembler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An assembler that resolves columns of these domain types (OID → base type OID) to
+    /// their base types: a domain over `boolean` renders `true`, not `t`.
+    pub fn with_domains(domains: HashMap<u32, u32>) -> Self {
+        Assembler {
+            domains,
+            ..Self::default()
+        }
     }
 
     /// Whether a transaction has begun but not yet committed.
@@ -184,7 +195,12 @@ impl Assembler {
                 tx.commit_time = pg_time(commit_time);
                 return Ok(Assembled::Committed(tx));
             }
-            Message::Relation(rel) => {
+            Message::Relation(mut rel) => {
+                for c in &mut rel.columns {
+                    if let Some(base) = self.domains.get(&c.type_oid) {
+                        c.type_oid = *base;
+                    }
+                }
                 self.relations.insert(rel.oid, Arc::new(rel));
             }
             Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
