@@ -138,6 +138,9 @@ pub struct WorkerConfig {
     /// Cut a batch at this many changes.
     #[serde(default = "default_max_batch")]
     pub max_batch_changes: usize,
+    /// Cut a batch once its changes hold about this many bytes (wide rows, TOASTed values).
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// Wait this long for more transactions before executing a batch (0: only what arrived).
     #[serde(default)]
     pub batch_linger_ms: u64,
@@ -164,6 +167,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             max_batch_changes: default_max_batch(),
+            max_batch_bytes: default_max_batch_bytes(),
             batch_linger_ms: 0,
             status_interval_ms: default_status_interval(),
             max_backoff_ms: default_max_backoff(),
@@ -176,6 +180,9 @@ impl Default for WorkerConfig {
 
 fn default_max_batch() -> usize {
     10_000
+}
+fn default_max_batch_bytes() -> usize {
+    64 << 20
 }
 fn default_status_interval() -> u64 {
     10_000

@@ -399,3 +399,35 @@ async fn huge_transactions_are_invalidated_in_chunks() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// Batches are bounded by bytes as well as changes: wide rows (here 10 KB titles, cloned into
+/// the old row as well under REPLICA IDENTITY FULL) cut a transaction into more chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_are_batched_by_bytes() {
+    let env = env("bytes").await;
+    let cfg = env.write_config("127.0.0.1:0", "max_batch_bytes = 65536");
+    let config = cachewarden::config::Config::load(&cfg).unwrap();
+    let w = env.start_worker_with(config).await;
+    let keys: Vec<String> = (1..=100).map(|i| format!("lesson:{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    env.set_keys(&refs).await;
+    env.db
+        .batch_execute(
+            "INSERT INTO lessons SELECT g, 1, repeat('x', 10000) FROM generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    env.wait_gone(&refs, WAIT).await;
+    env.wait_caught_up(WAIT).await;
+    let batches = w
+        .status
+        .counters
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        batches >= 10,
+        "100 rows of 10 KB in batches of at most 64 KB: {batches} batches"
+    );
+    w.stop().await;
+    env.cleanup().await;
+}

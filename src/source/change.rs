@@ -144,6 +144,23 @@ pub struct Change {
     pub undecodable: Option<String>,
 }
 
+impl Change {
+    /// Roughly how much memory the change holds: its values' text and a fixed overhead.
+    pub fn approx_bytes(&self) -> usize {
+        let tuple = |t: &Option<Tuple>| {
+            t.as_ref().map_or(0, |t| {
+                t.0.iter()
+                    .map(|d| match d {
+                        Datum::Text(s) => s.len() + 24,
+                        _ => 24,
+                    })
+                    .sum()
+            })
+        };
+        64 + tuple(&self.old) + tuple(&self.new) + self.undecodable.as_ref().map_or(0, String::len)
+    }
+}
+
 /// A committed transaction: its changes in order, and where it ends in the WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {

@@ -108,6 +108,8 @@ impl SourceError {
 pub struct BatchLimits {
     /// Cut a batch once it holds this many changes (a huge transaction is cut in chunks).
     pub max_changes: usize,
+    /// Cut a batch once its changes hold about this many bytes (wide rows, TOASTed values).
+    pub max_bytes: usize,
     /// How long to wait for more transactions once one is complete. Zero takes only what has
     /// already arrived, which batches naturally under load and adds no latency when idle.
     pub linger: Duration,
@@ -120,6 +122,7 @@ impl BatchLimits {
     pub fn from_config(w: &crate::config::WorkerConfig) -> Self {
         BatchLimits {
             max_changes: w.max_batch_changes,
+            max_bytes: w.max_batch_bytes.max(1),
             linger: Duration::from_millis(w.batch_linger_ms),
             status_interval: Duration::from_millis(w.status_interval_ms.max(100)),
         }
@@ -130,6 +133,7 @@ impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_changes: 10_000,
+            max_bytes: 64 << 20,
             linger: Duration::ZERO,
             status_interval: Duration::from_secs(10),
         }

@@ -98,6 +98,8 @@ pub struct Warmer {
 
 /// Jobs queued for the warmer; full means dropped.
 pub const QUEUE: usize = 256;
+/// Warm jobs taken into one round of queries and writes.
+const ROUND: usize = 10_000;
 
 impl Warmer {
     /// A warmer and the sender that feeds it; the returned future runs until every sender is
@@ -125,7 +127,9 @@ impl Warmer {
     async fn run(mut self, mut rx: mpsc::Receiver<Vec<WarmJob>>) {
         while let Some(mut jobs) = rx.recv().await {
             // Take whatever else is queued: one round of queries and one pipeline for all.
-            while let Ok(more) = rx.try_recv() {
+            // (Up to a bound: a round's memory does not grow with the queue.)
+            while jobs.len() < ROUND {
+                let Ok(more) = rx.try_recv() else { break };
                 jobs.extend(more);
             }
             // One job per key: the newest version wins (older ones would be refused anyway).

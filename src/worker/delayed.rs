@@ -29,6 +29,8 @@ use crate::target::CacheTarget;
 
 /// Scheduled rows claimed per round.
 const CLAIM: i64 = 500;
+/// Delayed refill jobs held in memory at most.
+const MAX_HELD_WARMS: usize = 100_000;
 /// How often scheduled rows are looked for without a wake-up.
 const POLL: Duration = Duration::from_secs(5);
 
@@ -103,6 +105,7 @@ impl<J: JournalStore, C: CacheTarget> DelayedRunner<J, C> {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
         let mut warms: BTreeMap<(tokio::time::Instant, u64), Vec<WarmJob>> = BTreeMap::new();
         let mut seq = 0u64;
+        let mut held = 0usize;
         // Rows left by earlier runs may be due already.
         let mut next_look = tokio::time::Instant::now();
         loop {
@@ -112,8 +115,14 @@ impl<J: JournalStore, C: CacheTarget> DelayedRunner<J, C> {
                 m = rx.recv() => match m {
                     Some(Message::Wake(at)) => next_look = next_look.min(at),
                     Some(Message::Warm(at, jobs)) => {
-                        seq += 1;
-                        warms.insert((at, seq), jobs);
+                        if held + jobs.len() > MAX_HELD_WARMS {
+                            // Refills are best effort: the keys simply stay invalidated.
+                            add(&self.status.counters.warm_dropped, jobs.len() as u64);
+                        } else {
+                            held += jobs.len();
+                            seq += 1;
+                            warms.insert((at, seq), jobs);
+                        }
                     }
                     None => break,
                 },
@@ -123,7 +132,9 @@ impl<J: JournalStore, C: CacheTarget> DelayedRunner<J, C> {
                         if entry.key().0 > now {
                             break;
                         }
-                        self.refill(entry.remove());
+                        let jobs = entry.remove();
+                        held -= jobs.len();
+                        self.refill(jobs);
                     }
                     if next_look <= now {
                         next_look = now + POLL;

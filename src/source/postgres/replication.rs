@@ -66,6 +66,12 @@ struct Frame {
     body: Bytes,
 }
 
+/// The largest frame accepted: PostgreSQL never sends a message above 1 GiB (its allocation
+/// limit) plus headers.
+const MAX_FRAME: usize = (1 << 30) + (1 << 20);
+/// How much buffer a partial frame may reserve ahead of its data.
+const RESERVE_STEP: usize = 1 << 20;
+
 fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplError> {
     if buf.len() < 5 {
         return Ok(None);
@@ -74,8 +80,14 @@ fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ReplError> {
     if len < 4 {
         return Err(ReplError::Protocol(format!("invalid frame length {len}")));
     }
+    if len > MAX_FRAME {
+        return Err(ReplError::Protocol(format!(
+            "frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+        )));
+    }
     if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
+        // Grow with the data that arrives, not by what a (possibly corrupt) header declares.
+        buf.reserve((len + 1 - buf.len()).min(RESERVE_STEP));
         return Ok(None);
     }
     let mut frame = buf.split_to(len + 1).freeze();
@@ -460,6 +472,15 @@ mod tests {
         let f = parse_frame(&mut buf).unwrap().unwrap();
         assert_eq!((f.tag, &f.body[..]), (b'd', &[b'k', 1][..]));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_refused_and_never_reserved() {
+        let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(parse_frame(&mut buf).is_err());
+        let mut buf = BytesMut::from(&[b'd', 0x10, 0, 0, 0][..]);
+        assert!(parse_frame(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= RESERVE_STEP + 64, "{}", buf.capacity());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub(super) struct ReplicationStream {
     resumable: Lsn,
     server_wal_end: Lsn,
     last_status: Instant,
+    /// Bytes held by the committed transactions of the batch being gathered.
+    batch_bytes: usize,
 }
 
 impl ReplicationStream {
@@ -58,6 +60,7 @@ impl ReplicationStream {
             resumable: confirmed,
             server_wal_end: confirmed,
             last_status: Instant::now(),
+            batch_bytes: 0,
         })
     }
 
@@ -102,11 +105,13 @@ impl ReplicationStream {
         match msg {
             ReplMessage::XLogData { start, end, data } => {
                 self.received = self.received.max(end).max(start);
+                let open_bytes = self.assembler.open_bytes();
                 match self
                     .assembler
                     .feed_lenient(&data, start, chrono::Utc::now())
                 {
                     Assembled::Committed(tx) => {
+                        self.batch_bytes += open_bytes;
                         self.resumable = self.resumable.max(tx.end_lsn);
                         // A chunk of this transaction may already be in the batch: merge.
                         match batch.transactions.last_mut() {
@@ -181,6 +186,12 @@ impl ReplicationStream {
         batch.change_count() + batch.transactions.len() + self.assembler.open_len()
     }
 
+    /// Whether the batch reached a limit: changes (and transactions), or bytes held.
+    fn full(&self, batch: &Batch) -> bool {
+        self.pending_changes(batch) >= self.limits.max_changes
+            || self.batch_bytes + self.assembler.open_bytes() >= self.limits.max_bytes
+    }
+
     /// Gathers the next batch. Waits for the first transaction; then takes whatever else has
     /// arrived (within `linger`) up to `max_changes`. Sends status updates while idle and
     /// returns early (possibly empty) when `shutdown` flips to true.
@@ -189,8 +200,9 @@ impl ReplicationStream {
         shutdown: &mut Shutdown,
     ) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
+        self.batch_bytes = 0;
         loop {
-            if self.pending_changes(&batch) >= self.limits.max_changes {
+            if self.full(&batch) {
                 return Ok(self.finish(batch));
             }
             let have_work = !batch.transactions.is_empty();

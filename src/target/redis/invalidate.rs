@@ -72,21 +72,38 @@ impl RedisTarget {
         }
         let r = self.invalidate_tags(&tags, &mut report).await;
         self.forget_on_error(r)?;
+        // Patterns over tag sets and version keys are worked page by page, so memory stays
+        // bounded by one SCAN page however many keys match. (SCAN may return a key twice: a
+        // tag invalidated or a version bumped twice only invalidates once more.)
         for p in tag_patterns {
-            let found = self.scan(p, Some("set"), &mut report).await;
-            let found = self.forget_on_error(found)?;
-            let names: Vec<&str> = found.iter().map(String::as_str).collect();
-            let r = self.invalidate_tags(&names, &mut report).await;
-            self.forget_on_error(r)?;
+            let mut cursor = 0;
+            loop {
+                let page = self.scan_page(p, Some("set"), cursor, &mut report).await;
+                let (next, found) = self.forget_on_error(page)?;
+                let names: Vec<&str> = found.iter().map(String::as_str).collect();
+                let r = self.invalidate_tags(&names, &mut report).await;
+                self.forget_on_error(r)?;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
         }
         let r = self.incr(&bumps, &mut report).await;
         self.forget_on_error(r)?;
         for p in bump_patterns {
-            let found = self.scan(p, None, &mut report).await;
-            let found = self.forget_on_error(found)?;
-            let names: Vec<&str> = found.iter().map(String::as_str).collect();
-            let r = self.incr(&names, &mut report).await;
-            self.forget_on_error(r)?;
+            let mut cursor = 0;
+            loop {
+                let page = self.scan_page(p, None, cursor, &mut report).await;
+                let (next, found) = self.forget_on_error(page)?;
+                let names: Vec<&str> = found.iter().map(String::as_str).collect();
+                let r = self.incr(&names, &mut report).await;
+                self.forget_on_error(r)?;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
         }
         Ok(report)
     }
@@ -139,36 +156,28 @@ impl RedisTarget {
         Ok(())
     }
 
-    /// Every key matching `pattern` (optionally of one type), by SCAN.
-    async fn scan(
+    /// One SCAN page of keys matching `pattern` (optionally of one type): the next cursor
+    /// (0 when done) and the keys found.
+    async fn scan_page(
         &mut self,
         pattern: &str,
         kind: Option<&str>,
+        cursor: u64,
         report: &mut ExecReport,
-    ) -> Result<Vec<String>, redis::RedisError> {
+    ) -> Result<(u64, Vec<String>), redis::RedisError> {
         let mut conn = self.connection().await.map_err(into_redis)?;
-        let mut cursor: u64 = 0;
-        let mut out = Vec::new();
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(self.opts.scan_count);
-            if let Some(kind) = kind {
-                cmd.arg("TYPE").arg(kind);
-            }
-            let (next, found): (u64, Vec<String>) = cmd.query_async(&mut conn).await?;
-            report.scans += 1;
-            out.extend(found);
-            if next == 0 {
-                out.sort();
-                out.dedup();
-                return Ok(out);
-            }
-            cursor = next;
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(self.opts.scan_count);
+        if let Some(kind) = kind {
+            cmd.arg("TYPE").arg(kind);
         }
+        let page: (u64, Vec<String>) = cmd.query_async(&mut conn).await?;
+        report.scans += 1;
+        Ok(page)
     }
 
     async fn unlink_keys(

@@ -27,6 +27,8 @@ pub struct Assembler {
     open: Option<Transaction>,
     /// Domain type OIDs → their base types, so values render as the base type does.
     domains: HashMap<u32, u32>,
+    /// Memory held by the open transaction's changes ([`Change::approx_bytes`]).
+    open_bytes: usize,
 }
 
 /// A protocol-level inconsistency in the message sequence.
@@ -62,15 +64,22 @@ impl Assembler {
         self.open.as_ref().map_or(0, |t| t.changes.len())
     }
 
+    /// Memory held by the open transaction's changes so far.
+    pub fn open_bytes(&self) -> usize {
+        self.open_bytes
+    }
+
     /// Forgets any open transaction (after a reconnect the server resends it whole).
     pub fn reset_transaction(&mut self) {
         self.open = None;
+        self.open_bytes = 0;
     }
 
     /// Takes the changes of the open transaction accumulated so far, leaving it open. Used to
     /// invalidate a huge transaction in bounded chunks; its position is confirmed only at commit.
     pub fn drain_open(&mut self) -> Option<Transaction> {
         let open = self.open.as_mut()?;
+        self.open_bytes = 0;
         Some(Transaction {
             changes: std::mem::take(&mut open.changes),
             ..open.clone()
@@ -120,6 +129,7 @@ impl Assembler {
         };
         let mut changes = Vec::new();
         if error == SequenceError::NestedBegin {
+            self.open_bytes = 0;
             if let Some(open) = self.open.take() {
                 changes = open.changes;
             }
@@ -190,6 +200,7 @@ impl Assembler {
                     .open
                     .take()
                     .ok_or(SequenceError::OutsideTransaction("COMMIT"))?;
+                self.open_bytes = 0;
                 tx.commit_lsn = commit_lsn;
                 tx.end_lsn = end_lsn;
                 tx.commit_time = pg_time(commit_time);
@@ -275,13 +286,15 @@ impl Assembler {
         } else {
             (op, old, new)
         };
-        open.changes.push(Change {
+        let change = Change {
             relation,
             op,
             old,
             new,
             undecodable,
-        });
+        };
+        self.open_bytes += change.approx_bytes();
+        open.changes.push(change);
         Ok(())
     }
 }
