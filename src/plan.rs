@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use chrono::{DateTime, Utc};
+
 use crate::action::{Action, Fill, Target, WarmJob};
 use crate::encode::row_json;
 use crate::fence::{fences, mark_key, rule_mark_key, rule_max_mark_key, Version};
@@ -392,6 +394,44 @@ pub fn rule_targets(
         }
     }
     out
+}
+
+/// The whole key families of every rule on `tables` (`schema.table`, each with why), as a
+/// plan at version `at`. Pure (the caller supplies the time).
+pub fn families(
+    rules: &RuleSet,
+    cx: &Context,
+    tables: &[(String, &str)],
+    at: crate::source::Lsn,
+    now: DateTime<Utc>,
+) -> Plan {
+    let changes = tables
+        .iter()
+        .map(|(t, why)| {
+            let (schema, name) = crate::sql::split_table(t);
+            Change {
+                relation: std::sync::Arc::new(crate::source::Relation {
+                    oid: 0,
+                    schema: schema.to_string(),
+                    name: name.to_string(),
+                    replica_identity: b'd',
+                    columns: Vec::new(),
+                }),
+                op: Op::Truncate,
+                old: None,
+                new: None,
+                undecodable: Some(why.to_string()),
+            }
+        })
+        .collect();
+    let tx = Transaction {
+        xid: 0,
+        commit_lsn: at,
+        end_lsn: at,
+        commit_time: now,
+        changes,
+    };
+    build(rules, cx, std::slice::from_ref(&tx))
 }
 
 /// Plans a batch of transactions. Pure.

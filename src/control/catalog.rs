@@ -21,11 +21,9 @@ use chrono::Utc;
 use tokio_postgres::Client;
 
 use super::{current_lsn, Controller, Snapshot};
-use crate::journal::{self, OnFailure, PgJournal, Rows};
+use crate::journal::{self, PgJournal};
 use crate::plan;
 use crate::rules::check;
-use crate::source::{Change, Op, Relation, Transaction};
-use crate::sql::split_table;
 use crate::status::add;
 use crate::target::Targets;
 
@@ -33,17 +31,15 @@ use crate::target::Targets;
 const LOST: &str =
     "the publication had lost the table: changes before its repair were not streamed";
 /// Why the families of a table added to the publication at start are invalidated.
-pub(super) const NEWLY_WATCHED: &str =
+pub(crate) const NEWLY_WATCHED: &str =
     "a table newly added to the publication: changes before were not streamed";
 /// Why a new rule's families are invalidated.
-pub(super) const NEW_RULE: &str =
+pub(crate) const NEW_RULE: &str =
     "a new rule: the cache may hold values that changed while no rule watched them";
 
 /// What the watch remembers between runs.
 #[derive(Debug, Default)]
 pub(super) struct CatalogWatch {
-    /// Tables whose rules' families must still be invalidated, with why.
-    owed: std::collections::BTreeMap<String, &'static str>,
     /// Renames already reported.
     reported: Vec<String>,
 }
@@ -57,15 +53,8 @@ pub(super) enum WatchError {
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Invalidation(#[from] journal::InvalidationError),
-}
-
-impl CatalogWatch {
-    /// Owes the whole key families of the rules of `tables` an invalidation.
-    pub(super) fn owe(&mut self, tables: impl IntoIterator<Item = String>, why: &'static str) {
-        for t in tables {
-            self.owed.entry(t).or_insert(why);
-        }
-    }
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 impl Controller {
@@ -189,6 +178,21 @@ impl Controller {
             .cloned()
             .collect();
         if !missing.is_empty() {
+            // Changes to these tables before they rejoin the publication were never streamed:
+            // their families are journaled now and invalidated once the publication holds
+            // them again (see `journal::owed`: a crash in between is recovered).
+            let owed_for: Vec<(String, &str)> = missing
+                .iter()
+                .map(|t| {
+                    (
+                        rule_name_of(&snap, t, &now_named).unwrap_or_else(|| t.clone()),
+                        LOST,
+                    )
+                })
+                .collect();
+            let at = current_lsn(client).await?;
+            let plan = plan::families(&snap.rules, &snap.cx, &owed_for, at, Utc::now());
+            let owed = journal::Owed::record(journal, &plan.actions, plan.marks).await?;
             let list: Vec<String> = wanted.iter().cloned().collect();
             crate::source::watch_tables(&self.config, client, &list).await?;
             add(&self.status.counters.publication_repairs, 1);
@@ -213,68 +217,8 @@ impl Controller {
                     }),
                 });
             }
-            state.owe(
-                missing
-                    .iter()
-                    .map(|t| rule_name_of(&snap, t, &now_named).unwrap_or_else(|| t.clone())),
-                LOST,
-            );
+            owed.settle(journal, targets).await?;
         }
-        if !state.owed.is_empty() {
-            self.invalidate_families(client, journal, targets, &state.owed)
-                .await?;
-            state.owed.clear();
-        }
-        Ok(())
-    }
-
-    /// Invalidates every key family of the rules of `tables` (rule names), journaled.
-    async fn invalidate_families(
-        &self,
-        client: &Client,
-        journal: &mut PgJournal,
-        targets: &mut Targets,
-        tables: &std::collections::BTreeMap<String, &'static str>,
-    ) -> Result<(), WatchError> {
-        let snap = self.live.snapshot();
-        let at = current_lsn(client).await?;
-        let changes = tables
-            .iter()
-            .map(|(t, why)| {
-                let (schema, name) = split_table(t);
-                Change {
-                    relation: Arc::new(Relation {
-                        oid: 0,
-                        schema: schema.to_string(),
-                        name: name.to_string(),
-                        replica_identity: b'd',
-                        columns: Vec::new(),
-                    }),
-                    op: Op::Truncate,
-                    old: None,
-                    new: None,
-                    undecodable: Some(why.to_string()),
-                }
-            })
-            .collect();
-        let tx = Transaction {
-            xid: 0,
-            commit_lsn: at,
-            end_lsn: at,
-            commit_time: Utc::now(),
-            changes,
-        };
-        let plan = plan::build(&snap.rules, &snap.cx, std::slice::from_ref(&tx));
-        let all: Vec<_> = plan.actions.iter().map(|a| &a.target).collect();
-        journal::invalidate(
-            journal,
-            targets,
-            Rows::Record(&plan.actions),
-            &plan.marks,
-            &all,
-            OnFailure::Fail,
-        )
-        .await?;
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
-pub(crate) use catalog::schema_drift;
+pub(crate) use catalog::{schema_drift, NEWLY_WATCHED, NEW_RULE};
 pub use checked::{
     check_against_database, check_schema, current_lsn, fingerprint, load_checked, CheckError,
 };
@@ -57,8 +57,6 @@ pub struct Controller {
     pub status: Arc<Status>,
     pub reload: Arc<Notify>,
     pub shutdown: Shutdown,
-    /// Tables whose rules' families are owed an invalidation from the start.
-    pub owed_at_start: Vec<String>,
 }
 
 impl Controller {
@@ -82,10 +80,7 @@ impl Controller {
         let sweep_every = (stale_after / 2).max(interval);
         let mut next_sweep = tokio::time::Instant::now() + sweep_every;
         let mut catalog = catalog::CatalogWatch::default();
-        catalog.owe(
-            std::mem::take(&mut self.owed_at_start),
-            catalog::NEWLY_WATCHED,
-        );
+
         let catalog_every = Duration::from_secs(2).max(interval);
         let mut next_catalog = tokio::time::Instant::now();
         loop {
@@ -106,8 +101,8 @@ impl Controller {
             let now = fingerprint(&self.config.rules_dir);
             if forced || now != seen {
                 seen = now;
-                let new_tables = self.reload_rules(client, forced).await;
-                catalog.owe(new_tables, catalog::NEW_RULE);
+                self.reload_rules(client, forced, &mut journal, &mut targets)
+                    .await;
             }
             if let Err(e) = self.sync_switches(client, &mut drift_seen).await {
                 tracing::debug!(error = %e, "reading cache_configs failed");
@@ -148,9 +143,15 @@ impl Controller {
         }
     }
 
-    /// Reloads the rules; returns the tables of rules that are new (their families are owed an
-    /// invalidation).
-    async fn reload_rules(&self, client: &Client, forced: bool) -> Vec<String> {
+    /// Reloads the rules. Rules that are new get their whole families invalidated once (the
+    /// cache may hold values that changed while no rule watched them).
+    async fn reload_rules(
+        &self,
+        client: &Client,
+        forced: bool,
+        journal: &mut PgJournal,
+        targets: &mut Targets,
+    ) {
         let why = if forced {
             "SIGHUP"
         } else {
@@ -169,7 +170,6 @@ impl Controller {
                     "new rules refused; the previous rules keep running:\n{e}"
                 );
                 self.status.set_rules_error(Some(e.to_string()));
-                Vec::new()
             }
             Ok((rules, catalog)) => {
                 let old = self.live.snapshot();
@@ -179,7 +179,7 @@ impl Controller {
                     tracing::error!(error = %e, "new rules refused: cannot update cache_configs");
                     self.status
                         .set_rules_error(Some(format!("cache_configs: {e}")));
-                    return Vec::new();
+                    return;
                 }
                 let new_rules: BTreeSet<String> = rules
                     .rules
@@ -198,6 +198,7 @@ impl Controller {
                 };
                 // The new rules apply from a position: with planning held, read where the WAL
                 // is, change the publication, install them from there (see `live`).
+                let owed: crate::journal::Owed;
                 {
                     let _gate = self.live.switch_gate().await;
                     let at = match current_lsn(client).await {
@@ -206,9 +207,25 @@ impl Controller {
                             tracing::error!(error = %e, "new rules refused: cannot read the WAL position");
                             self.status
                                 .set_rules_error(Some(format!("WAL position: {e}")));
-                            return Vec::new();
+                            return;
                         }
                     };
+                    // New rules' families: journaled before the publication changes, executed
+                    // after (see `journal::owed`).
+                    let why: Vec<(String, &str)> = new_rules
+                        .iter()
+                        .map(|t| (t.clone(), catalog::NEW_RULE))
+                        .collect();
+                    let plan =
+                        plan::families(&snapshot.rules, &snapshot.cx, &why, at, chrono::Utc::now());
+                    match crate::journal::Owed::record(journal, &plan.actions, plan.marks).await {
+                        Ok(o) => owed = o,
+                        Err(e) => {
+                            tracing::error!(error = %e, "new rules refused: cannot journal their first invalidation");
+                            self.status.set_rules_error(Some(format!("journal: {e}")));
+                            return;
+                        }
+                    }
                     if tables != old_tables {
                         if let Err(e) =
                             crate::source::watch_tables(&self.config, client, &tables).await
@@ -216,7 +233,7 @@ impl Controller {
                             tracing::error!(error = %e, "new rules refused: cannot update the publication");
                             self.status
                                 .set_rules_error(Some(format!("publication: {e}")));
-                            return Vec::new();
+                            return;
                         }
                     }
                     self.live.install(at, snapshot);
@@ -238,8 +255,9 @@ impl Controller {
                     tables = tables.len(),
                     "rules reloaded"
                 );
-                // What new rules cover may already be stale in the cache: no rule watched it.
-                new_rules.into_iter().collect()
+                if let Err(e) = owed.settle(journal, targets).await {
+                    tracing::warn!(error = %e, "invalidating new rules' families failed; recovery retries it");
+                }
             }
         }
     }

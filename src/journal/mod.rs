@@ -13,12 +13,15 @@
 //!
 //! * `entries` — pure grouping of actions into rows, and rows back into targets.
 //! * [`lifecycle`] — record → execute → complete/fail, with its failpoint.
+//! * [`owed`] — whole-family invalidations journaled before, and run after, a publication
+//!   change.
 //! * `postgres` — [`PgJournal`], the PostgreSQL store.
 
 pub mod entries;
 pub mod lifecycle;
 #[cfg(test)]
 pub(crate) mod memory;
+pub mod owed;
 mod postgres;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +29,7 @@ use futures_util::future::BoxFuture;
 
 pub use entries::{entries, Entry};
 pub use lifecycle::{invalidate, recover, Completed, InvalidationError, OnFailure, Rows};
+pub use owed::Owed;
 pub use postgres::PgJournal;
 
 use crate::action::{Action, Target};

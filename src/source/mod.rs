@@ -226,6 +226,20 @@ pub async fn open(
     Ok(Box::new(source))
 }
 
+/// Whether the source already has a position to resume from (PostgreSQL: the slot exists).
+pub async fn resumes(
+    config: &crate::config::Config,
+    client: &tokio_postgres::Client,
+) -> Result<bool, SourceError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.postgres.slot],
+        )
+        .await?
+        .is_some())
+}
+
 /// The tables the source delivers changes of now (PostgreSQL: the publication's).
 pub async fn watched_tables(
     config: &crate::config::Config,

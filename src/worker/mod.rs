@@ -51,6 +51,8 @@ pub enum WorkerError {
     Cache(#[from] crate::target::CacheError),
     #[error("warming: {0}")]
     Warm(#[from] crate::warm::WarmError),
+    #[error(transparent)]
+    Journal(crate::journal::JournalError),
     #[error("stopped before this instance became active")]
     Stopped,
     #[error("lost the slot's lease (its PostgreSQL session failed): stopped streaming")]
@@ -74,8 +76,6 @@ impl WorkerError {
 /// The running pipeline and what it needs to start its helpers.
 pub struct Worker {
     config: Config,
-    /// Tables whose rules' families are invalidated once running.
-    owed: Vec<String>,
     lease: lease::Lease,
     reload: Arc<Notify>,
     source: Box<dyn Source>,
@@ -116,11 +116,11 @@ impl Worker {
             }
         }
         let files = crate::registry::rule_files(&config.rules_dir);
-        let ran_before = crate::registry::slot_rules(&client, &config.postgres.slot)
+        let recorded_before = crate::registry::slot_rules(&client, &config.postgres.slot)
             .await
             .ok()
-            .flatten()
-            .is_some_and(|r| r == files);
+            .flatten();
+        let ran_before = recorded_before.as_ref().is_some_and(|r| *r == files);
         let checked =
             crate::control::check_against_database(&client, &rules, &config.redis.key_prefix).await;
         let (catalog, conservative) = match checked {
@@ -149,21 +149,6 @@ impl Worker {
             .filter(|t| catalog.contains_key(t))
             .collect();
         crate::registry::sync(&client, &rules).await?;
-        let watched_before = source::watched_tables(&config, &client).await?;
-        let source = source::open(&config, &client, &tables).await?;
-        // Changes committed from here on are planned with these rules. The backlog before it
-        // was committed under the rules of whoever ran the slot before (see `inherited`).
-        let start_at = crate::control::current_lsn(&client).await?;
-        let recorded =
-            crate::registry::swap_slot_rules(&client, &config.postgres.slot, &files).await?;
-        status.set_source(
-            &config.postgres.slot,
-            &config.postgres.publication,
-            tables.clone(),
-            rules.len(),
-        );
-        status.set_progress(source.progress());
-        drop(client);
         let plan_cx = plan::Context {
             key_prefix: config.redis.key_prefix.clone(),
             primary_keys: check::primary_keys(&catalog),
@@ -172,24 +157,27 @@ impl Worker {
             whole_families: false,
             conservative,
         };
-        // Tables this start added to what the source watches: their changes before were never
-        // delivered, so their rules' families are owed an invalidation.
-        let mut owed: Vec<String> = if source.resumed() {
-            tables
-                .iter()
-                .filter(|t| !watched_before.contains(t))
-                .cloned()
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let previous = match recorded {
-            _ if !source.resumed() => Previous::Same,
+        let resumes = source::resumes(&config, &client).await?;
+        let previous = match recorded_before {
+            _ if !resumes => Previous::Same,
             Some(r) if r == files => Previous::Same,
             Some(r) => Previous::Recorded(r),
             None => Previous::Unknown,
         };
-        // Rules new since the slot's last run: the cache may hold values no rule watched.
+        // Families owed an invalidation: tables this start adds to what the source watches
+        // (their changes before were never delivered) and rules new since the slot's last run
+        // (the cache may hold values no rule watched). Journaled now, before the publication
+        // changes; executed by the recovery that starts the run, after it (`journal::owed`).
+        let mut owed: Vec<(String, &str)> = Vec::new();
+        if resumes {
+            let watched_before = source::watched_tables(&config, &client).await?;
+            owed.extend(
+                tables
+                    .iter()
+                    .filter(|t| !watched_before.contains(t))
+                    .map(|t| (t.clone(), crate::control::NEWLY_WATCHED)),
+            );
+        }
         if let Previous::Recorded(files) = &previous {
             if let Some(old) = crate::registry::parse_recorded(files) {
                 owed.extend(
@@ -197,12 +185,36 @@ impl Worker {
                         .rules
                         .iter()
                         .filter(|r| !old.rules.iter().any(|o| o.name == r.name))
-                        .map(|r| r.table.clone()),
+                        .map(|r| (r.table.clone(), crate::control::NEW_RULE)),
                 );
             }
         }
         owed.sort();
-        owed.dedup();
+        owed.dedup_by(|a, b| a.0 == b.0);
+        if !owed.is_empty() {
+            let at = crate::control::current_lsn(&client).await?;
+            let plan = plan::families(&rules, &plan_cx, &owed, at, chrono::Utc::now());
+            let mut journal = PgJournal::new(pg.clone());
+            crate::journal::Owed::record(&mut journal, &plan.actions, plan.marks)
+                .await
+                .map_err(|e| match e {
+                    crate::journal::JournalError::Postgres(e) => WorkerError::Postgres(e),
+                    other => WorkerError::Journal(other),
+                })?;
+        }
+        let source = source::open(&config, &client, &tables).await?;
+        // Changes committed from here on are planned with these rules. The backlog before it
+        // was committed under the rules of whoever ran the slot before (see `inherited`).
+        let start_at = crate::control::current_lsn(&client).await?;
+        crate::registry::swap_slot_rules(&client, &config.postgres.slot, &files).await?;
+        status.set_source(
+            &config.postgres.slot,
+            &config.postgres.publication,
+            tables.clone(),
+            rules.len(),
+        );
+        status.set_progress(source.progress());
+        drop(client);
         let live = inherited(previous, rules, plan_cx, start_at);
         let pipeline = Pipeline {
             live: Arc::new(live),
@@ -216,7 +228,6 @@ impl Worker {
         };
         Ok(Worker {
             config,
-            owed,
             lease,
             reload: Arc::new(Notify::new()),
             source,
@@ -239,7 +250,6 @@ impl Worker {
     pub async fn run(self) -> Result<(), WorkerError> {
         let Worker {
             config,
-            owed,
             lease,
             reload,
             mut source,
@@ -272,7 +282,6 @@ impl Worker {
                 status: status.clone(),
                 reload,
                 shutdown: shutdown.clone(),
-                owed_at_start: owed,
             }
             .run(),
         );
