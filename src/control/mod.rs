@@ -57,6 +57,8 @@ pub struct Controller {
     pub status: Arc<Status>,
     pub reload: Arc<Notify>,
     pub shutdown: Shutdown,
+    /// The columns the source keeps: a reload adds what its new rules read.
+    pub filter: crate::source::SharedFilter,
 }
 
 impl Controller {
@@ -201,6 +203,12 @@ impl Controller {
                 let owed: crate::journal::Owed;
                 {
                     let _gate = self.live.switch_gate().await;
+                    // First keep what the new rules read (only ever widened: older epochs may
+                    // still plan a backlog).
+                    let (_, current) = self.filter.get();
+                    self.filter.set(
+                        current.union(&snapshot.rules.needed_columns(&snapshot.cx.primary_keys)),
+                    );
                     let at = match current_lsn(client).await {
                         Ok(at) => at,
                         Err(e) => {

@@ -288,6 +288,43 @@ impl RuleSet {
         }
     }
 
+    /// The columns each table's rules read (templates, `changed`, `when`, warm arguments), so a
+    /// source can drop the others' values. A table with a `write-through` rule (it writes the
+    /// whole row) or an `ignore_changed` list (it compares every column) keeps all columns.
+    /// `extra` adds columns by table (primary keys, named in journal reasons).
+    pub fn needed_columns(
+        &self,
+        extra: &HashMap<String, Vec<String>>,
+    ) -> crate::source::ColumnFilter {
+        let mut tables: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
+        for r in &self.rules {
+            let entry = tables
+                .entry(r.table.clone())
+                .or_insert_with(|| Some(BTreeSet::new()));
+            if r.strategy == Strategy::WriteThrough || !r.ignore_changed.is_empty() {
+                *entry = None;
+            }
+            let Some(cols) = entry else { continue };
+            for t in r.all_templates() {
+                cols.extend(t.value.fields().map(|(_, c)| c.to_string()));
+            }
+            cols.extend(r.changed.iter().map(|c| c.value.clone()));
+            if let Some(w) = &r.when {
+                cols.extend(w.value.columns().into_iter().map(|(_, c, _)| c.to_string()));
+            }
+            if let Some(w) = &r.warm {
+                cols.extend(w.key.value.fields().map(|(_, c)| c.to_string()));
+                cols.extend(w.args.iter().map(|a| a.value.clone()));
+            }
+        }
+        for (t, cols) in tables.iter_mut() {
+            if let (Some(set), Some(more)) = (cols.as_mut(), extra.get(t)) {
+                set.extend(more.iter().cloned());
+            }
+        }
+        crate::source::ColumnFilter { tables }
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -370,6 +407,35 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleErrors> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needed_columns_are_what_rules_read() {
+        let rules = RuleSet::new(
+            parse_file(
+                Path::new("r.toml"),
+                "[[rule]]\nname='a'\ntable='public.t'\nkeys=['t:{old.slug}']\nchanged=['title']\nwhen='new.n > 1'\n\
+                 [[rule]]\nname='w'\ntable='public.u'\nstrategy='write-through'\n[rule.warm]\nkey='u:{id}'\n",
+            )
+            .unwrap(),
+        );
+        let f = rules.needed_columns(&HashMap::from([(
+            "public.t".to_string(),
+            vec!["id".to_string()],
+        )]));
+        assert_eq!(
+            f.tables["public.t"]
+                .as_ref()
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            ["id", "n", "slug", "title"]
+        );
+        assert_eq!(
+            f.tables["public.u"], None,
+            "write-through keeps the whole row"
+        );
+        assert!(f.keeps("public.other", "x"));
+    }
 
     fn parse(text: &str) -> Result<Vec<Rule>, RuleErrors> {
         parse_file(Path::new("rules/x.toml"), text)

@@ -34,6 +34,62 @@ pub use change::*;
 
 use crate::runtime::Shutdown;
 
+/// Which columns' values the rules read, by table (`schema.table`); the values of other
+/// columns are dropped as soon as a change is decoded, so wide rows cost only what the rules
+/// need. A table with `None`, or missing, keeps every column; key columns are always kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnFilter {
+    pub tables: std::collections::HashMap<String, Option<std::collections::BTreeSet<String>>>,
+}
+
+impl ColumnFilter {
+    /// Whether values of `column` of `table` are kept.
+    pub fn keeps(&self, table: &str, column: &str) -> bool {
+        match self.tables.get(table) {
+            Some(Some(cols)) => cols.contains(column),
+            _ => true,
+        }
+    }
+
+    /// Keeps everything either keeps.
+    pub fn union(&self, other: &ColumnFilter) -> ColumnFilter {
+        let mut out = self.clone();
+        for (t, cols) in &other.tables {
+            let merged = match (out.tables.get(t), cols) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(a)), Some(b)) => Some(a.union(b).cloned().collect()),
+                (None, Some(b)) => Some(b.clone()),
+            };
+            out.tables.insert(t.clone(), merged);
+        }
+        out
+    }
+}
+
+/// A [`ColumnFilter`] shared between whoever knows the rules and the source, with a
+/// generation so the source notices a change.
+#[derive(Debug, Clone, Default)]
+pub struct SharedFilter(std::sync::Arc<std::sync::RwLock<(u64, std::sync::Arc<ColumnFilter>)>>);
+
+impl SharedFilter {
+    pub fn new(filter: ColumnFilter) -> Self {
+        SharedFilter(std::sync::Arc::new(std::sync::RwLock::new((
+            1,
+            std::sync::Arc::new(filter),
+        ))))
+    }
+
+    /// Replaces the filter (the source applies it to what it decodes next).
+    pub fn set(&self, filter: ColumnFilter) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        *g = (g.0 + 1, std::sync::Arc::new(filter));
+    }
+
+    pub fn get(&self) -> (u64, std::sync::Arc<ColumnFilter>) {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Where a source can resume from. Only the source that produced a position interprets it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Position {
@@ -212,6 +268,7 @@ pub async fn open(
     config: &crate::config::Config,
     client: &tokio_postgres::Client,
     tables: &[String],
+    filter: SharedFilter,
 ) -> Result<Box<dyn Source>, SourceError> {
     let pg = config.postgres_config()?;
     let source = postgres::PostgresSource::prepare(
@@ -221,6 +278,7 @@ pub async fn open(
         &config.postgres.publication,
         tables,
         BatchLimits::from_config(&config.worker),
+        filter,
     )
     .await?;
     Ok(Box::new(source))

@@ -76,6 +76,8 @@ impl WorkerError {
 /// The running pipeline and what it needs to start its helpers.
 pub struct Worker {
     config: Config,
+    /// The columns the source keeps; reloads widen it.
+    filter: source::SharedFilter,
     lease: lease::Lease,
     reload: Arc<Notify>,
     source: Box<dyn Source>,
@@ -202,7 +204,15 @@ impl Worker {
                     other => WorkerError::Journal(other),
                 })?;
         }
-        let source = source::open(&config, &client, &tables).await?;
+        // The source keeps only the columns the rules read (the inherited backlog's rules too).
+        let mut needed = rules.needed_columns(&plan_cx.primary_keys);
+        if let Previous::Recorded(files) = &previous {
+            if let Some(old) = crate::registry::parse_recorded(files) {
+                needed = needed.union(&old.needed_columns(&plan_cx.primary_keys));
+            }
+        }
+        let filter = source::SharedFilter::new(needed);
+        let source = source::open(&config, &client, &tables, filter.clone()).await?;
         // Changes committed from here on are planned with these rules. The backlog before it
         // was committed under the rules of whoever ran the slot before (see `inherited`).
         let start_at = crate::control::current_lsn(&client).await?;
@@ -228,6 +238,7 @@ impl Worker {
         };
         Ok(Worker {
             config,
+            filter,
             lease,
             reload: Arc::new(Notify::new()),
             source,
@@ -250,6 +261,7 @@ impl Worker {
     pub async fn run(self) -> Result<(), WorkerError> {
         let Worker {
             config,
+            filter,
             lease,
             reload,
             mut source,
@@ -282,6 +294,7 @@ impl Worker {
                 status: status.clone(),
                 reload,
                 shutdown: shutdown.clone(),
+                filter,
             }
             .run(),
         );

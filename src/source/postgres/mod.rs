@@ -24,7 +24,7 @@ pub use pgoutput::SequenceError;
 pub use replication::ReplError;
 pub(crate) use setup::prepare;
 
-use super::{Batch, BatchLimits, Lsn, Position, Progress, Source, SourceError};
+use super::{Batch, BatchLimits, Lsn, Position, Progress, SharedFilter, Source, SourceError};
 use crate::runtime::Shutdown;
 use stream::ReplicationStream;
 
@@ -39,6 +39,7 @@ pub struct PostgresSource {
     server_wal_end: Lsn,
     stream: Option<ReplicationStream>,
     resumed: bool,
+    filter: SharedFilter,
 }
 
 impl PostgresSource {
@@ -51,6 +52,7 @@ impl PostgresSource {
         publication: &str,
         tables: &[String],
         limits: BatchLimits,
+        filter: SharedFilter,
     ) -> Result<Self, SourceError> {
         let (confirmed, resumed) = setup::prepare(client, slot, publication, tables).await?;
         Ok(PostgresSource {
@@ -62,6 +64,7 @@ impl PostgresSource {
             server_wal_end: confirmed,
             stream: None,
             resumed,
+            filter,
         })
     }
 
@@ -89,6 +92,7 @@ impl Source for PostgresSource {
                 &self.publication,
                 self.confirmed,
                 self.limits.clone(),
+                self.filter.clone(),
             )
             .await?;
             tracing::info!(slot = %self.slot, from = %self.confirmed, "replication started");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::pgoutput::{Assembled, Assembler};
 use super::replication::{ReplMessage, ReplicationConnection};
 use crate::runtime::Shutdown;
-use crate::source::{Batch, BatchLimits, DeadLetter, Lsn, Position, SourceError};
+use crate::source::{Batch, BatchLimits, DeadLetter, Lsn, Position, SharedFilter, SourceError};
 
 /// A live replication stream from one slot.
 pub(super) struct ReplicationStream {
@@ -24,6 +24,9 @@ pub(super) struct ReplicationStream {
     last_status: Instant,
     /// Bytes held by the committed transactions of the batch being gathered.
     batch_bytes: usize,
+    /// Which columns' values the rules need, and the generation applied.
+    filter: SharedFilter,
+    filter_gen: u64,
 }
 
 impl ReplicationStream {
@@ -34,6 +37,7 @@ impl ReplicationStream {
         publication: &str,
         confirmed: Lsn,
         limits: BatchLimits,
+        filter: SharedFilter,
     ) -> Result<Self, SourceError> {
         let mut conn = ReplicationConnection::connect(config, Duration::from_secs(10)).await?;
         // Domains render as their base types (two levels of domain over domain).
@@ -61,6 +65,8 @@ impl ReplicationStream {
             server_wal_end: confirmed,
             last_status: Instant::now(),
             batch_bytes: 0,
+            filter,
+            filter_gen: 0,
         })
     }
 
@@ -105,6 +111,11 @@ impl ReplicationStream {
         match msg {
             ReplMessage::XLogData { start, end, data } => {
                 self.received = self.received.max(end).max(start);
+                let (gen, filter) = self.filter.get();
+                if gen != self.filter_gen {
+                    self.assembler.set_filter(filter);
+                    self.filter_gen = gen;
+                }
                 let open_bytes = self.assembler.open_bytes();
                 match self
                     .assembler

@@ -29,6 +29,10 @@ pub struct Assembler {
     domains: HashMap<u32, u32>,
     /// Memory held by the open transaction's changes ([`Change::approx_bytes`]).
     open_bytes: usize,
+    /// Which columns' values to keep.
+    filter: Arc<crate::source::ColumnFilter>,
+    /// Per relation, which columns are kept (computed from `filter`).
+    keep: HashMap<u32, Vec<bool>>,
 }
 
 /// A protocol-level inconsistency in the message sequence.
@@ -62,6 +66,38 @@ impl Assembler {
     /// The number of changes in the open transaction.
     pub fn open_len(&self) -> usize {
         self.open.as_ref().map_or(0, |t| t.changes.len())
+    }
+
+    /// Keeps only the values of the columns `filter` names (key columns always), from the
+    /// next change on.
+    pub fn set_filter(&mut self, filter: Arc<crate::source::ColumnFilter>) {
+        self.filter = filter;
+        let masks: Vec<(u32, Vec<bool>)> = self
+            .relations
+            .values()
+            .map(|r| (r.oid, self.mask(r)))
+            .collect();
+        self.keep = masks.into_iter().collect();
+    }
+
+    fn mask(&self, r: &Relation) -> Vec<bool> {
+        let table = r.qualified_name();
+        r.columns
+            .iter()
+            .map(|c| c.is_key || self.filter.keeps(&table, &c.name))
+            .collect()
+    }
+
+    /// Drops the values of columns no rule reads (they become unknown: never read).
+    fn prune(&self, relation: &Relation, mut t: Tuple) -> Tuple {
+        if let Some(mask) = self.keep.get(&relation.oid) {
+            for (d, keep) in t.0.iter_mut().zip(mask) {
+                if !keep && matches!(d, Datum::Text(_)) {
+                    *d = Datum::Unknown;
+                }
+            }
+        }
+        t
     }
 
     /// Memory held by the open transaction's changes so far.
@@ -212,12 +248,14 @@ impl Assembler {
                         c.type_oid = *base;
                     }
                 }
+                let mask = self.mask(&rel);
+                self.keep.insert(rel.oid, mask);
                 self.relations.insert(rel.oid, Arc::new(rel));
             }
             Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
             Message::Insert { rel, new } => {
                 let relation = self.relation(rel);
-                let new = resolve_new(&relation, new, None);
+                let new = self.prune(&relation, resolve_new(&relation, new, None));
                 self.push("INSERT", relation, Op::Insert, None, Some(new))?;
             }
             Message::Update { rel, old, new } => {
@@ -226,6 +264,7 @@ impl Assembler {
                 let new = resolve_new(&relation, new, old.as_ref());
                 // Without an old tuple the key did not change: its columns equal the new ones.
                 let old = old.unwrap_or_else(|| key_only_from(&relation, &new));
+                let (old, new) = (self.prune(&relation, old), self.prune(&relation, new));
                 self.push("UPDATE", relation, Op::Update, Some(old), Some(new))?;
             }
             Message::Delete {
@@ -233,7 +272,7 @@ impl Assembler {
                 old: (kind, t),
             } => {
                 let relation = self.relation(rel);
-                let old = resolve_old(&relation, kind, t);
+                let old = self.prune(&relation, resolve_old(&relation, kind, t));
                 self.push("DELETE", relation, Op::Delete, Some(old), None)?;
             }
             Message::Truncate { rels, .. } => {

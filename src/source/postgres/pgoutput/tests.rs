@@ -256,3 +256,33 @@ fn a_malformed_relation_message_is_forgotten_so_later_rows_are_not_misread() {
         "the relation is no longer trusted"
     );
 }
+
+#[test]
+fn columns_no_rule_reads_are_dropped_as_soon_as_decoded() {
+    let rel = courses();
+    let mut a = Assembler::new();
+    let filter = crate::source::ColumnFilter {
+        tables: std::collections::HashMap::from([(
+            "public.courses".to_string(),
+            Some(std::collections::BTreeSet::from(["slug".to_string()])),
+        )]),
+    };
+    a.set_filter(Arc::new(filter));
+    let mut out = Vec::new();
+    for m in [
+        relation(&rel),
+        begin(100, 0, 7),
+        insert(16400, &[t("1"), t("a"), t("a very long body")]),
+        commit(100, 110, 0),
+    ] {
+        if let Ok(Assembled::Committed(tx)) = a.feed(&m) {
+            out.push(tx);
+        }
+    }
+    let new = out[0].changes[0].new.as_ref().unwrap();
+    assert_eq!(
+        new.0,
+        [t("1"), t("a"), Datum::Unknown],
+        "the key stays, body goes"
+    );
+}
