@@ -218,21 +218,24 @@ async fn delayed_passes_survive_a_kill() {
         .await
         .unwrap();
     env.wait_gone(&["item:1"], Duration::from_secs(15)).await;
-    // The cache-aside race: an application refills the key from a read that began before the
-    // change. Then the worker dies before the second pass is due.
+    // Once the pass is journaled (before the batch is confirmed), the cache-aside race: an
+    // application refills the key from a read that began before the change. Then the worker
+    // dies before the second pass is due.
+    common::eventually("the pass is journaled", Duration::from_secs(15), || async {
+        env.db
+            .query_one(
+                "SELECT count(*) FROM cache_invalidations WHERE status = 'scheduled'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
     env.set_keys(&["item:1"]).await;
     worker.start_kill().unwrap();
     worker.wait().await.unwrap();
-    let scheduled: i64 = env
-        .db
-        .query_one(
-            "SELECT count(*) FROM cache_invalidations WHERE status = 'scheduled'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(scheduled, 1, "the pass is journaled, waiting");
     let worker = spawn_run(&cfg, &log);
     env.wait_gone(&["item:1"], Duration::from_secs(15)).await;
     common::eventually("the pass is completed", Duration::from_secs(15), || async {
