@@ -490,3 +490,33 @@ async fn domains_resolve_to_their_base_types() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// A tag set of thousands of members is invalidated in bounded steps (never one SMEMBERS that
+/// blocks Redis): every member and the set are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_tag_set_is_invalidated_in_steps() {
+    let env = env(
+        "bigtag",
+        "[[rule]]\nname='course'\ntable='courses'\ntags=['course:{id}']\n",
+    )
+    .await;
+    env.db
+        .execute("INSERT INTO courses (id, title) VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    let pages: Vec<String> = (0..4500).map(|i| format!("page:{i}")).collect();
+    let refs: Vec<&str> = pages.iter().map(String::as_str).collect();
+    env.set_keys(&refs).await;
+    let mut r = env.redis.clone();
+    let full: Vec<String> = pages.iter().map(|p| env.key(p)).collect();
+    let _: () = r.sadd(env.key("tag:course:1"), &full).await.unwrap();
+    env.db
+        .execute("UPDATE courses SET title = 'a2' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["tag:course:1"], WAIT).await;
+    env.wait_gone(&refs, WAIT).await;
+    w.stop().await;
+    env.cleanup().await;
+}

@@ -6,23 +6,38 @@ use crate::action::Target;
 use crate::fence::Version;
 use crate::target::{CacheError, ExecReport};
 
-/// Invalidates tag sets atomically: for each set in KEYS, unlink its members (in chunks, to
-/// stay within Lua's unpack limit) and the set. Returns how many members existed.
-/// A tag key that is not a set (an application wrote something else there) is simply
+/// Invalidates tag sets in bounded steps, so a big set never blocks Redis (no `SMEMBERS`).
+/// For each set in KEYS, one call pops and unlinks at most ARGV[1] members; the call that
+/// empties a set also unlinks the set, in the same atomic step, so a member added meanwhile is
+/// either popped and unlinked or was added after the set was gone. Returns the count of
+/// members that existed, then the 1-based indexes of the sets not yet empty (call again with
+/// those). A tag key that is not a set (an application wrote something else there) is simply
 /// unlinked: an error here would stall every later invalidation.
 const TAG_SCRIPT: &str = r"
+local step = tonumber(ARGV[1])
 local removed = 0
-for _, tag in ipairs(KEYS) do
+local out = {0}
+for i, tag in ipairs(KEYS) do
   if redis.call('TYPE', tag).ok == 'set' then
-    local members = redis.call('SMEMBERS', tag)
-    for i = 1, #members, 1000 do
-      removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, #members)))
+    local members = redis.call('SPOP', tag, step)
+    for j = 1, #members, 1000 do
+      removed = removed + redis.call('UNLINK', unpack(members, j, math.min(j + 999, #members)))
     end
+    if redis.call('SCARD', tag) == 0 then
+      redis.call('UNLINK', tag)
+    else
+      out[#out + 1] = i
+    end
+  else
+    redis.call('UNLINK', tag)
   end
-  redis.call('UNLINK', tag)
 end
-return removed
+out[1] = removed
+return out
 ";
+
+/// Members popped per tag set per script call: about a millisecond of Redis time.
+const TAG_STEP: usize = 1000;
 
 /// Increments version keys; a key holding something that is not an integer is replaced by
 /// ARGV[1] (a fresh, time-based version) instead of failing: the namespace changes either way.
@@ -108,8 +123,8 @@ impl RedisTarget {
         Ok(report)
     }
 
-    /// Unlinks each tag set's members and the set, atomically per set (one Lua script call
-    /// for up to 100 sets).
+    /// Unlinks each tag set's members and the set, in bounded steps (see the script; one call
+    /// per step for up to 100 sets).
     async fn invalidate_tags(
         &mut self,
         tags: &[&str],
@@ -121,12 +136,21 @@ impl RedisTarget {
         let mut conn = self.connection().await.map_err(into_redis)?;
         let script = redis::Script::new(TAG_SCRIPT);
         for chunk in tags.chunks(100) {
-            let mut inv = script.prepare_invoke();
-            for t in chunk {
-                inv.key(*t);
+            let mut left: Vec<&str> = chunk.to_vec();
+            while !left.is_empty() {
+                let mut inv = script.prepare_invoke();
+                for t in &left {
+                    inv.key(*t);
+                }
+                inv.arg(TAG_STEP);
+                let out: Vec<u64> = inv.invoke_async(&mut conn).await?;
+                report.removed += out.first().copied().unwrap_or(0);
+                left = out
+                    .iter()
+                    .skip(1)
+                    .filter_map(|i| left.get((*i as usize).checked_sub(1)?).copied())
+                    .collect();
             }
-            let removed: u64 = inv.invoke_async(&mut conn).await?;
-            report.removed += removed;
             report.tags += chunk.len() as u64;
         }
         Ok(())
