@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "scheduled_passes",
         sql: include_str!("../migrations/0006_scheduled_passes.sql"),
     },
+    Migration {
+        version: 7,
+        name: "slot_tables",
+        sql: include_str!("../migrations/0007_slot_tables.sql"),
+    },
 ];
 
 /// Errors applying migrations.

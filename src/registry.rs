@@ -116,3 +116,39 @@ pub fn parse_recorded(files: &std::collections::BTreeMap<String, String>) -> Opt
     }
     Some(RuleSet::new(rules))
 }
+
+/// The table identities recorded for `slot`: rule table name → OID.
+pub async fn slot_tables(
+    client: &Client,
+    slot: &str,
+) -> Result<std::collections::HashMap<String, u32>, tokio_postgres::Error> {
+    let v: Option<serde_json::Value> = client
+        .query_opt(
+            "SELECT tables FROM cachewarden_slots WHERE slot = $1",
+            &[&slot],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(v.and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default())
+}
+
+/// Records the table identities `slot`'s rules name (rule table name → OID).
+pub async fn record_slot_tables(
+    client: &Client,
+    slot: &str,
+    tables: &std::collections::HashMap<u32, String>,
+) -> Result<(), tokio_postgres::Error> {
+    let by_name: std::collections::BTreeMap<&str, u32> = tables
+        .iter()
+        .map(|(oid, name)| (name.as_str(), *oid))
+        .collect();
+    let json = serde_json::to_value(by_name).unwrap_or_default();
+    client
+        .execute(
+            "UPDATE cachewarden_slots SET tables = $2, updated_at = now() WHERE slot = $1",
+            &[&slot, &json],
+        )
+        .await?;
+    Ok(())
+}

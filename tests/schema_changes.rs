@@ -170,3 +170,41 @@ async fn schema_drift_never_stops_invalidation() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// A rule's table renamed while no worker runs: the backlog's changes arrive under the new
+/// name. A restart recognizes the table by the identity recorded for the slot and keeps
+/// invalidating (reporting the stale rule file), instead of confirming them with no action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_while_stopped_is_still_recognized() {
+    let env = TestEnv::new("renamed_stopped", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let w = env.start_worker().await;
+    env.wait_caught_up(WAIT).await;
+    w.stop().await;
+    env.db
+        .batch_execute("ALTER TABLE items RENAME TO things")
+        .await
+        .unwrap();
+    env.set_keys(&["item:4", "item:5"]).await;
+    env.db
+        .execute("INSERT INTO things VALUES (4, 0)", &[])
+        .await
+        .unwrap();
+    let w = env.start_worker().await;
+    env.wait_gone(&["item:4"], WAIT).await;
+    env.db
+        .execute("INSERT INTO things VALUES (5, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["item:5"], WAIT).await;
+    eventually("the rename is reported", WAIT, || async {
+        w.status
+            .snapshot()
+            .drift
+            .iter()
+            .any(|d| d.contains("renamed to public.things"))
+    })
+    .await;
+    w.stop().await;
+    env.cleanup().await;
+}

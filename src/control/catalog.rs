@@ -203,6 +203,17 @@ impl Controller {
                 .filter_map(|t| by_name.get(t).map(|oid| (*oid, t.clone())))
                 .collect();
             if !new_oids.is_empty() {
+                let mut recorded = snap.cx.tables_by_oid.clone();
+                recorded.extend(new_oids.iter().cloned());
+                if let Err(e) = crate::registry::record_slot_tables(
+                    client,
+                    &self.config.postgres.slot,
+                    &recorded,
+                )
+                .await
+                {
+                    tracing::debug!(error = %e, "could not record the tables' identities");
+                }
                 self.live.replace(|old| Snapshot {
                     rules: old.rules.clone(),
                     cx: Arc::new(plan::Context {

@@ -135,7 +135,7 @@ impl Worker {
                     && crate::rules::check_families(&rules, &config.redis.key_prefix)
                         .is_empty() =>
             {
-                let catalog = check::load_catalog(&client, &rules.tables()).await?;
+                let catalog = renamed_aware_catalog(&client, &config, &rules).await?;
                 let (drift, affected) = crate::control::schema_drift(&rules, &catalog);
                 tracing::error!(rules = ?affected, "schema drift: the rules that ran here before no longer match the schema; starting with them running conservatively:\n{e}");
                 status.set_schema_drift(drift);
@@ -144,11 +144,16 @@ impl Worker {
             Err(crate::control::CheckError::Rules(e)) => return Err(WorkerError::Rules(e)),
             Err(crate::control::CheckError::Postgres(e)) => return Err(WorkerError::Postgres(e)),
         };
-        // Only tables that exist can be published.
+        // Only tables that exist can be published, each under its current name (a rule's table
+        // renamed while no worker ran keeps its identity, and its place, under the new one).
+        let current_names = current_names(&client, &catalog).await?;
         let tables: Vec<String> = rules
             .tables()
             .into_iter()
-            .filter(|t| catalog.contains_key(t))
+            .filter_map(|t| {
+                let info = catalog.get(&t)?;
+                Some(current_names.get(&info.oid).cloned().unwrap_or(t))
+            })
             .collect();
         crate::registry::sync(&client, &rules).await?;
         let plan_cx = plan::Context {
@@ -217,6 +222,12 @@ impl Worker {
         // was committed under the rules of whoever ran the slot before (see `inherited`).
         let start_at = crate::control::current_lsn(&client).await?;
         crate::registry::swap_slot_rules(&client, &config.postgres.slot, &files).await?;
+        crate::registry::record_slot_tables(
+            &client,
+            &config.postgres.slot,
+            &check::table_oids(&catalog),
+        )
+        .await?;
         status.set_source(
             &config.postgres.slot,
             &config.postgres.publication,
@@ -412,4 +423,64 @@ fn inherited(
         },
     );
     live
+}
+
+/// The catalog of the rules' tables, keyed by the names the rules use, also for a table renamed
+/// while no worker ran: found by the identity recorded for the slot (`cachewarden_slots`).
+async fn renamed_aware_catalog(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    rules: &RuleSet,
+) -> Result<std::collections::HashMap<String, check::TableInfo>, WorkerError> {
+    let mut catalog = check::load_catalog(client, &rules.tables()).await?;
+    let recorded = crate::registry::slot_tables(client, &config.postgres.slot)
+        .await
+        .unwrap_or_default();
+    let missing: Vec<(String, u32)> = rules
+        .tables()
+        .into_iter()
+        .filter(|t| !catalog.contains_key(t))
+        .filter_map(|t| recorded.get(&t).map(|oid| (t, *oid)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(catalog);
+    }
+    let oids: Vec<u32> = missing.iter().map(|(_, o)| *o).collect();
+    let now: std::collections::HashMap<u32, String> = client
+        .query(
+            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<String> = now.values().cloned().collect();
+    let found = check::load_catalog(client, &names).await?;
+    for (t, oid) in missing {
+        if let Some(info) = now.get(&oid).and_then(|n| found.get(n)) {
+            tracing::warn!(table = %t, now = ?now.get(&oid), "a rule's table was renamed while no worker ran: matching it by identity");
+            catalog.insert(t, info.clone());
+        }
+    }
+    Ok(catalog)
+}
+
+/// The current names of the catalog's tables, by identity.
+async fn current_names(
+    client: &tokio_postgres::Client,
+    catalog: &std::collections::HashMap<String, check::TableInfo>,
+) -> Result<std::collections::HashMap<u32, String>, tokio_postgres::Error> {
+    let oids: Vec<u32> = catalog.values().map(|i| i.oid).collect();
+    Ok(client
+        .query(
+            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
