@@ -597,6 +597,26 @@ async fn faults_never_lose_an_invalidation() {
         }
         inst.spawn(None);
     }
+    // The target is read once the new active instance streams: its start may still owe
+    // invalidations (journaled before, executed after its publication change), and reading the
+    // target earlier could let an old confirmation pass for convergence.
+    let start = Instant::now();
+    'streaming: loop {
+        for inst in &instances {
+            if let Some((_, body)) = http_get(&inst.addr, "/status").await {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if v["role"] == "active" && v["source_connected"] == true {
+                    break 'streaming;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no instance streams; logs in {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let c = connect(&url).await.unwrap();
     let target: String = c
         .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
