@@ -218,12 +218,30 @@ impl Controller {
                             return;
                         }
                     };
-                    // New rules' families: journaled before the publication changes, executed
-                    // after (see `journal::owed`).
-                    let why: Vec<(String, &str)> = new_rules
+                    // Families owed: new rules' (no rule watched what they cover), and those of
+                    // tables this publication change adds (a table recreated under its name is
+                    // not published; its changes so far were never streamed). Journaled before
+                    // the publication changes, executed after (see `journal::owed`).
+                    let mut why: Vec<(String, &str)> = new_rules
                         .iter()
                         .map(|t| (t.clone(), catalog::NEW_RULE))
                         .collect();
+                    if tables != old_tables {
+                        match crate::source::watched_tables(&self.config, client).await {
+                            Ok(watched) => why.extend(
+                                tables
+                                    .iter()
+                                    .filter(|t| !watched.contains(t) && !new_rules.contains(*t))
+                                    .map(|t| (t.clone(), catalog::NEWLY_WATCHED)),
+                            ),
+                            Err(e) => {
+                                tracing::error!(error = %e, "new rules refused: cannot read the publication");
+                                self.status
+                                    .set_rules_error(Some(format!("publication: {e}")));
+                                return;
+                            }
+                        }
+                    }
                     let plan =
                         plan::families(&snapshot.rules, &snapshot.cx, &why, at, chrono::Utc::now());
                     match crate::journal::Owed::record(journal, &plan.actions, plan.marks).await {
