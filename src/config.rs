@@ -161,6 +161,11 @@ pub struct WorkerConfig {
     /// re-executed while the worker runs (a cancelled batch, a request whose executor failed).
     #[serde(default = "default_recover_after")]
     pub recover_after_secs: u64,
+    /// How often the publication and the rule tables' names, identities and columns are
+    /// checked against the catalog (also at each reload, and at once when the stream shows a
+    /// renamed or recreated rule table).
+    #[serde(default = "default_catalog_interval")]
+    pub catalog_interval_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -174,6 +179,7 @@ impl Default for WorkerConfig {
             metrics_interval_secs: default_metrics_interval(),
             control_interval_ms: default_control_interval(),
             recover_after_secs: default_recover_after(),
+            catalog_interval_ms: default_catalog_interval(),
         }
     }
 }
@@ -198,6 +204,9 @@ fn default_control_interval() -> u64 {
 }
 fn default_recover_after() -> u64 {
     30
+}
+fn default_catalog_interval() -> u64 {
+    2_000
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

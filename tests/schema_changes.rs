@@ -208,3 +208,40 @@ async fn a_table_renamed_while_stopped_is_still_recognized() {
     w.stop().await;
     env.cleanup().await;
 }
+
+/// The stream itself wakes the catalog watch: a change under a rule table's new name is
+/// reported at once, not at the next timer tick (set to a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_tables_first_change_wakes_the_catalog_watch() {
+    let env = TestEnv::new("rename_hint", SCHEMA).await;
+    env.write_rules("items.toml", RULES);
+    let mut config = env.config();
+    config.worker.catalog_interval_ms = 60_000;
+    let w = env.start_worker_with(config).await;
+    // Let the watch's first run (at start) pass.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.db
+        .batch_execute("ALTER TABLE items RENAME TO things")
+        .await
+        .unwrap();
+    env.set_keys(&["item:6"]).await;
+    env.db
+        .execute("INSERT INTO things VALUES (6, 0)", &[])
+        .await
+        .unwrap();
+    env.wait_gone(&["item:6"], WAIT).await;
+    eventually(
+        "the rename is reported without waiting for the timer",
+        WAIT,
+        || async {
+            w.status
+                .snapshot()
+                .drift
+                .iter()
+                .any(|d| d.contains("renamed to public.things"))
+        },
+    )
+    .await;
+    w.stop().await;
+    env.cleanup().await;
+}

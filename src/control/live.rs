@@ -31,6 +31,9 @@ pub struct Snapshot {
 pub struct Live {
     epochs: RwLock<Vec<(Lsn, Snapshot)>>,
     gate: tokio::sync::RwLock<()>,
+    /// Notified when the stream shows a table the rules know under another name or identity
+    /// (a rename, a recreation): the catalog watch looks at once.
+    pub catalog_hint: tokio::sync::Notify,
 }
 
 impl Live {
@@ -44,6 +47,7 @@ impl Live {
                 },
             )]),
             gate: tokio::sync::RwLock::new(()),
+            catalog_hint: tokio::sync::Notify::new(),
         }
     }
 

@@ -83,12 +83,18 @@ impl Controller {
         let mut next_sweep = tokio::time::Instant::now() + sweep_every;
         let mut catalog = catalog::CatalogWatch::default();
 
-        let catalog_every = Duration::from_secs(2).max(interval);
+        let catalog_every =
+            Duration::from_millis(self.config.worker.catalog_interval_ms).max(interval);
         let mut next_catalog = tokio::time::Instant::now();
         loop {
+            let mut hinted = false;
             let forced = tokio::select! {
                 _ = tokio::time::sleep(interval) => false,
                 _ = self.reload.notified() => true,
+                _ = self.live.catalog_hint.notified() => {
+                    hinted = true;
+                    false
+                }
                 _ = self.shutdown.recv() => return,
             };
             if db.as_ref().is_none_or(|c| c.is_closed()) {
@@ -117,7 +123,7 @@ impl Controller {
             {
                 tracing::warn!(error = %e, "executing invalidation requests failed");
             }
-            if forced || tokio::time::Instant::now() >= next_catalog {
+            if forced || hinted || tokio::time::Instant::now() >= next_catalog {
                 next_catalog = tokio::time::Instant::now() + catalog_every;
                 if let Err(e) = self
                     .watch_catalog(client, &mut journal, &mut targets, &mut catalog)

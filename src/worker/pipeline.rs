@@ -156,6 +156,7 @@ impl Pipeline {
                 }
             }
         }
+        self.hint_catalog(batch);
         // Each transaction is planned with the rules in force when it committed (a reload
         // applies from a position; see `control::Live`).
         let runs = Self::plan_runs(&self.live, batch).await;
@@ -233,6 +234,28 @@ impl Pipeline {
             );
         }
         true
+    }
+
+    /// Wakes the catalog watch when a change's relation is a rule table under another name
+    /// (renamed) or a rule table's name under another identity (recreated): the third trigger
+    /// beside reloads and the timer.
+    fn hint_catalog(&self, batch: &Batch) {
+        let snap = self.live.snapshot();
+        let mut seen = std::collections::HashSet::new();
+        for c in batch.transactions.iter().flat_map(|t| t.changes.iter()) {
+            let r = &c.relation;
+            if r.schema.is_empty() || !seen.insert(r.oid) {
+                continue;
+            }
+            let name = r.qualified_name();
+            let known = snap.cx.tables_by_oid.get(&r.oid);
+            let renamed = known.is_some_and(|n| *n != name);
+            let recreated = known.is_none() && snap.rules.for_table(&name).next().is_some();
+            if renamed || recreated {
+                self.live.catalog_hint.notify_one();
+                return;
+            }
+        }
     }
 
     /// Plans the batch in runs of consecutive transactions that share their rules' epoch.
