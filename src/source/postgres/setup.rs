@@ -53,6 +53,22 @@ pub(crate) async fn prepare(
             Err(e) => return Err(e.into()),
         }
     }
+    // Only the holder of the slot's lease gets here: a walsender still streaming this slot
+    // belongs to an instance that lost the lease (a partitioned host whose session the server
+    // has not dropped yet, for up to wal_sender_timeout). End it, or taking over would wait.
+    let ended = client
+        .query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&slot],
+        )
+        .await?;
+    if !ended.is_empty() {
+        tracing::warn!(
+            slot,
+            "ended the replication connection of an instance that lost the lease"
+        );
+    }
     let mut existed = true;
     let confirmed = match slot_position(client, slot).await? {
         Some(lsn) => lsn,
