@@ -69,36 +69,26 @@ impl Controller {
         let rule_tables = snap.rules.tables();
         // Known identities and what they are called now.
         let oids: Vec<u32> = snap.cx.tables_by_oid.keys().copied().collect();
-        let now_named: HashMap<u32, String> = client
-            .query(
-                "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
-                &[&oids],
-            )
-            .await?
+        let now_named = check::names_by_oid(client, &oids).await?;
+        // The rule tables as they are now: under their rule names, and renamed ones under
+        // their new names. Which rule tables exist by name, with their identity, comes from it.
+        let mut names: Vec<String> = rule_tables.clone();
+        names.extend(now_named.values().cloned());
+        let now_catalog = check::load_catalog(client, &names).await?;
+        let by_name: HashMap<String, u32> = rule_tables
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .filter_map(|t| now_catalog.get(t).map(|i| (t.clone(), i.oid)))
             .collect();
-        // Rule tables that exist under their rule name, with their identity now.
-        let by_name: HashMap<String, u32> = client
-            .query(
-                "SELECT n.nspname || '.' || c.relname, c.oid FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY($1)",
-                &[&rule_tables],
-            )
-            .await?
+        // Each rule table's current name, where its known identity still exists.
+        let current: HashMap<&String, &String> = snap
+            .cx
+            .tables_by_oid
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .filter_map(|(oid, rule)| now_named.get(oid).map(|now| (rule, now)))
             .collect();
-        let published: BTreeSet<String> = client
-            .query(
-                "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
-                &[&self.config.postgres.publication],
-            )
+        let published: BTreeSet<String> = crate::source::watched_tables(&self.config, client)
             .await?
-            .iter()
-            .map(|r| r.get(0))
+            .into_iter()
             .collect();
 
         // Renames: report them (once each), keep matching by identity.
@@ -119,17 +109,9 @@ impl Controller {
         }
         renames.sort();
         // Each rule checked against its table as it is now (under its new name if renamed).
-        let mut names: Vec<String> = rule_tables.clone();
-        names.extend(now_named.values().cloned());
-        let now_catalog = check::load_catalog(client, &names).await?;
         let mut catalog: HashMap<String, check::TableInfo> = HashMap::new();
         for t in &rule_tables {
-            let renamed = snap
-                .cx
-                .tables_by_oid
-                .iter()
-                .find(|(_, n)| *n == t)
-                .and_then(|(oid, _)| now_named.get(oid));
+            let renamed = current.get(t).copied();
             let info = now_catalog
                 .get(t)
                 .or_else(|| renamed.and_then(|n| now_catalog.get(n)));
@@ -159,12 +141,7 @@ impl Controller {
         // Tables the publication must hold: each rule table under its current name.
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         for t in &rule_tables {
-            let renamed = snap
-                .cx
-                .tables_by_oid
-                .iter()
-                .find(|(_, n)| *n == t)
-                .and_then(|(oid, _)| now_named.get(oid));
+            let renamed = current.get(t).copied();
             if let Some(now) = renamed {
                 wanted.insert(now.clone());
             }
@@ -185,7 +162,10 @@ impl Controller {
                 .iter()
                 .map(|t| {
                     (
-                        rule_name_of(&snap, t, &now_named).unwrap_or_else(|| t.clone()),
+                        current
+                            .iter()
+                            .find(|(_, now)| **now == t)
+                            .map_or_else(|| t.clone(), |(rule, _)| (*rule).clone()),
                         LOST,
                     )
                 })
@@ -232,15 +212,6 @@ impl Controller {
         }
         Ok(())
     }
-}
-
-/// The name the rules use for a table known now as `now`.
-fn rule_name_of(snap: &Snapshot, now: &str, now_named: &HashMap<u32, String>) -> Option<String> {
-    snap.cx
-        .tables_by_oid
-        .iter()
-        .find(|(oid, _)| now_named.get(oid).is_some_and(|n| n == now))
-        .map(|(_, rule)| rule.clone())
 }
 
 /// Rules that no longer match the schema, and what to tell the operator. Pure: the checks of

@@ -126,48 +126,27 @@ impl PgJournal {
                 members.push(m);
             }
         }
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &keys,
+            &kinds,
+            &reasons,
+            &times,
+            &rules,
+            &tables,
+            &lsns,
+            &counts,
+            &member_row,
+            &members,
+        ];
         let p = self.prepared().await?;
-        let rows = match due {
-            None => {
-                p.client
-                    .query(
-                        &p.insert,
-                        &[
-                            &keys,
-                            &kinds,
-                            &reasons,
-                            &times,
-                            &rules,
-                            &tables,
-                            &lsns,
-                            &counts,
-                            &member_row,
-                            &members,
-                        ],
-                    )
-                    .await?
-            }
+        let statement = match &due {
+            None => &p.insert,
             Some(due) => {
-                p.client
-                    .query(
-                        &p.schedule,
-                        &[
-                            &keys,
-                            &kinds,
-                            &reasons,
-                            &times,
-                            &rules,
-                            &tables,
-                            &lsns,
-                            &counts,
-                            &member_row,
-                            &members,
-                            &due,
-                        ],
-                    )
-                    .await?
+                params.push(due);
+                &p.schedule
             }
         };
+        let rows = p.client.query(statement, &params).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

@@ -81,6 +81,24 @@ pub async fn load_catalog(
     Ok(out)
 }
 
+/// The current `schema.table` name of each of `oids` that still exists (a table keeps its OID
+/// across a rename, not across a drop).
+pub async fn names_by_oid(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Each table's name by its identity, so changes are matched to rules by OID as well as name
 /// (a renamed table's changes arrive under the new name).
 pub fn table_oids(catalog: &HashMap<String, TableInfo>) -> HashMap<u32, String> {

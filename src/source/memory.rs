@@ -166,8 +166,4 @@ impl Source for MemorySource {
     fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(10)
     }
-
-    fn resumed(&self) -> bool {
-        true
-    }
 }

@@ -256,10 +256,6 @@ pub trait Source: Send {
 
     /// How often [`Source::heartbeat`] is needed while a batch runs.
     fn heartbeat_interval(&self) -> Duration;
-
-    /// Whether the stream resumes a position an earlier run confirmed (false for a slot
-    /// created by this start: nothing before it can be delivered).
-    fn resumed(&self) -> bool;
 }
 
 /// Opens the source the configuration names, after its one-time set-up (PostgreSQL: the

@@ -146,7 +146,8 @@ impl Worker {
         };
         // Only tables that exist can be published, each under its current name (a rule's table
         // renamed while no worker ran keeps its identity, and its place, under the new one).
-        let current_names = current_names(&client, &catalog).await?;
+        let oids: Vec<u32> = catalog.values().map(|i| i.oid).collect();
+        let current_names = check::names_by_oid(&client, &oids).await?;
         let tables: Vec<String> = rules
             .tables()
             .into_iter()
@@ -168,7 +169,10 @@ impl Worker {
         let previous = match recorded_before {
             _ if !resumes => Previous::Same,
             Some(r) if r == files => Previous::Same,
-            Some(r) => Previous::Recorded(r),
+            Some(r) => match crate::registry::parse_recorded(&r) {
+                Some(old) => Previous::Recorded(old),
+                None => Previous::Unknown,
+            },
             None => Previous::Unknown,
         };
         // Families owed an invalidation: tables this start adds to what the source watches
@@ -185,16 +189,14 @@ impl Worker {
                     .map(|t| (t.clone(), crate::control::NEWLY_WATCHED)),
             );
         }
-        if let Previous::Recorded(files) = &previous {
-            if let Some(old) = crate::registry::parse_recorded(files) {
-                owed.extend(
-                    rules
-                        .rules
-                        .iter()
-                        .filter(|r| !old.rules.iter().any(|o| o.name == r.name))
-                        .map(|r| (r.table.clone(), crate::control::NEW_RULE)),
-                );
-            }
+        if let Previous::Recorded(old) = &previous {
+            owed.extend(
+                rules
+                    .rules
+                    .iter()
+                    .filter(|r| !old.rules.iter().any(|o| o.name == r.name))
+                    .map(|r| (r.table.clone(), crate::control::NEW_RULE)),
+            );
         }
         owed.sort();
         owed.dedup_by(|a, b| a.0 == b.0);
@@ -211,10 +213,8 @@ impl Worker {
         }
         // The source keeps only the columns the rules read (the inherited backlog's rules too).
         let mut needed = rules.needed_columns(&plan_cx.primary_keys);
-        if let Previous::Recorded(files) = &previous {
-            if let Some(old) = crate::registry::parse_recorded(files) {
-                needed = needed.union(&old.needed_columns(&plan_cx.primary_keys));
-            }
+        if let Previous::Recorded(old) = &previous {
+            needed = needed.union(&old.needed_columns(&plan_cx.primary_keys));
         }
         let filter = source::SharedFilter::new(needed);
         let source = source::open(&config, &client, &tables, filter.clone()).await?;
@@ -372,9 +372,10 @@ impl Worker {
 enum Previous {
     /// Ours (or there is no backlog: the slot is new).
     Same,
-    /// Other rule files, recorded in `cachewarden_slots` by the instance that ran the slot.
-    Recorded(std::collections::BTreeMap<String, String>),
-    /// Nothing recorded (a slot from before the record existed).
+    /// Other rules, recorded in `cachewarden_slots` by the instance that ran the slot.
+    Recorded(RuleSet),
+    /// Nothing recorded (a slot from before the record existed), or the recorded files no
+    /// longer parse.
     Unknown,
 }
 
@@ -391,7 +392,7 @@ fn inherited(
 ) -> Live {
     let recorded = match previous {
         Previous::Same => return Live::new(rules, cx),
-        Previous::Recorded(files) => crate::registry::parse_recorded(&files),
+        Previous::Recorded(old) => Some(old),
         Previous::Unknown => None,
     };
     let before = match recorded {
@@ -446,16 +447,7 @@ async fn renamed_aware_catalog(
         return Ok(catalog);
     }
     let oids: Vec<u32> = missing.iter().map(|(_, o)| *o).collect();
-    let now: std::collections::HashMap<u32, String> = client
-        .query(
-            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
-            &[&oids],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let now = check::names_by_oid(client, &oids).await?;
     let names: Vec<String> = now.values().cloned().collect();
     let found = check::load_catalog(client, &names).await?;
     for (t, oid) in missing {
@@ -465,22 +457,4 @@ async fn renamed_aware_catalog(
         }
     }
     Ok(catalog)
-}
-
-/// The current names of the catalog's tables, by identity.
-async fn current_names(
-    client: &tokio_postgres::Client,
-    catalog: &std::collections::HashMap<String, check::TableInfo>,
-) -> Result<std::collections::HashMap<u32, String>, tokio_postgres::Error> {
-    let oids: Vec<u32> = catalog.values().map(|i| i.oid).collect();
-    Ok(client
-        .query(
-            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
-            &[&oids],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
 }

@@ -146,13 +146,9 @@ impl Pipeline {
                     break;
                 }
                 Err(e) => {
-                    add(&self.status.counters.journal_errors, 1);
-                    tracing::warn!(error = %e, "recording dead letters failed; retrying");
-                    self.status.set_error(Some(e.to_string()));
-                    if self.shutdown.is_shutdown() {
+                    if !self.journal_failed("recording dead letters", &e).await {
                         return false;
                     }
-                    self.backoff.wait().await;
                 }
             }
         }
@@ -284,6 +280,19 @@ impl Pipeline {
             .collect()
     }
 
+    /// Counts and reports a failed journal write of `what`, then backs off before the retry;
+    /// false when shutdown was asked instead (the batch is left unconfirmed, for replay).
+    async fn journal_failed(&mut self, what: &str, e: &crate::journal::JournalError) -> bool {
+        add(&self.status.counters.journal_errors, 1);
+        tracing::warn!(error = %e, "{what} failed; retrying");
+        self.status.set_error(Some(e.to_string()));
+        if self.shutdown.is_shutdown() {
+            return false;
+        }
+        self.backoff.wait().await;
+        true
+    }
+
     /// Journals the batch's delayed invalidation passes as `scheduled` rows, before the batch
     /// can be confirmed: a crash must not lose them. Retries until done; false only if
     /// shutdown was asked while it kept failing.
@@ -296,13 +305,9 @@ impl Pipeline {
                 match self.journal.schedule(&d.actions, Utc::now() + delay).await {
                     Ok(()) => break,
                     Err(e) => {
-                        add(&self.status.counters.journal_errors, 1);
-                        tracing::warn!(error = %e, "scheduling delayed passes failed; retrying");
-                        self.status.set_error(Some(e.to_string()));
-                        if self.shutdown.is_shutdown() {
+                        if !self.journal_failed("scheduling delayed passes", &e).await {
                             return false;
                         }
-                        self.backoff.wait().await;
                     }
                 }
             }

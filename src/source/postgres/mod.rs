@@ -38,7 +38,6 @@ pub struct PostgresSource {
     confirmed: Lsn,
     server_wal_end: Lsn,
     stream: Option<ReplicationStream>,
-    resumed: bool,
     filter: SharedFilter,
 }
 
@@ -54,7 +53,7 @@ impl PostgresSource {
         limits: BatchLimits,
         filter: SharedFilter,
     ) -> Result<Self, SourceError> {
-        let (confirmed, resumed) = setup::prepare(client, slot, publication, tables).await?;
+        let confirmed = setup::prepare(client, slot, publication, tables).await?;
         Ok(PostgresSource {
             config,
             slot: slot.to_string(),
@@ -63,7 +62,6 @@ impl PostgresSource {
             confirmed,
             server_wal_end: confirmed,
             stream: None,
-            resumed,
             filter,
         })
     }
@@ -159,9 +157,5 @@ impl Source for PostgresSource {
 
     fn heartbeat_interval(&self) -> Duration {
         self.limits.status_interval
-    }
-
-    fn resumed(&self) -> bool {
-        self.resumed
     }
 }

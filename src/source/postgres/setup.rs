@@ -7,14 +7,13 @@ use crate::source::{Lsn, SourceError};
 use crate::sql::{quote_ident, quote_table};
 
 /// Makes sure `wal_level` is logical, the publication covers exactly `tables`, and the slot
-/// exists. Returns the slot's confirmed position, and whether the slot already existed. Safe
-/// to run from several instances at once.
+/// exists. Returns the slot's confirmed position. Safe to run from several instances at once.
 pub(crate) async fn prepare(
     client: &tokio_postgres::Client,
     slot: &str,
     publication: &str,
     tables: &[String],
-) -> Result<(Lsn, bool), SourceError> {
+) -> Result<Lsn, SourceError> {
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
         return Err(SourceError::WalLevel(wal_level));
@@ -69,7 +68,6 @@ pub(crate) async fn prepare(
             "ended the replication connection of an instance that lost the lease"
         );
     }
-    let mut existed = true;
     let confirmed = match slot_position(client, slot).await? {
         Some(lsn) => lsn,
         None => {
@@ -81,7 +79,6 @@ pub(crate) async fn prepare(
                 .await;
             match created {
                 Ok(row) => {
-                    existed = false;
                     let lsn: String = row.get(0);
                     tracing::info!(slot, lsn, "created replication slot");
                     lsn.parse().unwrap_or_default()
@@ -93,7 +90,7 @@ pub(crate) async fn prepare(
             }
         }
     };
-    Ok((confirmed, existed))
+    Ok(confirmed)
 }
 
 /// Whether an error says the object was created meanwhile (by another instance).

@@ -51,6 +51,15 @@ end
 return #KEYS
 ";
 
+/// What a paged pattern works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paged {
+    /// Tag sets matching the pattern: each invalidated.
+    TagSets,
+    /// Version keys matching the pattern: each incremented.
+    VersionKeys,
+}
+
 impl RedisTarget {
     /// Executes every target: unlinks keys and pattern matches, invalidates tag sets, bumps
     /// version keys. `marks` (see [`crate::fence`]) are raised first: once a warmed key
@@ -87,38 +96,13 @@ impl RedisTarget {
         }
         let r = self.invalidate_tags(&tags, &mut report).await;
         self.forget_on_error(r)?;
-        // Patterns over tag sets and version keys are worked page by page, so memory stays
-        // bounded by one SCAN page however many keys match. (SCAN may return a key twice: a
-        // tag invalidated or a version bumped twice only invalidates once more.)
         for p in tag_patterns {
-            let mut cursor = 0;
-            loop {
-                let page = self.scan_page(p, Some("set"), cursor, &mut report).await;
-                let (next, found) = self.forget_on_error(page)?;
-                let names: Vec<&str> = found.iter().map(String::as_str).collect();
-                let r = self.invalidate_tags(&names, &mut report).await;
-                self.forget_on_error(r)?;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            self.paged(p, Paged::TagSets, &mut report).await?;
         }
         let r = self.incr(&bumps, &mut report).await;
         self.forget_on_error(r)?;
         for p in bump_patterns {
-            let mut cursor = 0;
-            loop {
-                let page = self.scan_page(p, None, cursor, &mut report).await;
-                let (next, found) = self.forget_on_error(page)?;
-                let names: Vec<&str> = found.iter().map(String::as_str).collect();
-                let r = self.incr(&names, &mut report).await;
-                self.forget_on_error(r)?;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            self.paged(p, Paged::VersionKeys, &mut report).await?;
         }
         Ok(report)
     }
@@ -178,6 +162,33 @@ impl RedisTarget {
         }
         report.bumps += keys.len() as u64;
         Ok(())
+    }
+
+    /// Works every key matching `pattern` page by page, so memory stays bounded by one SCAN
+    /// page however many keys match. (SCAN may return a key twice: a tag invalidated or a
+    /// version bumped twice only invalidates once more.)
+    async fn paged(
+        &mut self,
+        pattern: &str,
+        what: Paged,
+        report: &mut ExecReport,
+    ) -> Result<(), CacheError> {
+        let kind = (what == Paged::TagSets).then_some("set");
+        let mut cursor = 0;
+        loop {
+            let page = self.scan_page(pattern, kind, cursor, report).await;
+            let (next, found) = self.forget_on_error(page)?;
+            let names: Vec<&str> = found.iter().map(String::as_str).collect();
+            let r = match what {
+                Paged::TagSets => self.invalidate_tags(&names, report).await,
+                Paged::VersionKeys => self.incr(&names, report).await,
+            };
+            self.forget_on_error(r)?;
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// One SCAN page of keys matching `pattern` (optionally of one type): the next cursor
