@@ -166,6 +166,16 @@ pub struct WorkerConfig {
     /// renamed or recreated rule table).
     #[serde(default = "default_catalog_interval")]
     pub catalog_interval_ms: u64,
+    /// The stream's journal rows are written in groups: at most this long after the first one
+    /// of a group (the journal trails the cache; positions are confirmed when it is written).
+    #[serde(default = "default_journal_window")]
+    pub journal_window_ms: u64,
+    /// …or once a group holds this many actions.
+    #[serde(default = "default_journal_group_rows")]
+    pub journal_group_rows: usize,
+    /// How many batches' journal work may wait for the writer before the stream waits.
+    #[serde(default = "default_journal_trail_batches")]
+    pub journal_trail_batches: usize,
 }
 
 impl Default for WorkerConfig {
@@ -180,10 +190,22 @@ impl Default for WorkerConfig {
             control_interval_ms: default_control_interval(),
             recover_after_secs: default_recover_after(),
             catalog_interval_ms: default_catalog_interval(),
+            journal_window_ms: default_journal_window(),
+            journal_group_rows: default_journal_group_rows(),
+            journal_trail_batches: default_journal_trail_batches(),
         }
     }
 }
 
+fn default_journal_window() -> u64 {
+    100
+}
+fn default_journal_group_rows() -> usize {
+    10_000
+}
+fn default_journal_trail_batches() -> usize {
+    64
+}
 fn default_max_batch() -> usize {
     10_000
 }

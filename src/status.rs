@@ -31,6 +31,8 @@ pub struct Counters {
     pub patterns: AtomicU64,
     pub keys_removed: AtomicU64,
     pub journal_rows: AtomicU64,
+    /// Trailing journal groups written (one commit each).
+    pub journal_groups: AtomicU64,
     pub skipped_keys: AtomicU64,
     pub widened_keys: AtomicU64,
     pub undecodable_changes: AtomicU64,
@@ -284,6 +286,7 @@ impl Status {
             ("patterns", get(&c.patterns)),
             ("keys_removed", get(&c.keys_removed)),
             ("journal_rows", get(&c.journal_rows)),
+            ("journal_groups", get(&c.journal_groups)),
             ("skipped_keys", get(&c.skipped_keys)),
             ("widened_keys", get(&c.widened_keys)),
             ("undecodable_changes", get(&c.undecodable_changes)),

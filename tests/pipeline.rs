@@ -71,6 +71,9 @@ async fn insert_update_delete_invalidate_and_journal() {
         WAIT,
     )
     .await;
+    // Each step's rows are durable before the next (a journal group folds a key family's
+    // changes over its window into one row).
+    env.wait_caught_up(WAIT).await;
 
     env.set_keys(&["course:1", "catalog:page:1"]).await;
     env.db
@@ -78,6 +81,7 @@ async fn insert_update_delete_invalidate_and_journal() {
         .await
         .unwrap();
     env.wait_gone(&["course:1", "catalog:page:1"], WAIT).await;
+    env.wait_caught_up(WAIT).await;
 
     env.set_keys(&["course:1", "course-slug:intro"]).await;
     env.db

@@ -106,6 +106,8 @@ async fn bump_increments_namespace_versions() {
     sync(&env, 2).await;
     let v: i64 = r.get(env.key("ns:course:1")).await.unwrap();
     assert_eq!(v, 7);
+    // The journal trails the cache: its rows are durable once the position is confirmed.
+    env.wait_caught_up(WAIT).await;
     let journaled: i64 = env
         .db
         .query_one(

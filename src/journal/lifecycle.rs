@@ -10,6 +10,10 @@
 //! the same rows). When the journal fails, the error says so and the caller retries the whole
 //! call: executing is idempotent, and nothing counts as done until its rows are `completed`.
 //!
+//! A stream batch takes a shorter path, [`invalidate_trailing`]: the cache call first, then its
+//! rows, already final, go to the trailing journal ([`super::trail`]) without waiting for the
+//! commit; the pipeline confirms the batch's position once that journal work is durable.
+//!
 //! [`recover`] finishes rows someone left open, through the same lifecycle: at start, and
 //! while running for rows older than `recover_after_secs`.
 
@@ -20,6 +24,7 @@ const RECOVER_CHUNK: i64 = 5000;
 
 use chrono::{DateTime, Utc};
 
+use super::trail::{Item, Trail};
 use super::{JournalError, JournalStore};
 use crate::action::{Action, Target};
 use crate::failpoints;
@@ -117,6 +122,59 @@ where
                 OnFailure::Reopen => journal.reopen(&ids, &msg).await,
             };
             if let Err(je) = r {
+                tracing::warn!(error = %je, "could not journal the failure");
+            }
+            Err(InvalidationError::Cache(e))
+        }
+    }
+}
+
+/// A stream batch's invalidation: executes on the cache, then hands the rows to `trail` in
+/// their final state (`completed`, or `failed` with the error) and returns without waiting for
+/// them to be durable. `Completed::rows` is the trail number to wait for.
+pub async fn invalidate_trailing<C>(
+    trail: &mut Trail,
+    cache: &mut C,
+    actions: &[Action],
+    marks: &[(String, Version)],
+    targets: &[&Target],
+) -> Result<(Completed, u64), InvalidationError>
+where
+    C: CacheTarget + ?Sized,
+{
+    let t = Instant::now();
+    let result = cache.execute(marks, targets).await;
+    let (at, cache_time) = (Utc::now(), t.elapsed());
+    match result {
+        Ok(report) => {
+            failpoints::hit(failpoints::AFTER_CACHE_BEFORE_JOURNAL);
+            let t = Instant::now();
+            let seq = trail
+                .push(Item::Completed {
+                    actions: actions.to_vec(),
+                    at,
+                })
+                .await?;
+            Ok((
+                Completed {
+                    report,
+                    at,
+                    rows: actions.len(),
+                    journal_time: t.elapsed(),
+                    cache_time,
+                },
+                seq,
+            ))
+        }
+        Err(e) => {
+            let error = e.to_string();
+            if let Err(je) = trail
+                .push(Item::Failed {
+                    actions: actions.to_vec(),
+                    error,
+                })
+                .await
+            {
                 tracing::warn!(error = %je, "could not journal the failure");
             }
             Err(InvalidationError::Cache(e))

@@ -27,6 +27,8 @@ pub struct MemoryRows {
     /// Calls still to fail before doing anything.
     pub fail_next: u32,
     pub dead_letters: Vec<crate::source::DeadLetter>,
+    /// Refuse every trailing group (the other calls work).
+    pub refuse_groups: bool,
 }
 
 /// A shared handle on one in-memory journal.
@@ -68,6 +70,28 @@ impl MemoryJournal {
     }
 }
 
+/// Inserts the rows of `actions` with `status`; returns their ids.
+fn insert(
+    s: &mut MemoryRows,
+    actions: &[Action],
+    status: &'static str,
+) -> Result<Vec<String>, JournalError> {
+    let mut ids = Vec::new();
+    for e in super::entries(actions) {
+        let members = e.members.into_iter().map(Some).collect::<Vec<_>>();
+        let targets = super::entries::row_targets(
+            e.kind,
+            e.key_pattern,
+            (!members.is_empty()).then_some(members),
+        )
+        .map_err(|_| JournalError::Unavailable("an action makes an invalid row"))?;
+        s.next += 1;
+        s.rows.insert(s.next, MemoryRow { status, targets });
+        ids.push(s.next.to_string());
+    }
+    Ok(ids)
+}
+
 impl JournalStore for MemoryJournal {
     fn record_pending<'a>(
         &'a mut self,
@@ -75,27 +99,7 @@ impl JournalStore for MemoryJournal {
     ) -> BoxFuture<'a, Result<Vec<String>, JournalError>> {
         async move {
             let mut s = self.check()?;
-            let mut ids = Vec::new();
-            for e in super::entries(actions) {
-                let members = e.members.into_iter().map(Some).collect::<Vec<_>>();
-                let targets = super::entries::row_targets(
-                    e.kind,
-                    e.key_pattern,
-                    (!members.is_empty()).then_some(members),
-                )
-                .map_err(|_| JournalError::Unavailable("an action makes an invalid row"))?;
-                s.next += 1;
-                let id = s.next;
-                s.rows.insert(
-                    id,
-                    MemoryRow {
-                        status: "pending",
-                        targets,
-                    },
-                );
-                ids.push(id.to_string());
-            }
-            Ok(ids)
+            insert(&mut s, actions, "pending")
         }
         .boxed()
     }
@@ -122,6 +126,33 @@ impl JournalStore for MemoryJournal {
         _error: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         async move { self.set(ids, "pending") }.boxed()
+    }
+
+    fn write_group<'a>(
+        &'a mut self,
+        items: &'a [super::Item],
+    ) -> BoxFuture<'a, Result<usize, JournalError>> {
+        async move {
+            let mut s = self.check()?;
+            if s.refuse_groups {
+                return Err(JournalError::Unavailable("injected failure of groups"));
+            }
+            let mut written = 0;
+            for item in items {
+                let (actions, status) = match item {
+                    super::Item::Completed { actions, .. } => (actions, "completed"),
+                    super::Item::Failed { actions, .. } => (actions, "failed"),
+                    super::Item::Scheduled { actions, .. } => (actions, "scheduled"),
+                    super::Item::DeadLetters(l) => {
+                        s.dead_letters.extend_from_slice(l);
+                        continue;
+                    }
+                };
+                written += insert(&mut s, actions, status)?.len();
+            }
+            Ok(written)
+        }
+        .boxed()
     }
 
     fn record_dead_letters<'a>(

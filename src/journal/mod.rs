@@ -1,8 +1,9 @@
 //! The journal: every invalidation's lifecycle as rows of `cache_invalidations`, and the one
 //! place that lifecycle is carried out.
 //!
-//! A row goes `pending` (or `running`, for a request someone is executing) → `completed`, or →
-//! `failed` with the error. [`lifecycle::invalidate`] is the only code that moves rows along
+//! A request's or a delayed pass's row goes `pending` (or `scheduled`) → `running` →
+//! `completed`, or → `failed` with the error; a stream batch's rows are written once, already
+//! final, by the [`trail`] (a crash before that replays the changes, which is the recovery). [`lifecycle::invalidate`] is the only code that moves rows along
 //! that path around a cache call, and every path uses it: stream batches, delayed passes
 //! (`reinvalidate_after`), recovery of rows left open by a crash, application requests, the
 //! `cachewarden invalidate` command. All `cache_invalidations` SQL lives in `postgres`.
@@ -15,6 +16,8 @@
 //! * [`lifecycle`] — record → execute → complete/fail, with its failpoint.
 //! * [`owed`] — whole-family invalidations journaled before, and run after, a publication
 //!   change.
+//! * [`trail`] — the stream's rows, written once in their final state, in groups, behind the
+//!   cache: the journal's commit is off the invalidation path.
 //! * `postgres` — [`PgJournal`], the PostgreSQL store.
 
 pub mod entries;
@@ -23,14 +26,18 @@ pub mod lifecycle;
 pub(crate) mod memory;
 pub mod owed;
 mod postgres;
+pub mod trail;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 
 pub use entries::{entries, Entry};
-pub use lifecycle::{invalidate, recover, Completed, InvalidationError, OnFailure, Rows};
+pub use lifecycle::{
+    invalidate, invalidate_trailing, recover, Completed, InvalidationError, OnFailure, Rows,
+};
 pub use owed::Owed;
 pub use postgres::PgJournal;
+pub use trail::{Item, Trail, TrailLimits};
 
 use crate::action::{Action, Target};
 
@@ -80,6 +87,13 @@ pub trait JournalStore: Send {
         ids: &'a [String],
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
+
+    /// Writes a trailing group (see [`trail`]): each item's rows once, in its final state,
+    /// and its dead letters, in one commit. Returns how many rows it wrote.
+    fn write_group<'a>(
+        &'a mut self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Result<usize, JournalError>>;
 
     /// Keeps input a source could not understand (`cache_dead_letters`), in one statement.
     fn record_dead_letters<'a>(

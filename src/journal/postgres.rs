@@ -9,8 +9,10 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio_postgres::{Client, Config, Statement};
 
+use super::trail::Item;
 use super::{entries, JournalError, JournalStore, OpenRow};
 use crate::action::{Action, Target, WarmJob};
+use crate::source::DeadLetter;
 
 struct Prepared {
     client: Client,
@@ -18,7 +20,6 @@ struct Prepared {
     complete: Statement,
     fail: Statement,
     reopen: Statement,
-    schedule: Statement,
 }
 
 /// The PostgreSQL journal: `cache_invalidations` in the database of `[postgres] url`, on a
@@ -28,25 +29,30 @@ pub struct PgJournal {
     conn: Option<Prepared>,
 }
 
-// Rows come as parallel arrays; the members of grouped rows as a flat array with the 1-based
-// row number of each member, aggregated back per row.
+// Rows come as parallel arrays, each with its status and, where they have one, completion time,
+// error and due time; the members of grouped rows as a flat array with the 1-based row number
+// of each member, aggregated back per row. One statement (one commit) for any number of rows.
 const INSERT: &str = "WITH r AS ( \
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], \
-                            $6::text[], $7::text[], $8::int4[]) \
-       WITH ORDINALITY AS u(k, kd, rs, t, rn, st, l, n, ord)), \
+                            $6::text[], $7::text[], $8::int4[], $11::text[], $12::timestamptz[], \
+                            $13::text[], $14::timestamptz[]) \
+       WITH ORDINALITY AS u(k, kd, rs, t, rn, st, l, n, s, ca, e, du, ord)), \
      m AS (SELECT g, array_agg(key ORDER BY i) AS keys \
            FROM unnest($9::int8[], $10::text[]) WITH ORDINALITY AS x(g, key, i) GROUP BY g) \
      INSERT INTO cache_invalidations \
-       (key_pattern, kind, keys, key_count, reason, status, triggered_at, rule_name, source_table, lsn) \
-     SELECT r.k, r.kd, m.keys, r.n, r.rs, 'pending', r.t, r.rn, r.st, r.l::pg_lsn \
-     FROM r LEFT JOIN m ON m.g = r.ord \
+       (key_pattern, kind, keys, key_count, reason, status, triggered_at, rule_name, source_table, \
+        lsn, completed_at, error, due_at) \
+     SELECT r.k, r.kd, m.keys, r.n, r.rs, r.s, r.t, r.rn, r.st, r.l::pg_lsn, r.ca, r.e, r.du \
+     FROM r LEFT JOIN m ON m.g = r.ord ORDER BY r.ord \
      RETURNING id::text";
-/// The same rows as [`INSERT`], scheduled to run at `$11` (delayed passes).
-fn schedule_sql() -> String {
-    INSERT
-        .replace("'pending', r.t", "'scheduled', r.t")
-        .replace("source_table, lsn)", "source_table, lsn, due_at)")
-        .replace("r.l::pg_lsn FROM", "r.l::pg_lsn, $11::timestamptz FROM")
+
+/// The state a row is written in.
+#[derive(Debug, Clone, Copy)]
+enum Written<'a> {
+    Pending,
+    Completed(DateTime<Utc>),
+    Failed(&'a str),
+    Scheduled(DateTime<Utc>),
 }
 
 const COMPLETE: &str =
@@ -78,14 +84,12 @@ impl PgJournal {
             let complete = client.prepare(COMPLETE).await?;
             let fail = client.prepare(FAIL).await?;
             let reopen = client.prepare(REOPEN).await?;
-            let schedule = client.prepare(&schedule_sql()).await?;
             self.conn = Some(Prepared {
                 client,
                 insert,
                 complete,
                 fail,
                 reopen,
-                schedule,
             });
         }
         self.conn
@@ -93,15 +97,16 @@ impl PgJournal {
             .ok_or(JournalError::Unavailable("no connection"))
     }
 
-    /// Inserts the batch's rows as `pending`, or as `scheduled` to run at `due`; returns their
-    /// ids.
+    /// Inserts rows for each group of actions, in the state given with it, in one statement;
+    /// returns their ids.
     async fn insert_rows(
         &mut self,
-        actions: &[Action],
-        due: Option<DateTime<Utc>>,
+        groups: &[(Vec<entries::Entry>, Written<'_>)],
     ) -> Result<Vec<String>, JournalError> {
-        let rows = entries::entries(actions);
-        let n = rows.len();
+        let n: usize = groups.iter().map(|(rows, _)| rows.len()).sum();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let mut keys = Vec::with_capacity(n);
         let mut kinds = Vec::with_capacity(n);
         let mut reasons = Vec::with_capacity(n);
@@ -110,23 +115,40 @@ impl PgJournal {
         let mut tables = Vec::with_capacity(n);
         let mut lsns = Vec::with_capacity(n);
         let mut counts = Vec::with_capacity(n);
+        let mut statuses: Vec<&str> = Vec::with_capacity(n);
+        let mut completed: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+        let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut dues: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
         let mut member_row: Vec<i64> = Vec::new();
         let mut members: Vec<&str> = Vec::new();
-        for (i, e) in rows.iter().enumerate() {
-            keys.push(e.key_pattern.as_str());
-            kinds.push(e.kind);
-            reasons.push(e.reason.as_str());
-            times.push(e.triggered_at);
-            rules.push(e.rule.as_str());
-            tables.push(e.table.as_str());
-            lsns.push(e.lsn.to_string());
-            counts.push(e.members.len().max(1) as i32);
-            for m in &e.members {
-                member_row.push(i as i64 + 1);
-                members.push(m);
+        let now = Utc::now();
+        for (rows, state) in groups {
+            let (status, at, error, due) = match *state {
+                Written::Pending => ("pending", None, None, None),
+                Written::Completed(at) => ("completed", Some(at), None, None),
+                Written::Failed(e) => ("failed", Some(now), Some(e), None),
+                Written::Scheduled(due) => ("scheduled", None, None, Some(due)),
+            };
+            for e in rows {
+                keys.push(e.key_pattern.as_str());
+                kinds.push(e.kind);
+                reasons.push(e.reason.as_str());
+                times.push(e.triggered_at);
+                rules.push(e.rule.as_str());
+                tables.push(e.table.as_str());
+                lsns.push(e.lsn.to_string());
+                counts.push(e.members.len().max(1) as i32);
+                statuses.push(status);
+                completed.push(at);
+                errors.push(error);
+                dues.push(due);
+                for m in &e.members {
+                    member_row.push(keys.len() as i64);
+                    members.push(m);
+                }
             }
         }
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
             &keys,
             &kinds,
             &reasons,
@@ -137,17 +159,37 @@ impl PgJournal {
             &counts,
             &member_row,
             &members,
+            &statuses,
+            &completed,
+            &errors,
+            &dues,
         ];
         let p = self.prepared().await?;
-        let statement = match &due {
-            None => &p.insert,
-            Some(due) => {
-                params.push(due);
-                &p.schedule
-            }
-        };
-        let rows = p.client.query(statement, &params).await?;
+        let rows = p.client.query(&p.insert, &params).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Writes a trailing group: its rows in their final states and its dead letters, in one
+    /// transaction (one statement when there are no dead letters). Returns the rows written.
+    async fn write(&mut self, items: &[Item]) -> Result<usize, JournalError> {
+        let (groups, letters) = final_rows(items);
+        let rows: usize = groups.iter().map(|(r, _)| r.len()).sum();
+        let letters: Vec<DeadLetter> = letters.into_iter().cloned().collect();
+        if letters.is_empty() {
+            self.insert_rows(&groups).await?;
+            return Ok(rows);
+        }
+        self.prepared().await?.client.batch_execute("BEGIN").await?;
+        let r = async {
+            self.insert_rows(&groups).await?;
+            self.insert_dead_letters(&letters).await
+        }
+        .await;
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self.prepared().await?.client.batch_execute(end).await;
+        r?;
+        ended?;
+        Ok(rows)
     }
 
     /// Marks rows `completed` at `at` (when Redis confirmed).
@@ -367,7 +409,18 @@ impl JournalStore for PgJournal {
         &'a mut self,
         actions: &'a [Action],
     ) -> BoxFuture<'a, Result<Vec<String>, JournalError>> {
-        self.insert_rows(actions, None).boxed()
+        async move {
+            self.insert_rows(&[(entries::entries(actions), Written::Pending)])
+                .await
+        }
+        .boxed()
+    }
+
+    fn write_group<'a>(
+        &'a mut self,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Result<usize, JournalError>> {
+        self.write(items).boxed()
     }
 
     fn complete<'a>(
@@ -414,7 +467,12 @@ impl JournalStore for PgJournal {
         actions: &'a [Action],
         due: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
-        async move { self.insert_rows(actions, Some(due)).await.map(|_| ()) }.boxed()
+        async move {
+            self.insert_rows(&[(entries::entries(actions), Written::Scheduled(due))])
+                .await
+                .map(|_| ())
+        }
+        .boxed()
     }
 
     fn claim_due(
@@ -426,13 +484,93 @@ impl JournalStore for PgJournal {
     }
 }
 
+/// A trailing group's rows, by the state each is written in, and its dead letters. Completed
+/// actions of every batch in the group are folded together, so a key family changed in many
+/// batches costs one row per group (its completion time the latest). Pure.
+fn final_rows(items: &[Item]) -> (Vec<(Vec<entries::Entry>, Written<'_>)>, Vec<&DeadLetter>) {
+    let mut completed: Vec<Action> = Vec::new();
+    let mut seen: std::collections::HashMap<Target, usize> = std::collections::HashMap::new();
+    let mut latest: Option<DateTime<Utc>> = None;
+    let mut groups = Vec::new();
+    let mut letters = Vec::new();
+    for item in items {
+        match item {
+            Item::Completed { actions, at } => {
+                latest = latest.max(Some(*at));
+                for a in actions {
+                    match seen.get(&a.target) {
+                        Some(&i) => {
+                            let first: &mut Action = &mut completed[i];
+                            first.causes += a.causes;
+                            first.triggered_at = first.triggered_at.min(a.triggered_at);
+                        }
+                        None => {
+                            seen.insert(a.target.clone(), completed.len());
+                            completed.push(a.clone());
+                        }
+                    }
+                }
+            }
+            Item::Failed { actions, error } => {
+                groups.push((entries::entries(actions), Written::Failed(error)))
+            }
+            Item::Scheduled { actions, due } => {
+                groups.push((entries::entries(actions), Written::Scheduled(*due)))
+            }
+            Item::DeadLetters(l) => letters.extend(l.iter()),
+        }
+    }
+    if let Some(at) = latest {
+        groups.insert(0, (entries::entries(&completed), Written::Completed(at)));
+    }
+    (groups, letters)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::fence::Version;
+
+    fn action(key: &str, lsn: u64) -> Action {
+        Action {
+            target: Target::Key(key.into()),
+            reason: format!("change at {lsn}"),
+            rule: "r".into(),
+            table: "public.t".into(),
+            version: Version::from(crate::source::Lsn(lsn)),
+            triggered_at: Utc::now(),
+            causes: 1,
+            also: Vec::new(),
+            family: "t:*".into(),
+        }
+    }
+
     #[test]
-    fn scheduled_rows_are_the_pending_insert_with_a_due_time() {
-        let sql = super::schedule_sql();
-        assert!(sql.contains("'scheduled', r.t"), "{sql}");
-        assert!(sql.contains("source_table, lsn, due_at)"), "{sql}");
-        assert!(sql.contains("r.l::pg_lsn, $11::timestamptz FROM"), "{sql}");
+    fn a_group_folds_every_batch_s_completed_keys_into_one_row_per_family() {
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::milliseconds(5);
+        let items = vec![
+            Item::Completed {
+                actions: vec![action("t:1", 10), action("t:2", 10)],
+                at: t0,
+            },
+            Item::Completed {
+                actions: vec![action("t:2", 20), action("t:3", 20)],
+                at: t1,
+            },
+            Item::Scheduled {
+                actions: vec![action("t:1", 10)],
+                due: t1,
+            },
+        ];
+        let (groups, letters) = final_rows(&items);
+        assert!(letters.is_empty());
+        assert_eq!(groups.len(), 2);
+        let (rows, state) = &groups[0];
+        assert!(matches!(state, Written::Completed(at) if *at == t1));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].members, ["t:1", "t:2", "t:3"]);
+        assert!(rows[0].reason.contains("+3 more"), "{}", rows[0].reason);
+        assert!(matches!(groups[1].1, Written::Scheduled(_)));
     }
 }

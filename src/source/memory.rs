@@ -74,6 +74,7 @@ impl Source for MemorySource {
     fn next_batch<'a>(
         &'a mut self,
         shutdown: &'a mut Shutdown,
+        wake: &'a tokio::sync::Notify,
     ) -> BoxFuture<'a, Result<Batch, SourceError>> {
         async move {
             let cursor = self.cursor.ok_or(SourceError::NotConnected)?;
@@ -106,8 +107,12 @@ impl Source for MemorySource {
             };
             if transactions.is_empty() {
                 if !done {
-                    // Everything was delivered but not all confirmed: nothing more will come.
-                    shutdown.recv().await;
+                    // Everything was delivered but not all confirmed: nothing more will come
+                    // but a wake-up (something became confirmable) or the end.
+                    tokio::select! {
+                        _ = wake.notified() => return Ok(Batch::default()),
+                        _ = shutdown.recv() => {}
+                    }
                 }
                 return Ok(Batch {
                     shutdown: true,

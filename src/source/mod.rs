@@ -10,6 +10,9 @@
 //!   batch (and every batch before it) is done and journaled (see [`crate::worker`]). After a
 //!   crash or a reconnect ([`Source::connect`]) the stream resumes at the last confirmed
 //!   position, so everything not confirmed is delivered again: at-least-once.
+//! * **Wakeable** — the caller confirms positions when their work is durable, which may be
+//!   after the batch was processed: an idle [`Source::next_batch`] returns (empty) when woken,
+//!   so the confirmation is not held until the next change.
 //! * **Liveness** — while a batch is being worked on, [`Source::heartbeat`] keeps the stream
 //!   alive without moving the position.
 //!
@@ -236,10 +239,13 @@ pub trait Source: Send {
     fn connect(&mut self) -> BoxFuture<'_, Result<(), SourceError>>;
 
     /// The next batch. Waits for the first transaction, then takes what else has arrived up
-    /// to the limits; returns early (possibly empty, with `shutdown` set) when `shutdown` fires.
+    /// to the limits; returns early (possibly empty, with `shutdown` set) when `shutdown` fires,
+    /// and empty when `wake` is notified while nothing has been gathered (the caller has a
+    /// position to confirm).
     fn next_batch<'a>(
         &'a mut self,
         shutdown: &'a mut Shutdown,
+        wake: &'a tokio::sync::Notify,
     ) -> BoxFuture<'a, Result<Batch, SourceError>>;
 
     /// Confirms a position: every change before it is done and journaled.

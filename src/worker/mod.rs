@@ -5,9 +5,11 @@
 //! slot) and cache targets. Errors there are configuration errors. [`Worker::run`] recovers open
 //! journal rows, spawns the helpers — rule control ([`crate::control`]), the cache health watch
 //! (`health`), delayed passes (`delayed`), the warmer and warm-on-start ([`crate::warm`]) —
-//! and runs the pipeline, whose module documents the acknowledgement contract. At shutdown the
+//! and runs the pipeline, whose module documents the acknowledgement contract (`confirm` holds
+//! each position until the trailing journal has written what came before it). At shutdown the
 //! helpers are drained, not aborted: queued warm writes and delayed passes still run.
 
+mod confirm;
 mod delayed;
 mod health;
 mod lease;
@@ -237,6 +239,13 @@ impl Worker {
         status.set_progress(source.progress());
         drop(client);
         let live = inherited(previous, rules, plan_cx, start_at);
+        let wake = Arc::new(Notify::new());
+        let trail = crate::journal::Trail::spawn(
+            Box::new(PgJournal::new(pg.clone())),
+            crate::journal::TrailLimits::from_config(&config.worker),
+            status.clone(),
+            wake.clone(),
+        );
         let pipeline = Pipeline {
             live: Arc::new(live),
             status,
@@ -246,6 +255,7 @@ impl Worker {
             shutdown,
             followers: Followers::default(),
             prev_first_commit: None,
+            trailing: confirm::Confirmations::new(trail, wake),
         };
         Ok(Worker {
             config,

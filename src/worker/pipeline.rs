@@ -3,22 +3,27 @@
 //! # The acknowledgement contract
 //!
 //! A source position is confirmed only after **every** cache action planned from changes
-//! before it has completed on every cache target **and** its journal rows are final
-//! (`completed`). This is enforced here, in [`Pipeline::stream`]: a batch is planned, executed
-//! and journaled by [`Pipeline::process`] (through the one invalidation lifecycle,
-//! [`crate::journal::lifecycle`]), which retries until it succeeds, and only then is
-//! `batch.confirmable` passed to [`Source::confirm`]. Batches are processed one at a time, in
-//! order, so "every action before it" holds across batches too. A crash at any point therefore
-//! replays every change after the last confirmed position; since every action is idempotent
-//! (unlinking a key that is gone is a no-op) replay is safe, and nothing is lost. Journal rows
-//! left `pending` by a crash are re-executed and completed at the next start
-//! ([`Pipeline::recover`]).
+//! before it has completed on every cache target **and** its journal rows are durable. This is
+//! enforced here, in [`Pipeline::stream`]. A batch is planned and executed by
+//! [`Pipeline::process`] (through the one invalidation lifecycle,
+//! [`crate::journal::lifecycle`]), which retries until the cache has done it; its rows, already
+//! final, then go to the trailing journal ([`crate::journal::trail`]), which numbers them and
+//! writes them in groups behind the stream. The batch's `confirmable` position waits in
+//! `waiting` with the number of the last journal item handed over before it, and is passed to
+//! [`Source::confirm`] only once the trail reports that number durable. So the next batch's
+//! cache actions never wait for this batch's commit, yet "every action before it, done and
+//! journaled" holds at each confirmation, across batches too: batches are executed one at a
+//! time, in order, and the trail is written in order. A crash at any point replays every
+//! change after the last confirmed position; since every action is idempotent (unlinking a key
+//! that is gone is a no-op) replay is safe, and nothing is lost. A crash while the journal
+//! trails costs that replay — the trail is bounded (`journal_trail_batches`) — never a loss.
 //!
-//! Failures never skip work: cache or journal errors mark the batch's rows `failed`, back off
-//! and retry the same batch; a lost source connection reconnects and resumes from the last
-//! confirmed position. The pipeline never names a concrete source, cache or journal: it is
-//! tested with in-memory ones (see the tests below), including a property test over arbitrary
-//! interleavings of batches, failures and crashes.
+//! Failures never skip work: cache errors journal the batch's rows `failed`, back off and retry
+//! the same batch; journal errors are retried by the trail's writer while the positions wait; a
+//! lost source connection reconnects and resumes from the last confirmed position. The
+//! pipeline never names a concrete source, cache or journal: it is tested with in-memory ones
+//! (see the tests below), including a property test over arbitrary interleavings of batches,
+//! failures and crashes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,11 +32,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::confirm::Confirmations;
 use super::delayed::{self, Delayed, Message};
 use crate::action::WarmJob;
 use crate::control::Live;
 use crate::failpoints;
-use crate::journal::{self, InvalidationError, JournalStore, OnFailure, Rows};
+use crate::journal::{self, InvalidationError, Item, JournalStore};
 use crate::plan;
 use crate::runtime::{Backoff, Shutdown};
 use crate::source::{Batch, Source, SourceError};
@@ -56,6 +62,8 @@ pub(crate) struct Pipeline {
     pub followers: Followers,
     /// The first commit of the previous batch: rule epochs before it are pruned.
     pub prev_first_commit: Option<crate::source::Lsn>,
+    /// The stream's trailing journal, and the positions waiting for it.
+    pub trailing: Confirmations,
 }
 
 impl Pipeline {
@@ -90,11 +98,11 @@ impl Pipeline {
     /// The main loop on one connection. See the module docs for the contract.
     pub async fn stream(&mut self, source: &mut dyn Source) -> Result<(), SourceError> {
         let mut shutdown = self.shutdown.clone();
+        let wake = self.trailing.wake.clone();
         loop {
-            let batch = source.next_batch(&mut shutdown).await?;
-            let finished = if batch.transactions.is_empty() {
-                true
-            } else {
+            let batch = source.next_batch(&mut shutdown, &wake).await?;
+            let has_work = !batch.transactions.is_empty();
+            let finished = if has_work {
                 // While the batch runs (a TRUNCATE's SCANs can take long), keep the stream alive.
                 let heartbeat = source.heartbeat_interval();
                 let work = self.process(&batch);
@@ -105,27 +113,30 @@ impl Pipeline {
                         _ = tokio::time::sleep(heartbeat) => source.heartbeat().await?,
                     }
                 }
+            } else {
+                true
             };
             if !finished {
                 // Shutdown while the batch could not finish: leave it unconfirmed for replay.
                 tracing::warn!("stopping with an unfinished batch; it will be replayed on restart");
+                self.trailing.drain(source, &self.followers).await?;
                 source.close().await;
                 return Ok(());
             }
             self.backoff.reset();
             if let Some(position) = batch.confirmable {
-                if !batch.transactions.is_empty() {
-                    failpoints::hit(failpoints::AFTER_JOURNAL_BEFORE_CONFIRM);
-                }
-                // Every action before `position` is done on every target and journaled.
-                tracing::debug!(position = %position, "confirming");
-                source.confirm(position).await?;
+                // Confirmed once every journal item handed over so far is durable.
+                self.trailing.wait_for_journal(position, has_work);
             }
+            self.trailing
+                .confirm_durable(source, &self.followers)
+                .await?;
             self.status.set_progress(source.progress());
             if batch.ends_mid_transaction {
                 failpoints::hit(failpoints::BETWEEN_CHUNKS);
             }
             if batch.shutdown {
+                self.trailing.drain(source, &self.followers).await?;
                 source.close().await;
                 return Ok(());
             }
@@ -137,8 +148,13 @@ impl Pipeline {
     pub async fn process(&mut self, batch: &Batch) -> bool {
         // Dead letters are kept before the position can pass them.
         while !batch.dead_letters.is_empty() {
-            match self.journal.record_dead_letters(&batch.dead_letters).await {
-                Ok(()) => {
+            match self
+                .trailing
+                .trail
+                .push(Item::DeadLetters(batch.dead_letters.clone()))
+                .await
+            {
+                Ok(_) => {
                     add(
                         &self.status.counters.dead_letters,
                         batch.dead_letters.len() as u64,
@@ -293,17 +309,25 @@ impl Pipeline {
         true
     }
 
-    /// Journals the batch's delayed invalidation passes as `scheduled` rows, before the batch
-    /// can be confirmed: a crash must not lose them. Retries until done; false only if
-    /// shutdown was asked while it kept failing.
+    /// Hands the batch's delayed invalidation passes to the trailing journal as `scheduled`
+    /// rows, before the batch can be confirmed: a crash must not lose them. Their runner is
+    /// woken once they are durable. False only if shutdown was asked while it kept failing.
     async fn schedule_passes(&mut self, passes: &[Delayed]) -> bool {
         for d in passes.iter().filter(|d| !d.actions.is_empty()) {
             let Ok(delay) = chrono::Duration::from_std(d.delay) else {
                 continue;
             };
+            let at = tokio::time::Instant::now() + d.delay;
             loop {
-                match self.journal.schedule(&d.actions, Utc::now() + delay).await {
-                    Ok(()) => break,
+                let item = Item::Scheduled {
+                    actions: d.actions.clone(),
+                    due: Utc::now() + delay,
+                };
+                match self.trailing.trail.push(item).await {
+                    Ok(seq) => {
+                        self.trailing.wakes.push_back((seq, at));
+                        break;
+                    }
                     Err(e) => {
                         if !self.journal_failed("scheduling delayed passes", &e).await {
                             return false;
@@ -316,8 +340,7 @@ impl Pipeline {
     }
 
     /// Hands a completed batch's warm jobs to the warmer and its delayed passes to their
-    /// runner. Never waits: a full queue drops warm work (counted), the keys stay invalidated;
-    /// scheduled invalidations are already journaled, a lost wake-up only delays them.
+    /// runner. Never waits: a full queue drops warm work (counted), the keys stay invalidated.
     fn after_batch(&self, plan: &plan::Plan, passes: Vec<Delayed>) {
         let c = &self.status.counters;
         if !plan.warms.is_empty() {
@@ -332,33 +355,28 @@ impl Pipeline {
         };
         for d in passes {
             let at = tokio::time::Instant::now() + d.delay;
-            if !d.actions.is_empty() {
-                let _ = tx.try_send(Message::Wake(at));
-            }
             if !d.warms.is_empty() && tx.try_send(Message::Warm(at, d.warms)).is_err() {
                 add(&c.warm_dropped, 1);
             }
         }
     }
 
-    /// One attempt of one batch through the invalidation lifecycle.
+    /// One attempt of one batch through the invalidation lifecycle (the stream's trailing
+    /// path: the journal is written behind it).
     async fn execute(&mut self, plan: &plan::Plan) -> Result<DateTime<Utc>, InvalidationError> {
         let targets: Vec<_> = plan.actions.iter().map(|a| &a.target).collect();
-        let r = journal::invalidate(
-            self.journal.as_mut(),
+        let r = journal::invalidate_trailing(
+            &mut self.trailing.trail,
             &mut self.targets,
-            Rows::Record(&plan.actions),
+            &plan.actions,
             &plan.marks,
             &targets,
-            OnFailure::Fail,
         )
         .await;
         let c = &self.status.counters;
         match r {
-            Ok(done) => {
-                add(&c.journal_us, done.journal_time.as_micros() as u64);
+            Ok((done, _)) => {
                 add(&c.redis_us, done.cache_time.as_micros() as u64);
-                add(&c.journal_rows, done.rows as u64);
                 self.status.redis_connected.store(true, Ordering::Relaxed);
                 add(&c.keys, plan.keys().count() as u64);
                 add(&c.patterns, plan.patterns().count() as u64);

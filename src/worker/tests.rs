@@ -9,10 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use proptest::prelude::*;
 
+use super::confirm::Confirmations;
 use super::pipeline::{Followers, Pipeline};
 use crate::action::Target;
 use crate::control::Live;
 use crate::journal::memory::MemoryJournal;
+use crate::journal::{Trail, TrailLimits};
 use crate::plan;
 use crate::rules::{parse_file, RuleSet};
 use crate::runtime::{Backoff, ShutdownSender};
@@ -141,15 +143,29 @@ impl World {
     }
 
     fn pipeline(&self, stop: &ShutdownSender) -> Pipeline {
+        let status = Arc::new(Status::default());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let trail = Trail::spawn(
+            Box::new(self.journal.clone()),
+            TrailLimits {
+                window: Duration::from_millis(100),
+                group_rows: 10,
+                max_items: 4,
+                max_backoff: Duration::from_millis(200),
+            },
+            status.clone(),
+            wake.clone(),
+        );
         Pipeline {
             live: Arc::new(Live::new(rules(), plan::Context::default())),
-            status: Arc::new(Status::default()),
+            status,
             journal: Box::new(self.journal.clone()),
             targets: Targets::new(vec![Box::new(self.cache.clone())]),
             backoff: Backoff::new(Duration::from_millis(200)),
             shutdown: stop.subscribe(),
             followers: Followers::default(),
             prev_first_commit: None,
+            trailing: Confirmations::new(trail, wake),
         }
     }
 
@@ -218,7 +234,13 @@ fn failures_hold_the_position_until_the_batch_is_done() {
         world.life(2, None).await;
         world.assert_all_done();
         let log = world.log.lock().unwrap();
-        assert_eq!(log.confirms, [Lsn(20), Lsn(30)]);
+        // Confirmations trail the journal's groups: fewer than batches, in order, ending last.
+        assert!(
+            log.confirms.windows(2).all(|w| w[0] < w[1]),
+            "{:?}",
+            log.confirms
+        );
+        assert_eq!(log.confirms.last(), Some(&Lsn(30)));
         // Three cache failures and two journal failures: each retried the same batch.
         let failed = world
             .journal
@@ -241,6 +263,30 @@ fn a_crash_after_the_cache_and_before_the_journal_is_recovered() {
         world.life(1, Some(Duration::from_secs(5))).await;
         assert!(world.log.lock().unwrap().confirms.is_empty());
         world.journal.fail_next(0);
+        world.life(1, None).await;
+        world.assert_all_done();
+    });
+}
+
+#[test]
+fn the_cache_runs_ahead_of_a_journal_that_cannot_write_and_nothing_is_confirmed() {
+    runtime().block_on(async {
+        let world = World::new(&[vec![1], vec![2], vec![3], vec![4]]);
+        // The journal refuses every write in this life: each batch's keys are still unlinked
+        // at once (the next batch never waits for the previous one's journal), but no position
+        // is confirmed, because none has its rows durable.
+        world.journal.state().refuse_groups = true;
+        world.life(1, Some(Duration::from_secs(5))).await;
+        let executed = world.cache.state().executed.clone();
+        for k in ["t:1", "t:2", "t:3", "t:4"] {
+            assert!(
+                covered(&executed, k),
+                "{k} unlinked ahead of the journal: {executed:?}"
+            );
+        }
+        assert!(world.log.lock().unwrap().confirms.is_empty());
+        // The next life replays and journals everything.
+        world.journal.state().refuse_groups = false;
         world.life(1, None).await;
         world.assert_all_done();
     });

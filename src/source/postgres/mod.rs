@@ -103,9 +103,10 @@ impl Source for PostgresSource {
     fn next_batch<'a>(
         &'a mut self,
         shutdown: &'a mut Shutdown,
+        wake: &'a tokio::sync::Notify,
     ) -> BoxFuture<'a, Result<Batch, SourceError>> {
         async move {
-            let r = self.stream()?.next_batch(shutdown).await;
+            let r = self.stream()?.next_batch(shutdown, wake).await;
             self.remember();
             if r.is_err() {
                 // The connection is unusable after an error: the next connect starts afresh.

@@ -205,10 +205,12 @@ impl ReplicationStream {
 
     /// Gathers the next batch. Waits for the first transaction; then takes whatever else has
     /// arrived (within `linger`) up to `max_changes`. Sends status updates while idle and
-    /// returns early (possibly empty) when `shutdown` flips to true.
+    /// returns early (possibly empty) when `shutdown` flips to true, and empty when `wake` is
+    /// notified while nothing is gathered.
     pub(super) async fn next_batch(
         &mut self,
         shutdown: &mut Shutdown,
+        wake: &tokio::sync::Notify,
     ) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
         self.batch_bytes = 0;
@@ -239,7 +241,9 @@ impl ReplicationStream {
                 .limits
                 .status_interval
                 .saturating_sub(self.last_status.elapsed());
+            let idle = batch.transactions.is_empty() && !self.assembler.in_transaction();
             tokio::select! {
+                _ = wake.notified(), if idle => return Ok(self.finish(batch)),
                 msg = self.conn.recv() => {
                     self.handle(msg?, &mut batch).await?;
                     // An idle keepalive moved the resumable position: confirm it right away so

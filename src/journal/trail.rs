@@ -1,0 +1,202 @@
+//! The trailing journal: stream rows written once, in their final state, in groups, behind the
+//! cache.
+//!
+//! The stream's invalidations do not wait for the journal. Once a batch's cache actions are
+//! done, its rows — already `completed` (or `failed`), with their delayed passes (`scheduled`)
+//! and dead letters — are handed to [`Trail::push`], which numbers them and returns at once. A
+//! writer task of its own gathers what arrives over a short window (`journal_window_ms`, or
+//! until `journal_group_rows` actions) and writes the whole group through
+//! [`JournalStore::write_group`]: one statement, one commit, whatever the number of batches.
+//! It then publishes the highest number it has made durable ([`Trail::durable`]) and wakes the
+//! pipeline, which confirms a source position only once every number before it is durable
+//! (see [`crate::worker`]): the acknowledgement contract is unchanged, it is pipelined.
+//!
+//! How far the journal may trail is bounded: at most `journal_trail_batches` items wait for
+//! the writer; past that [`Trail::push`] waits, which holds the stream back while PostgreSQL is
+//! slow or away. A crash inside that window loses no invalidation: the rows not yet written
+//! belong to positions not yet confirmed, so their changes are replayed, executed again
+//! (idempotent) and journaled then. A `pending` row would add nothing to that recovery, so the
+//! stream writes none: one insert per group, never an update.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::{JournalError, JournalStore};
+use crate::action::Action;
+use crate::runtime::Backoff;
+use crate::source::DeadLetter;
+use crate::status::{add, Status};
+
+/// Journal work handed over by the stream, written in its final state.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// Actions the cache completed at `at`.
+    Completed {
+        actions: Vec<Action>,
+        at: DateTime<Utc>,
+    },
+    /// Actions the cache refused, with the error (the stream retries them).
+    Failed { actions: Vec<Action>, error: String },
+    /// Delayed passes falling due at `due`.
+    Scheduled {
+        actions: Vec<Action>,
+        due: DateTime<Utc>,
+    },
+    /// Input the source could not understand.
+    DeadLetters(Vec<DeadLetter>),
+}
+
+impl Item {
+    /// How much the item weighs against `journal_group_rows`.
+    fn weight(&self) -> usize {
+        match self {
+            Item::Completed { actions, .. }
+            | Item::Failed { actions, .. }
+            | Item::Scheduled { actions, .. } => actions.len().max(1),
+            Item::DeadLetters(l) => l.len().max(1),
+        }
+    }
+}
+
+/// How the writer groups.
+#[derive(Debug, Clone, Copy)]
+pub struct TrailLimits {
+    /// Gather items this long after the first one of a group arrives.
+    pub window: Duration,
+    /// …or until the group holds this many actions.
+    pub group_rows: usize,
+    /// Items that may wait for the writer before [`Trail::push`] waits.
+    pub max_items: usize,
+    /// Upper bound of the retry backoff.
+    pub max_backoff: Duration,
+}
+
+impl TrailLimits {
+    pub fn from_config(w: &crate::config::WorkerConfig) -> Self {
+        TrailLimits {
+            window: Duration::from_millis(w.journal_window_ms),
+            group_rows: w.journal_group_rows.max(1),
+            max_items: w.journal_trail_batches.max(1),
+            max_backoff: Duration::from_millis(w.max_backoff_ms.max(50)),
+        }
+    }
+}
+
+/// The stream's handle on the trailing journal.
+pub struct Trail {
+    tx: mpsc::Sender<(u64, Item)>,
+    durable: watch::Receiver<u64>,
+    assigned: u64,
+}
+
+impl Trail {
+    /// Starts the writer over `store` (a connection of its own). `wake` is notified after
+    /// each durable group. The writer ends once the trail is dropped and what it holds is
+    /// written.
+    pub fn spawn(
+        store: Box<dyn JournalStore>,
+        limits: TrailLimits,
+        status: Arc<Status>,
+        wake: Arc<Notify>,
+    ) -> Trail {
+        let (tx, rx) = mpsc::channel(limits.max_items.max(1));
+        let (durable_tx, durable) = watch::channel(0);
+        let writer = Writer {
+            store,
+            limits,
+            status,
+            wake,
+            durable: durable_tx,
+        };
+        tokio::spawn(writer.run(rx));
+        Trail {
+            tx,
+            durable,
+            assigned: 0,
+        }
+    }
+
+    /// Hands `item` to the writer and returns its number; waits only while the trail is full.
+    pub async fn push(&mut self, item: Item) -> Result<u64, JournalError> {
+        let seq = self.assigned + 1;
+        self.tx
+            .send((seq, item))
+            .await
+            .map_err(|_| JournalError::Unavailable("the journal writer stopped"))?;
+        self.assigned = seq;
+        Ok(seq)
+    }
+
+    /// The number of the last item handed over.
+    pub fn assigned(&self) -> u64 {
+        self.assigned
+    }
+
+    /// Every item numbered up to this is durable.
+    pub fn durable(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Waits until every item handed over is durable, or `limit` passes; true if it is.
+    pub async fn flush(&mut self, limit: Duration) -> bool {
+        let target = self.assigned;
+        let wait = self.durable.wait_for(|d| *d >= target);
+        matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)))
+    }
+}
+
+/// The writer task.
+struct Writer {
+    store: Box<dyn JournalStore>,
+    limits: TrailLimits,
+    status: Arc<Status>,
+    wake: Arc<Notify>,
+    durable: watch::Sender<u64>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<(u64, Item)>) {
+        let mut backoff = Backoff::new(self.limits.max_backoff);
+        while let Some((first_seq, first)) = rx.recv().await {
+            let mut last = first_seq;
+            let mut weight = first.weight();
+            let mut group = vec![first];
+            let deadline = tokio::time::Instant::now() + self.limits.window;
+            while weight < self.limits.group_rows {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((seq, item))) => {
+                        weight += item.weight();
+                        last = seq;
+                        group.push(item);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // Written whole or not at all; retried until it is (the stream holds its positions).
+            loop {
+                let t = Instant::now();
+                match self.store.write_group(&group).await {
+                    Ok(rows) => {
+                        let c = &self.status.counters;
+                        add(&c.journal_us, t.elapsed().as_micros() as u64);
+                        add(&c.journal_rows, rows as u64);
+                        add(&c.journal_groups, 1);
+                        backoff.reset();
+                        break;
+                    }
+                    Err(e) => {
+                        add(&self.status.counters.journal_errors, 1);
+                        tracing::warn!(error = %e, items = group.len(), "writing the journal failed; retrying (the stream holds its positions)");
+                        self.status.set_error(Some(e.to_string()));
+                        backoff.wait().await;
+                    }
+                }
+            }
+            self.durable.send_replace(last);
+            self.wake.notify_one();
+        }
+    }
+}
