@@ -11,80 +11,24 @@
 //!    of the changes it records, and the journal's share of batch time.
 //! 3. Latency: commit → key gone, measured from outside (a probe sets a key, commits an update,
 //!    and polls Redis), idle and while a bulk writer loads the database.
+//!
+//! `CW_BIN` measures another cachewarden binary (an earlier build, for before/after figures).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+mod common;
+
+use common::{
+    clear_prefix, connect, env_usize, fresh_database, http_status, lsn, lsn_text, pct, recvlogical,
+    spawn_worker, wait_connected, PG, REDIS,
+};
 
 const DB: &str = "cw_bench";
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
-const REDIS: &str = "redis://127.0.0.1:6379/0";
 const PREFIX: &str = "cwbench:";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn connect(db: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(&format!("{PG}/{db}"), NoTls)
-        .await
-        .expect("postgres");
-    tokio::spawn(conn);
-    c
-}
-
-async fn lsn(c: &Client) -> u64 {
-    let s: String = c
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    s.parse().unwrap()
-}
-
-fn lsn_text(v: u64) -> String {
-    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
-}
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-async fn http_status(addr: &str) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /status HTTP/1.0\r\n\r\n").await.ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    serde_json::from_str(buf.split_once("\r\n\r\n")?.1).ok()
-}
-
-async fn clear_prefix(r: &mut redis::aio::MultiplexedConnection) {
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{PREFIX}*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(r)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = r.unlink(keys).await.unwrap();
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-}
 
 /// Sets the row's key, commits `sql` for it, and returns the milliseconds from the commit's
 /// return until the key is gone (polled every 100 µs).
@@ -148,24 +92,11 @@ async fn main() {
     let n = env_usize("CW_BENCH_CHANGES", 200_000);
     let tx_size = env_usize("CW_BENCH_TX_SIZE", 100);
     let probes = env_usize("CW_BENCH_PROBES", 500);
-    let bin = env!("CARGO_BIN_EXE_cachewarden");
+    let bin = std::env::var("CW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cachewarden").into());
 
     // ---- setup
     let admin = connect("postgres").await;
-    for slot in ["cw_bench", "cw_bench_raw"] {
-        let _ = admin
-            .execute("SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await;
-    }
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DB}"))
-        .await
-        .unwrap();
-    let db = connect(DB).await;
+    let db = fresh_database(&admin, DB, &["cw_bench", "cw_bench_raw"]).await;
     db.batch_execute(&format!(
         "CREATE TABLE items (id int PRIMARY KEY, val int NOT NULL, note text NOT NULL DEFAULT 'x');
          INSERT INTO items SELECT g, 0 FROM generate_series(1, {n}) g;
@@ -192,20 +123,28 @@ async fn main() {
     .unwrap();
     let config = dir.join("cachewarden.toml");
     let run = |cmd: &str| {
-        std::process::Command::new(bin)
+        std::process::Command::new(&bin)
             .args(["--config", config.to_str().unwrap(), cmd])
             .stdout(Stdio::null())
             .status()
             .unwrap()
     };
     assert!(run("migrate").success());
-    for sql in [
-        "CREATE PUBLICATION cw_bench FOR TABLE items",
-        "SELECT pg_create_logical_replication_slot('cw_bench', 'pgoutput')",
-        "SELECT pg_create_logical_replication_slot('cw_bench_raw', 'pgoutput')",
-    ] {
-        db.batch_execute(sql).await.unwrap();
+    // The worker creates its publication and slot and records the rules it runs, as in
+    // production; then it stops, and the backlog is written while nothing consumes it. (A
+    // slot made behind its back would have unknown rules, and its backlog would be
+    // invalidated in whole key families, as it must be after such a gap.)
+    {
+        let mut first = spawn_worker(&bin, &config);
+        wait_connected(status_addr).await;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &first.id().unwrap().to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(20), first.wait()).await;
     }
+    db.batch_execute("SELECT pg_create_logical_replication_slot('cw_bench_raw', 'pgoutput')")
+        .await
+        .unwrap();
 
     // ---- the backlog: n changes in transactions of tx_size rows
     let mut r = redis::Client::open(REDIS)
@@ -213,7 +152,7 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    clear_prefix(&mut r).await;
+    clear_prefix(&mut r, PREFIX).await;
     let wal_start = lsn(&db).await;
     let t = Instant::now();
     let mut id = 1;
@@ -241,17 +180,9 @@ async fn main() {
 
     // ---- baseline 1: pg_recvlogical drains the backlog
     let t = Instant::now();
-    let st = std::process::Command::new("pg_recvlogical")
+    // The last `-f` wins: the output goes nowhere.
+    let st = recvlogical(DB, "cw_bench_raw")
         .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            DB,
-            "--slot",
-            "cw_bench_raw",
-            "--start",
             "--no-loop",
             "-o",
             "proto_version=1",
@@ -273,22 +204,23 @@ async fn main() {
         .unwrap();
 
     // ---- cachewarden drains the same backlog
-    let mut child = tokio::process::Command::new(bin)
-        .args(["--config", config.to_str().unwrap(), "run"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_worker(&bin, &config);
     let spawned = Instant::now();
     // The clock starts when the process answers on its status port (before it connects to
     // PostgreSQL), so start-up work (connect, migrate, schema check) counts against it.
+    // It stops when every key is unlinked (the `keys` counter counts executed ones); the
+    // confirmation, which trails by the journal's group window, is timed on its own.
     let mut first_answer = None;
+    let mut unlinked_at = None;
     let done;
     loop {
         if let Some(s) = http_status(status_addr).await {
             let changes = s["counters"]["changes"].as_u64().unwrap_or(0);
             if first_answer.is_none() {
                 first_answer = Some(Instant::now());
+            }
+            if unlinked_at.is_none() && s["counters"]["keys"].as_u64().unwrap_or(0) >= n as u64 {
+                unlinked_at = Some(Instant::now());
             }
             let confirmed = s["confirmed_lsn"].as_str().unwrap_or("0/0");
             let (hi, lo) = confirmed.split_once('/').unwrap();
@@ -305,8 +237,10 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (finished, status) = done.unwrap();
-    let cw_secs = (finished - first_answer.unwrap_or(spawned)).as_secs_f64();
+    let (confirmed_at, status) = done.unwrap();
+    let begun = first_answer.unwrap_or(spawned);
+    let cw_secs = (unlinked_at.unwrap_or(confirmed_at) - begun).as_secs_f64();
+    let confirm_secs = (confirmed_at - begun).as_secs_f64();
     let worker_wal = lsn(&db).await - wal_end;
     let remaining: usize = {
         let mut p = redis::pipe();
@@ -407,7 +341,8 @@ async fn main() {
     );
     println!("backlog: {n} row changes in {} transactions of {tx_size} rows (written in {write_secs:.2}s)", n.div_ceil(tx_size));
     println!("  baseline pg_recvlogical (pgoutput -> /dev/null): {raw_rate:>10.0} changes/s ({raw_secs:.2}s)");
-    println!("  cachewarden (start-up, decode, plan, UNLINK, journal, confirm): {cw_rate:>10.0} changes/s ({cw_secs:.2}s)  = {:.2}x pg_recvlogical", cw_rate / raw_rate);
+    println!("  cachewarden (start-up, decode, plan, UNLINK): {cw_rate:>10.0} changes/s ({cw_secs:.2}s)  = {:.2}x pg_recvlogical", cw_rate / raw_rate);
+    println!("  ... and journaled and confirmed: {:>10.0} changes/s ({confirm_secs:.2}s)  = {:.2}x pg_recvlogical", n as f64 / confirm_secs, n as f64 / confirm_secs / raw_rate);
     println!("  baseline redis-benchmark -P 500 UNLINK: {unlink_rps:>10.0} keys/s");
     println!("  cachewarden keys unlinked:              {cw_rate:>10.0} keys/s  = {:.2}x redis-benchmark", cw_rate / unlink_rps);
     println!("  batches: {batches}, journal rows: {journal_rows}");
@@ -428,7 +363,7 @@ async fn main() {
         pct(&lat_load, 0.99),
         pct(&lat_load, 1.0)
     );
-    clear_prefix(&mut r).await;
+    clear_prefix(&mut r, PREFIX).await;
     drop(db);
     drop(probe);
     for slot in ["cw_bench", "cw_bench_raw"] {

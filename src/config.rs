@@ -144,6 +144,10 @@ pub struct WorkerConfig {
     /// Wait this long for more transactions before executing a batch (0: only what arrived).
     #[serde(default)]
     pub batch_linger_ms: u64,
+    /// A batch stops growing this long (µs) after it first held a whole transaction, so that a
+    /// steady stream cannot keep its first change waiting.
+    #[serde(default = "default_batch_max_wait")]
+    pub batch_max_wait_us: u64,
     /// Standby status update interval while idle.
     #[serde(default = "default_status_interval")]
     pub status_interval_ms: u64,
@@ -184,6 +188,7 @@ impl Default for WorkerConfig {
             max_batch_changes: default_max_batch(),
             max_batch_bytes: default_max_batch_bytes(),
             batch_linger_ms: 0,
+            batch_max_wait_us: default_batch_max_wait(),
             status_interval_ms: default_status_interval(),
             max_backoff_ms: default_max_backoff(),
             metrics_interval_secs: default_metrics_interval(),
@@ -197,6 +202,9 @@ impl Default for WorkerConfig {
     }
 }
 
+fn default_batch_max_wait() -> u64 {
+    300
+}
 fn default_journal_window() -> u64 {
     100
 }

@@ -43,11 +43,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The work runs as a task on the runtime's worker threads, not on this thread: a worker
+    // thread woken by a socket then runs the task itself, where `block_on` would need a
+    // cross-thread wake-up (a context switch) for every read on the replication stream and
+    // every reply from Redis.
     runtime.block_on(async move {
-        match dispatch(cli).await {
-            Ok(code) => code,
-            Err(e) => {
+        match tokio::spawn(dispatch(cli)).await {
+            Ok(Ok(code)) => code,
+            Ok(Err(e)) => {
                 eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
                 ExitCode::from(2)
             }
         }

@@ -172,6 +172,10 @@ pub struct BatchLimits {
     /// How long to wait for more transactions once one is complete. Zero takes only what has
     /// already arrived, which batches naturally under load and adds no latency when idle.
     pub linger: Duration,
+    /// Stop taking more this long after the batch first held a whole transaction: under a
+    /// steady stream, messages keep arriving one by one, and "take what has arrived" alone
+    /// would keep the first change waiting while the batch grows.
+    pub max_wait: Duration,
     /// How often to tell the server we are alive while idle or busy.
     pub status_interval: Duration,
 }
@@ -183,6 +187,7 @@ impl BatchLimits {
             max_changes: w.max_batch_changes,
             max_bytes: w.max_batch_bytes.max(1),
             linger: Duration::from_millis(w.batch_linger_ms),
+            max_wait: Duration::from_micros(w.batch_max_wait_us),
             status_interval: Duration::from_millis(w.status_interval_ms.max(100)),
         }
     }
@@ -194,6 +199,7 @@ impl Default for BatchLimits {
             max_changes: 10_000,
             max_bytes: 64 << 20,
             linger: Duration::ZERO,
+            max_wait: Duration::from_millis(1),
             status_interval: Duration::from_secs(10),
         }
     }

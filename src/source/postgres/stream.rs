@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+
 use super::pgoutput::{Assembled, Assembler};
 use super::replication::{ReplMessage, ReplicationConnection};
 use crate::runtime::Shutdown;
@@ -27,6 +29,17 @@ pub(super) struct ReplicationStream {
     /// Which columns' values the rules need, and the generation applied.
     filter: SharedFilter,
     filter_gen: u64,
+}
+
+/// Whether the batch's first transaction committed long ago: the stream is draining a backlog,
+/// where bigger batches drain faster and a bound on the batch's wait would gain nothing. (By
+/// the server's clock; a skewed clock only moves the point where batches stop being bounded.)
+fn draining_backlog(batch: &Batch) -> bool {
+    const BACKLOG: chrono::TimeDelta = chrono::TimeDelta::milliseconds(100);
+    batch
+        .transactions
+        .first()
+        .is_some_and(|t| chrono::Utc::now() - t.commit_time > BACKLOG)
 }
 
 impl ReplicationStream {
@@ -204,7 +217,9 @@ impl ReplicationStream {
     }
 
     /// Gathers the next batch. Waits for the first transaction; then takes whatever else has
-    /// arrived (within `linger`) up to `max_changes`. Sends status updates while idle and
+    /// arrived (within `linger`) up to `max_changes`, for at most `max_wait` after the first
+    /// transaction was whole (then it finishes the transaction it is in and stops) unless it is
+    /// draining a backlog. Sends status updates while idle and
     /// returns early (possibly empty) when `shutdown` flips to true, and empty when `wake` is
     /// notified while nothing is gathered.
     pub(super) async fn next_batch(
@@ -214,23 +229,41 @@ impl ReplicationStream {
     ) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
         self.batch_bytes = 0;
+        // When the batch first held a whole transaction: a steady stream must not grow it (and
+        // the wait of its first change) without bound.
+        let mut ready_since: Option<Instant> = None;
+        let max_wait = self.limits.max_wait.max(self.limits.linger);
         loop {
             if self.full(&batch) {
                 return Ok(self.finish(batch));
             }
             let have_work = !batch.transactions.is_empty();
             if have_work && !self.assembler.in_transaction() {
-                // A complete batch is ready: take more only if it is already here.
+                // A complete batch is ready: take more only if it is already here, and only
+                // for a moment.
+                let since = *ready_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= max_wait && !draining_backlog(&batch) {
+                    return Ok(self.finish(batch));
+                }
                 if let Some(msg) = self.conn.try_recv_buffered()? {
                     self.handle(msg, &mut batch).await?;
                     continue;
                 }
-                match tokio::time::timeout(self.limits.linger, self.conn.recv()).await {
-                    Ok(msg) => {
+                // Without a linger, only what the socket already holds: a zero timeout would
+                // still wait for the timer wheel's next tick (up to a millisecond).
+                let more = if self.limits.linger.is_zero() {
+                    self.conn.recv().now_or_never()
+                } else {
+                    tokio::time::timeout(self.limits.linger, self.conn.recv())
+                        .await
+                        .ok()
+                };
+                match more {
+                    Some(msg) => {
                         self.handle(msg?, &mut batch).await?;
                         continue;
                     }
-                    Err(_) => return Ok(self.finish(batch)),
+                    None => return Ok(self.finish(batch)),
                 }
             }
             if shutdown.is_shutdown() {

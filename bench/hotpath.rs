@@ -1,0 +1,668 @@
+//! The hot path against baselines measured in the same run, with PostgreSQL's default
+//! settings (`synchronous_commit = on`, nothing tuned):
+//!
+//! 1. **Lag** — single-row `UPDATE` transactions are committed at 100, 1,000 and 10,000 tx/s
+//!    by 32 application connections. For each change, the time from its commit returning to
+//!    the application until cachewarden's `UNLINK` of its key (a Redis keyspace event), against
+//!    the time until a raw `pg_recvlogical` (test_decoding, on its own slot, on the same load)
+//!    receives the change.
+//! 2. **Journal cost** — every WAL record written during each phase is attributed with
+//!    `pg_waldump`: to the application (transactions touching its tables) or to the worker
+//!    (transactions touching `cache_*`/`cachewarden_*` tables). Printed as the worker's WAL
+//!    bytes and commits per application transaction, and as fractions of the application's.
+//! 3. **Patterns** — with 1,000,000 other keys in Redis, a rule with a pattern fires 10 times a
+//!    second (one course update each) beside 1,000 exact-key tx/s: the pattern's lag as a
+//!    multiple of one `SCAN` pass over the same keyspace (measured here), and the exact keys'
+//!    lag against phase 1's at the same rate.
+//!
+//! `CW_HOT_SECS` (10) sets each phase's length, `CW_HOT_RATES` ("100,1000,10000") the rates,
+//! `CW_HOT_FILLER` (1000000) the other keys, `CW_BIN` another cachewarden binary to measure
+//! (an earlier build, for before/after figures). Run with `bench/run.sh hotpath`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    clear_prefix, connect, env_usize, fresh_database, http_status, lsn, lsn_text, pct, psql,
+    recvlogical, scan_keys, set_keys, spawn_worker, unless_zero, wait_connected, PG, REDIS,
+};
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tokio::io::AsyncBufReadExt;
+use tokio_postgres::Client;
+
+const DB: &str = "cw_hot";
+const PREFIX: &str = "cwhot:";
+const SLOT: &str = "cw_hot";
+const RAW_SLOT: &str = "cw_hot_raw";
+const HOLD_SLOT: &str = "cw_hot_hold";
+const CONNS: usize = 32;
+const COURSES: usize = 10_000;
+const STATUS: &str = "127.0.0.1:19188";
+
+/// When each change happened, in nanoseconds since the run's start (0: not yet), by row id.
+struct Times(Vec<AtomicU64>);
+
+impl Times {
+    fn new(n: usize) -> Self {
+        Times((0..=n).map(|_| AtomicU64::new(0)).collect())
+    }
+    fn set_once(&self, id: usize, t: u64) {
+        if let Some(a) = self.0.get(id) {
+            let _ = a.compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+    fn get(&self, id: usize) -> Option<u64> {
+        self.0
+            .get(id)
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|t| *t > 0)
+    }
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn ns(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// What the run observes.
+struct Seen {
+    clock: Clock,
+    /// Item commits returned to the application.
+    sent: Times,
+    /// Item keys unlinked (keyspace events).
+    cw: Times,
+    /// Item changes received by pg_recvlogical.
+    raw: Times,
+    /// Course commits returned, and their pattern's key unlinked.
+    course_sent: Times,
+    course_gone: Times,
+}
+
+/// Drops the run's slots and database and restores Redis' notification setting, even when the
+/// run panics: a slot left behind would retain WAL until the disk is full.
+struct Cleanup {
+    notify_events: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", "cachewarden-hotpath/cachewarden.toml"])
+            .status();
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &format!("slot {RAW_SLOT}")])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+        psql(
+            "postgres",
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name IN ('{SLOT}', '{RAW_SLOT}', '{HOLD_SLOT}') AND NOT active"
+            ),
+        );
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
+        );
+        let _ = std::process::Command::new("redis-cli")
+            .args([
+                "CONFIG",
+                "SET",
+                "notify-keyspace-events",
+                &self.notify_events,
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Commits `rate` single-row updates per second for `secs`, over `conns`; ids come from
+/// `next` (each change its own row and key). Returns how many were committed.
+async fn load(
+    conns: &[Arc<Client>],
+    rate: f64,
+    secs: f64,
+    next: &Arc<AtomicUsize>,
+    seen: &Arc<Seen>,
+) -> usize {
+    let per = rate / conns.len() as f64;
+    let mut tasks = Vec::new();
+    // Each connection's ticks are offset from the others', so the load is a steady stream, not
+    // bursts of one commit per connection.
+    let period = Duration::from_secs_f64(1.0 / per);
+    let begin = tokio::time::Instant::now();
+    for (i, c) in conns.iter().enumerate() {
+        let first = begin + period.mul_f64(i as f64 / conns.len() as f64);
+        let (c, next, seen) = (c.clone(), next.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(first, period);
+            let start = Instant::now();
+            let mut n = 0;
+            while start.elapsed().as_secs_f64() < secs {
+                tick.tick().await;
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                c.execute(
+                    "UPDATE items SET val = val + 1 WHERE id = $1",
+                    &[&(id as i32)],
+                )
+                .await
+                .unwrap();
+                seen.sent.set_once(id, seen.clock.ns());
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+/// Lags in milliseconds of ids `range` from `sent` to `done`, sorted; and how many never came.
+fn lags(sent: &Times, done: &Times, range: std::ops::Range<usize>) -> (Vec<f64>, usize) {
+    let mut out = Vec::with_capacity(range.len());
+    let mut missing = 0;
+    for id in range {
+        let Some(s) = sent.get(id) else { continue };
+        match done.get(id) {
+            Some(d) => out.push((d as f64 - s as f64) / 1e6),
+            None => missing += 1,
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    (out, missing)
+}
+
+/// WAL bytes and commit records by whose transaction wrote them.
+#[derive(Debug, Default)]
+struct WalShare {
+    app_bytes: u64,
+    app_commits: u64,
+    worker_bytes: u64,
+    worker_commits: u64,
+    other_bytes: u64,
+}
+
+/// Attributes every WAL record in `from..to` with pg_waldump: a transaction that touched one
+/// of `app` relfilenodes is the application's, one of `worker`'s the worker's.
+async fn attribute_wal(
+    db: &Client,
+    db_oid: u32,
+    from: u64,
+    to: u64,
+    app: &HashSet<u32>,
+    worker: &HashSet<u32>,
+) -> WalShare {
+    let dir: String = db
+        .query_one("SELECT current_setting('data_directory')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let out = tokio::process::Command::new("/usr/lib/postgresql/15/bin/pg_waldump")
+        .args([
+            "-p",
+            &format!("{dir}/pg_wal"),
+            "-s",
+            &lsn_text(from),
+            "-e",
+            &lsn_text(to),
+        ])
+        .output()
+        .await
+        .expect("pg_waldump");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut records: Vec<(u32, u64, bool)> = Vec::new();
+    let (mut app_x, mut worker_x) = (HashSet::new(), HashSet::new());
+    let prefix = format!("/{db_oid}/");
+    for line in text.lines() {
+        let Some(len) = line
+            .split_once("len (rec/tot):")
+            .and_then(|(_, r)| r.split_once('/'))
+            .and_then(|(_, r)| r.split(',').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let xid = line
+            .split_once("tx:")
+            .and_then(|(_, r)| r.split(',').next())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        let commit = line.starts_with("rmgr: Transaction") && line.contains("desc: COMMIT");
+        for part in line.split("rel 1663").skip(1) {
+            let Some(rest) = part.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            let node: u32 = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .unwrap_or(0);
+            if app.contains(&node) {
+                app_x.insert(xid);
+            } else if worker.contains(&node) {
+                worker_x.insert(xid);
+            }
+        }
+        records.push((xid, len, commit));
+    }
+    let mut share = WalShare::default();
+    for (xid, len, commit) in records {
+        if xid != 0 && worker_x.contains(&xid) {
+            share.worker_bytes += len;
+            share.worker_commits += commit as u64;
+        } else if xid != 0 && app_x.contains(&xid) {
+            share.app_bytes += len;
+            share.app_commits += commit as u64;
+        } else {
+            share.other_bytes += len;
+        }
+    }
+    share
+}
+
+/// The relfilenodes of the application's tables and of the worker's, with indexes and TOAST.
+async fn relfilenodes(db: &Client) -> (HashSet<u32>, HashSet<u32>) {
+    let rows = db
+        .query(
+            "WITH t AS (SELECT oid, relname, reltoastrelid FROM pg_class \
+                        WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace), \
+                  r AS (SELECT oid AS x, relname AS n FROM t \
+                        UNION ALL SELECT i.indexrelid, t.relname FROM pg_index i JOIN t ON t.oid = i.indrelid \
+                        UNION ALL SELECT reltoastrelid, relname FROM t WHERE reltoastrelid <> 0 \
+                        UNION ALL SELECT i.indexrelid, t.relname FROM t JOIN pg_index i ON i.indrelid = t.reltoastrelid) \
+             SELECT pg_relation_filenode(x)::oid, n::text FROM r WHERE pg_relation_filenode(x) IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (mut app, mut worker) = (HashSet::new(), HashSet::new());
+    for r in rows {
+        let node: u32 = r.get(0);
+        let name: String = r.get(1);
+        if name == "items" || name == "courses" {
+            app.insert(node);
+        } else if name.starts_with("cache_") || name.starts_with("cachewarden_") {
+            worker.insert(node);
+        }
+    }
+    (app, worker)
+}
+
+/// Waits until every id in `range` that was sent is also in `done`, or `limit` passes.
+async fn drain(sent: &Times, done: &Times, range: std::ops::Range<usize>, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if range
+            .clone()
+            .all(|id| sent.get(id).is_none() || done.get(id).is_some())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `SCAN` pass over the whole keyspace (`COUNT 1000`, the worker's page size), in ms.
+async fn scan_pass(r: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let t = Instant::now();
+    scan_keys(r, &format!("{PREFIX}catalog:*"), 1000).await;
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// One line of sorted lags: p50, p99, max, and a note.
+fn print_lags(who: &str, sorted: &[f64], note: &str) {
+    println!(
+        "  lag {who} p50 {}  p99 {}  max {}{note}",
+        ms(pct(sorted, 0.5)),
+        ms(pct(sorted, 0.99)),
+        ms(pct(sorted, 1.0)),
+    );
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.2} ms")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let secs = env_usize("CW_HOT_SECS", 10) as f64;
+    let rates: Vec<f64> = std::env::var("CW_HOT_RATES")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let filler = env_usize("CW_HOT_FILLER", 1_000_000);
+    let bin = std::env::var("CW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cachewarden").into());
+    // Enough rows that every change in the run has its own row and key.
+    let rows = (rates.iter().sum::<f64>() * secs * 1.2) as usize + 1000 * secs as usize * 2 + 1000;
+
+    let mut r = redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let old: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _cleanup = Cleanup {
+        notify_events: old.get(1).cloned().unwrap_or_default(),
+    };
+
+    // ---- set-up: a database, its tables, the worker's schema, publication and slots
+    let admin = connect("postgres").await;
+    let db = fresh_database(&admin, DB, &[SLOT, RAW_SLOT, HOLD_SLOT]).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, val int NOT NULL);
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, {rows}) g;
+         CREATE TABLE courses (id int PRIMARY KEY, title text NOT NULL);
+         INSERT INTO courses SELECT g, 'c' FROM generate_series(1, {COURSES}) g;
+"
+    ))
+    .await
+    .unwrap();
+    for sql in [
+        "VACUUM ANALYZE items",
+        "VACUUM ANALYZE courses",
+        "CHECKPOINT",
+    ] {
+        db.batch_execute(sql).await.unwrap();
+    }
+    let db_oid: u32 = db
+        .query_one(
+            "SELECT oid FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let dir = std::env::temp_dir().join("cachewarden-hotpath");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/bench.toml"),
+        "[[rule]]\nname = \"item\"\ntable = \"items\"\nkeys = [\"item:{id}\"]\n\n\
+         [[rule]]\nname = \"course-pages\"\ntable = \"courses\"\npatterns = [\"catalog:{id}:page:*\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("cachewarden.toml"),
+        format!(
+            "rules_dir = \"rules\"\n[postgres]\nurl = \"{PG}/{DB}\"\nslot = \"{SLOT}\"\npublication = \"{SLOT}\"\n\
+             [redis]\nurl = \"{REDIS}\"\nkey_prefix = \"{PREFIX}\"\n[status]\nlisten = \"{STATUS}\"\n[log]\nlevel = \"warn\"\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join("cachewarden.toml");
+    let migrated = std::process::Command::new(&bin)
+        .args(["--config", config.to_str().unwrap(), "migrate"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(migrated.success(), "cachewarden migrate");
+    db.batch_execute(&format!(
+        "SELECT pg_create_logical_replication_slot('{RAW_SLOT}', 'test_decoding')"
+    ))
+    .await
+    .unwrap();
+    let (app_nodes, worker_nodes) = relfilenodes(&db).await;
+
+    // ---- Redis: every item key and the filler keyspace
+    clear_prefix(&mut r, PREFIX).await;
+    let keys: Vec<String> = (1..=rows).map(|i| format!("{PREFIX}item:{i}")).collect();
+    set_keys(&mut r, &keys, "cached").await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("Eg")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    let seen = Arc::new(Seen {
+        clock: Clock(Instant::now()),
+        sent: Times::new(rows),
+        cw: Times::new(rows),
+        raw: Times::new(rows),
+        course_sent: Times::new(COURSES),
+        course_gone: Times::new(COURSES),
+    });
+
+    // ---- observers: keyspace events for the worker, pg_recvlogical's output for the baseline
+    let mut pubsub = redis::Client::open(REDIS)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.psubscribe("__keyevent@*__:del").await.unwrap();
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut stream = pubsub.on_message();
+            while let Some(m) = stream.next().await {
+                let Ok(key) = m.get_payload::<String>() else {
+                    continue;
+                };
+                let Some(rest) = key.strip_prefix(PREFIX) else {
+                    continue;
+                };
+                let t = seen.clock.ns();
+                if let Some(id) = rest.strip_prefix("item:") {
+                    if let Ok(id) = id.parse() {
+                        seen.cw.set_once(id, t);
+                    }
+                } else if let Some(rest) = rest.strip_prefix("catalog:") {
+                    if let Some(id) = rest.split(':').next().and_then(|i| i.parse().ok()) {
+                        seen.course_gone.set_once(id, t);
+                    }
+                }
+            }
+        }
+    });
+    let mut raw = tokio::process::Command::from(recvlogical(DB, RAW_SLOT))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pg_recvlogical");
+    let raw_out = raw.stdout.take().unwrap();
+    tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut lines = tokio::io::BufReader::new(raw_out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, rest)) = line.split_once("public.items: UPDATE: id[integer]:") {
+                    let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                    if let Ok(id) = id.parse() {
+                        seen.raw.set_once(id, seen.clock.ns());
+                    }
+                }
+            }
+        }
+    });
+
+    let mut worker = spawn_worker(&bin, &config);
+    wait_connected(STATUS).await;
+
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(Arc::new(connect(DB).await));
+    }
+    let next = Arc::new(AtomicUsize::new(1));
+    // Keep the phases' WAL until pg_waldump has read it.
+    db.batch_execute(&format!(
+        "SELECT pg_create_physical_replication_slot('{HOLD_SLOT}', true)"
+    ))
+    .await
+    .unwrap();
+
+    println!(
+        "cachewarden hot-path benchmark ({} cores, synchronous_commit = {}, {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        db.query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        bin
+    );
+    println!("lag: application commit returned -> key unlinked (cachewarden) / change received (raw pg_recvlogical, same load)");
+    println!("journal: WAL and commits of the worker's transactions per application transaction (pg_waldump)");
+    let mut lag_at: HashMap<u64, (f64, f64)> = HashMap::new();
+    for &rate in &rates {
+        let first = next.load(Ordering::Relaxed);
+        let from = lsn(&db).await;
+        let t = Instant::now();
+        let before = http_status(STATUS).await.unwrap_or_default();
+        let committed = load(&conns, rate, secs, &next, &seen).await;
+        let achieved = committed as f64 / t.elapsed().as_secs_f64();
+        let after = http_status(STATUS).await.unwrap_or_default();
+        let last = next.load(Ordering::Relaxed);
+        drain(&seen.sent, &seen.cw, first..last, Duration::from_secs(60)).await;
+        drain(&seen.sent, &seen.raw, first..last, Duration::from_secs(10)).await;
+        // The trailing journal writes within its window: give it time to land.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let to = lsn(&db).await;
+        let (cw, cw_missing) = lags(&seen.sent, &seen.cw, first..last);
+        let (rw, rw_missing) = lags(&seen.sent, &seen.raw, first..last);
+        let wal = attribute_wal(&db, db_oid, from, to, &app_nodes, &worker_nodes).await;
+        let app_tx = wal.app_commits.max(1) as f64;
+        println!("{rate:.0} tx/s (achieved {achieved:.0}, {committed} transactions):");
+        print_lags(
+            "cachewarden:   ",
+            &cw,
+            &unless_zero(cw_missing, "keys NOT unlinked"),
+        );
+        print_lags(
+            "pg_recvlogical:",
+            &rw,
+            &unless_zero(rw_missing, "not received"),
+        );
+        println!(
+            "  => p50 {:+.2} ms over raw; p99 {:.2}x raw",
+            pct(&cw, 0.5) - pct(&rw, 0.5),
+            pct(&cw, 0.99) / pct(&rw, 0.99)
+        );
+        println!(
+            "  WAL: application {} B ({:.0} B/tx, {} commits); worker {} B ({:.1} B/app tx, {} commits); other {} B",
+            wal.app_bytes,
+            wal.app_bytes as f64 / app_tx,
+            wal.app_commits,
+            wal.worker_bytes,
+            wal.worker_bytes as f64 / app_tx,
+            wal.worker_commits,
+            wal.other_bytes
+        );
+        println!(
+            "  => worker WAL {:.3}x the application's; {:.4} worker commits per application transaction",
+            wal.worker_bytes as f64 / wal.app_bytes.max(1) as f64,
+            wal.worker_commits as f64 / app_tx
+        );
+        let delta = |k: &str| {
+            after["counters"][k].as_f64().unwrap_or(0.0)
+                - before["counters"][k].as_f64().unwrap_or(0.0)
+        };
+        println!(
+            "  worker's own view: {:.0} batches, {:.1} changes/batch, {:.3} ms in Redis/batch; lag (WAL commit time -> done) p50 {} p99 {}",
+            delta("batches"),
+            delta("changes") / delta("batches").max(1.0),
+            delta("redis_us") / 1000.0 / delta("batches").max(1.0),
+            ms(after["lag_ms_p50"].as_f64().unwrap_or(f64::NAN)),
+            ms(after["lag_ms_p99"].as_f64().unwrap_or(f64::NAN)),
+        );
+        lag_at.insert(rate as u64, (pct(&cw, 0.5), pct(&cw, 0.99)));
+    }
+
+    // ---- patterns: a big keyspace, a pattern rule firing 10/s beside 1,000 exact-key tx/s
+    let fill: Vec<String> = (0..filler).map(|i| format!("{PREFIX}filler:{i}")).collect();
+    set_keys(&mut r, &fill, "x").await;
+    drop(fill);
+    let dbsize: u64 = redis::cmd("DBSIZE").query_async(&mut r).await.unwrap();
+    let mut passes: Vec<f64> = Vec::new();
+    for _ in 0..3 {
+        passes.push(scan_pass(&mut r).await);
+    }
+    passes.sort_by(f64::total_cmp);
+    let pass = passes[1];
+    let first = next.load(Ordering::Relaxed);
+    let courses = tokio::spawn({
+        let (seen, c, mut r) = (seen.clone(), connect(DB).await, r.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let start = Instant::now();
+            let mut id = 0usize;
+            while start.elapsed().as_secs_f64() < secs && id < COURSES {
+                tick.tick().await;
+                id += 1;
+                let () = r
+                    .set(format!("{PREFIX}catalog:{id}:page:1"), "cached")
+                    .await
+                    .unwrap();
+                c.execute(
+                    "UPDATE courses SET title = title || 'x' WHERE id = $1",
+                    &[&(id as i32)],
+                )
+                .await
+                .unwrap();
+                seen.course_sent.set_once(id, seen.clock.ns());
+            }
+            id
+        }
+    });
+    let committed = load(&conns, 1000.0, secs, &next, &seen).await;
+    let fired = courses.await.unwrap();
+    let last = next.load(Ordering::Relaxed);
+    drain(
+        &seen.course_sent,
+        &seen.course_gone,
+        1..fired + 1,
+        Duration::from_secs(120),
+    )
+    .await;
+    drain(&seen.sent, &seen.cw, first..last, Duration::from_secs(60)).await;
+    let (exact, exact_missing) = lags(&seen.sent, &seen.cw, first..last);
+    let (pat, pat_missing) = lags(&seen.course_sent, &seen.course_gone, 1..fired + 1);
+    println!(
+        "patterns: {dbsize} keys in Redis; one SCAN pass (COUNT 1000) takes {} (median of 3)",
+        ms(pass)
+    );
+    println!(
+        "  pattern rule fired {fired} times (10/s): lag p50 {} = {:.2} passes, p99 {} = {:.2} passes, max {}{}",
+        ms(pct(&pat, 0.5)),
+        pct(&pat, 0.5) / pass,
+        ms(pct(&pat, 0.99)),
+        pct(&pat, 0.99) / pass,
+        ms(pct(&pat, 1.0)),
+        unless_zero(pat_missing, "NOT invalidated")
+    );
+    let (p50, p99) = lag_at.get(&1000).copied().unwrap_or((f64::NAN, f64::NAN));
+    println!(
+        "  exact keys beside it ({committed} tx at 1000/s): lag p50 {}  p99 {}{}  (without patterns: p50 {}  p99 {}) => p50 {:.2}x, p99 {:.2}x",
+        ms(pct(&exact, 0.5)),
+        ms(pct(&exact, 0.99)),
+        unless_zero(exact_missing, "keys NOT unlinked"),
+        ms(p50),
+        ms(p99),
+        pct(&exact, 0.5) / p50,
+        pct(&exact, 0.99) / p99
+    );
+
+    let _ = worker.start_kill();
+    let _ = worker.wait().await;
+    let _ = raw.start_kill();
+    let _ = raw.wait().await;
+    clear_prefix(&mut r, PREFIX).await;
+}
