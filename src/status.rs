@@ -33,6 +33,8 @@ pub struct Counters {
     pub journal_rows: AtomicU64,
     /// Trailing journal groups written (one commit each).
     pub journal_groups: AtomicU64,
+    /// Keyspace passes run beside the stream (each covering every pattern requested before it).
+    pub pattern_passes: AtomicU64,
     pub skipped_keys: AtomicU64,
     pub widened_keys: AtomicU64,
     pub undecodable_changes: AtomicU64,
@@ -287,6 +289,7 @@ impl Status {
             ("keys_removed", get(&c.keys_removed)),
             ("journal_rows", get(&c.journal_rows)),
             ("journal_groups", get(&c.journal_groups)),
+            ("pattern_passes", get(&c.pattern_passes)),
             ("skipped_keys", get(&c.skipped_keys)),
             ("widened_keys", get(&c.widened_keys)),
             ("undecodable_changes", get(&c.undecodable_changes)),

@@ -149,12 +149,16 @@ where
         Ok(report) => {
             failpoints::hit(failpoints::AFTER_CACHE_BEFORE_JOURNAL);
             let t = Instant::now();
-            let seq = trail
-                .push(Item::Completed {
-                    actions: actions.to_vec(),
-                    at,
-                })
-                .await?;
+            let seq = if actions.is_empty() {
+                trail.assigned()
+            } else {
+                trail
+                    .push(Item::Completed {
+                        actions: actions.to_vec(),
+                        at,
+                    })
+                    .await?
+            };
             Ok((
                 Completed {
                     report,

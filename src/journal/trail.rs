@@ -189,6 +189,12 @@ impl Writer {
                     }
                     Err(e) => {
                         add(&self.status.counters.journal_errors, 1);
+                        if rx.is_closed() {
+                            // The stream is gone: nothing waits for these rows any more, and
+                            // their positions were never confirmed (they are replayed).
+                            tracing::warn!(error = %e, items = group.len(), "the journal cannot be written and the stream stopped; its changes are replayed at the next start");
+                            return;
+                        }
                         tracing::warn!(error = %e, items = group.len(), "writing the journal failed; retrying (the stream holds its positions)");
                         self.status.set_error(Some(e.to_string()));
                         backoff.wait().await;

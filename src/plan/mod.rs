@@ -82,9 +82,6 @@ impl Plan {
         self.missing_columns.extend(other.missing_columns);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.actions.is_empty()
-    }
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.actions.iter().filter_map(|a| match &a.target {
             Target::Key(k) => Some(k.as_str()),

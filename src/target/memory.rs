@@ -23,6 +23,8 @@ pub struct MemoryCache {
     pub executed: Vec<String>,
     /// Calls still to fail before any work is done.
     pub fail_next: u32,
+    /// Fail every call that includes a pattern (a keyspace pass that cannot finish yet).
+    pub refuse_patterns: bool,
 }
 
 /// A shared handle on one in-memory cache.
@@ -72,6 +74,9 @@ impl CacheTarget for MemoryTarget {
     ) -> BoxFuture<'a, Result<ExecReport, CacheError>> {
         async move {
             let mut s = self.check()?;
+            if s.refuse_patterns && targets.iter().any(|t| t.is_pattern()) {
+                return Err(CacheError::Timeout);
+            }
             for (k, v) in marks {
                 raise(&mut s.marks, k, *v);
             }

@@ -1,11 +1,12 @@
 //! Positions waiting for the trailing journal: the pipeline's half of the acknowledgement
 //! contract once the journal is written behind the cache (see [`super::pipeline`]).
 //!
-//! [`Confirmations`] owns the [`Trail`] the stream hands its rows to and a queue of source
-//! positions, each tagged with the number of the last journal item handed over before it. A
-//! position is passed to [`Source::confirm`] only once the trail reports that number durable,
-//! so every action before it is done and journaled; the queue is in stream order, so
-//! confirmations are too. Delayed passes' wake-ups wait the same way: their runner looks for
+//! [`Confirmations`] owns the [`Trail`] the stream hands its rows to, the [`Scans`] it hands
+//! its patterns to, and a queue of source positions, each tagged with the number of the last
+//! journal item and of the last pattern request made before it. A position is passed to
+//! [`Source::confirm`] only once the trail reports that item durable and the scanner that
+//! request covered by a finished, journaled pass, so every action before it is done and
+//! journaled; the queue is in stream order, so confirmations are too. Delayed passes' wake-ups wait the same way: their runner looks for
 //! `scheduled` rows only once those rows exist.
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::delayed::Message;
 use super::pipeline::Followers;
+use super::scans::Scans;
 use crate::failpoints;
 use crate::journal::Trail;
 use crate::source::{Position, Source, SourceError};
@@ -24,34 +26,50 @@ use crate::source::{Position, Source, SourceError};
 /// unconfirmed (replayed at the next start).
 const DRAIN_JOURNAL: Duration = Duration::from_secs(10);
 
+/// A position and what it waits for.
+struct Waiting {
+    position: Position,
+    journal: u64,
+    scans: u64,
+    had_work: bool,
+}
+
 /// The trailing journal and the positions waiting for it.
 pub(crate) struct Confirmations {
     /// The stream's journal rows, written behind the cache.
     pub trail: Trail,
-    /// Notified when the trail makes work durable: an idle source returns so that the
+    /// The stream's keyspace passes, run beside it.
+    pub scans: Scans,
+    /// Notified when the trail makes work durable or a pass finishes: an idle source returns so that the
     /// pipeline can confirm.
     pub wake: Arc<Notify>,
-    /// Positions waiting for their journal work: each with the last trail number before it and
-    /// whether a batch with changes led to it.
-    waiting: VecDeque<(Position, u64, bool)>,
+    /// Positions waiting for their journal work and passes: each with the last trail number and
+    /// pass request before it, and whether a batch with changes led to it.
+    waiting: VecDeque<Waiting>,
     /// Delayed passes' wake-ups, sent once their `scheduled` rows are durable.
     pub wakes: VecDeque<(u64, tokio::time::Instant)>,
 }
 
 impl Confirmations {
-    pub fn new(trail: Trail, wake: Arc<Notify>) -> Self {
+    pub fn new(trail: Trail, scans: Scans, wake: Arc<Notify>) -> Self {
         Confirmations {
             trail,
+            scans,
             wake,
             waiting: VecDeque::new(),
             wakes: VecDeque::new(),
         }
     }
 
-    /// `position` may be confirmed once every journal item handed over so far is durable.
+    /// `position` may be confirmed once every journal item handed over so far is durable and
+    /// every pass requested so far is done.
     pub fn wait_for_journal(&mut self, position: Position, had_work: bool) {
-        self.waiting
-            .push_back((position, self.trail.assigned(), had_work));
+        self.waiting.push_back(Waiting {
+            position,
+            journal: self.trail.assigned(),
+            scans: self.scans.requested(),
+            had_work,
+        });
     }
 
     /// Confirms the newest waiting position whose journal work is durable, and sends the
@@ -71,15 +89,16 @@ impl Confirmations {
                 let _ = tx.try_send(Message::Wake(at));
             }
         }
+        let scanned = self.scans.done();
         let mut ready = None;
         let mut had_work = false;
-        while let Some((_, seq, _)) = self.waiting.front() {
-            if *seq > durable {
+        while let Some(w) = self.waiting.front() {
+            if w.journal > durable || w.scans > scanned {
                 break;
             }
-            if let Some((position, _, work)) = self.waiting.pop_front() {
-                had_work |= work;
-                ready = Some(position);
+            if let Some(w) = self.waiting.pop_front() {
+                had_work |= w.had_work;
+                ready = Some(w.position);
             }
         }
         if let Some(position) = ready {
@@ -93,8 +112,8 @@ impl Confirmations {
         Ok(())
     }
 
-    /// Waits (a bounded time) for the trailing journal, then confirms what it made durable;
-    /// anything left is replayed at the next start.
+    /// Waits (a bounded time) for the trailing journal and the passes, then confirms what they
+    /// finished; anything left is replayed at the next start.
     pub async fn drain(
         &mut self,
         source: &mut dyn Source,
@@ -103,6 +122,11 @@ impl Confirmations {
         if !self.trail.flush(DRAIN_JOURNAL).await {
             tracing::warn!(
                 "the journal did not catch up before stopping; the changes it holds are replayed at the next start"
+            );
+        }
+        if !self.scans.flush(DRAIN_JOURNAL).await {
+            tracing::warn!(
+                "keyspace passes were still running when stopping; the changes they cover are replayed at the next start"
             );
         }
         self.confirm_durable(source, followers).await

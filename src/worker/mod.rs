@@ -4,7 +4,7 @@
 //! schema, syncs `cache_configs`, and opens the configured source (PostgreSQL: publication and
 //! slot) and cache targets. Errors there are configuration errors. [`Worker::run`] recovers open
 //! journal rows, spawns the helpers — rule control ([`crate::control`]), the cache health watch
-//! (`health`), delayed passes (`delayed`), the warmer and warm-on-start ([`crate::warm`]) —
+//! (`health`), delayed passes (`delayed`), keyspace passes beside the stream (`scans`), the warmer and warm-on-start ([`crate::warm`]) —
 //! and runs the pipeline, whose module documents the acknowledgement contract (`confirm` holds
 //! each position until the trailing journal has written what came before it). At shutdown the
 //! helpers are drained, not aborted: queued warm writes and delayed passes still run.
@@ -14,6 +14,7 @@ mod delayed;
 mod health;
 mod lease;
 mod pipeline;
+mod scans;
 #[cfg(test)]
 mod tests;
 
@@ -246,6 +247,13 @@ impl Worker {
             status.clone(),
             wake.clone(),
         );
+        let scans = scans::Scans::spawn(
+            Box::new(Targets::open(&config)?),
+            Box::new(PgJournal::new(pg.clone())),
+            status.clone(),
+            wake.clone(),
+            pipeline::max_backoff(config.worker.max_backoff_ms),
+        );
         let pipeline = Pipeline {
             live: Arc::new(live),
             status,
@@ -255,7 +263,7 @@ impl Worker {
             shutdown,
             followers: Followers::default(),
             prev_first_commit: None,
-            trailing: confirm::Confirmations::new(trail, wake),
+            trailing: confirm::Confirmations::new(trail, scans, wake),
         };
         Ok(Worker {
             config,

@@ -199,11 +199,17 @@ impl Pipeline {
         if plan.widened > 0 {
             tracing::warn!(count = plan.widened, "keys widened to patterns: a value the rule needs was not in the WAL (check REPLICA IDENTITY)");
         }
-        let done_at = if plan.is_empty() {
+        // Keyspace passes run beside the stream; exact keys, tags and bumps run here.
+        let (passes, exact): (Vec<_>, Vec<_>) = plan
+            .actions
+            .iter()
+            .cloned()
+            .partition(|a| a.target.is_pattern());
+        let done_at = if exact.is_empty() && plan.marks.is_empty() {
             Utc::now()
         } else {
             loop {
-                match self.execute(&plan).await {
+                match self.execute(&plan, &exact).await {
                     Ok(at) => break at,
                     Err(e) => {
                         self.status.set_error(Some(e.to_string()));
@@ -215,6 +221,18 @@ impl Pipeline {
                 }
             }
         };
+        if !passes.is_empty() {
+            loop {
+                match self.trailing.scans.request(passes.clone()).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        if !self.journal_failed("requesting a keyspace pass", &e).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
         for (rules, p) in &runs {
             let passes = delayed::schedule(p, rules);
             if !self.schedule_passes(&passes).await {
@@ -363,12 +381,16 @@ impl Pipeline {
 
     /// One attempt of one batch through the invalidation lifecycle (the stream's trailing
     /// path: the journal is written behind it).
-    async fn execute(&mut self, plan: &plan::Plan) -> Result<DateTime<Utc>, InvalidationError> {
-        let targets: Vec<_> = plan.actions.iter().map(|a| &a.target).collect();
+    async fn execute(
+        &mut self,
+        plan: &plan::Plan,
+        actions: &[crate::action::Action],
+    ) -> Result<DateTime<Utc>, InvalidationError> {
+        let targets: Vec<_> = actions.iter().map(|a| &a.target).collect();
         let r = journal::invalidate_trailing(
             &mut self.trailing.trail,
             &mut self.targets,
-            &plan.actions,
+            actions,
             &plan.marks,
             &targets,
         )
@@ -392,7 +414,7 @@ impl Pipeline {
             Err(InvalidationError::Cache(e)) => {
                 self.status.redis_connected.store(false, Ordering::Relaxed);
                 add(&c.redis_errors, 1);
-                tracing::warn!(error = %e, actions = plan.actions.len(), "cache failed; batch journaled as failed and retried");
+                tracing::warn!(error = %e, actions = actions.len(), "cache failed; batch journaled as failed and retried");
                 Err(InvalidationError::Cache(e))
             }
         }

@@ -11,6 +11,7 @@ use proptest::prelude::*;
 
 use super::confirm::Confirmations;
 use super::pipeline::{Followers, Pipeline};
+use super::scans::Scans;
 use crate::action::Target;
 use crate::control::Live;
 use crate::journal::memory::MemoryJournal;
@@ -24,14 +25,10 @@ use crate::status::Status;
 use crate::target::memory::MemoryTarget;
 use crate::target::Targets;
 
-fn rules() -> RuleSet {
-    RuleSet::new(
-        parse_file(
-            Path::new("t.toml"),
-            "[[rule]]\nname = 't'\ntable = 'public.t'\nkeys = ['t:{id}']\n",
-        )
-        .expect("valid rule"),
-    )
+const RULES: &str = "[[rule]]\nname = 't'\ntable = 'public.t'\nkeys = ['t:{id}']\n";
+
+fn rules(src: &str) -> RuleSet {
+    RuleSet::new(parse_file(Path::new("t.toml"), src).expect("valid rule"))
 }
 
 /// Transaction `i` updates rows `ids`; it commits at 10·i+5 and ends at 10·i+10.
@@ -71,6 +68,7 @@ struct World {
     cache: MemoryTarget,
     journal: MemoryJournal,
     keys_by_tx: Vec<(Lsn, Vec<String>)>,
+    rules: &'static str,
 }
 
 impl World {
@@ -102,6 +100,7 @@ impl World {
             cache: MemoryTarget::new(),
             journal: MemoryJournal::new(),
             keys_by_tx,
+            rules: RULES,
         }
     }
 
@@ -156,8 +155,15 @@ impl World {
             status.clone(),
             wake.clone(),
         );
+        let scans = Scans::spawn(
+            Box::new(self.cache.clone()),
+            Box::new(self.journal.clone()),
+            status.clone(),
+            wake.clone(),
+            Duration::from_millis(200),
+        );
         Pipeline {
-            live: Arc::new(Live::new(rules(), plan::Context::default())),
+            live: Arc::new(Live::new(rules(self.rules), plan::Context::default())),
             status,
             journal: Box::new(self.journal.clone()),
             targets: Targets::new(vec![Box::new(self.cache.clone())]),
@@ -165,7 +171,7 @@ impl World {
             shutdown: stop.subscribe(),
             followers: Followers::default(),
             prev_first_commit: None,
-            trailing: Confirmations::new(trail, wake),
+            trailing: Confirmations::new(trail, scans, wake),
         }
     }
 
@@ -289,6 +295,51 @@ fn the_cache_runs_ahead_of_a_journal_that_cannot_write_and_nothing_is_confirmed(
         world.journal.state().refuse_groups = false;
         world.life(1, None).await;
         world.assert_all_done();
+    });
+}
+
+#[test]
+fn patterns_run_beside_the_stream_and_hold_only_the_confirmation() {
+    runtime().block_on(async {
+        let mut world = World::new(&[vec![1], vec![2], vec![3]]);
+        world.rules =
+            "[[rule]]\nname = 't'\ntable = 'public.t'\nkeys = ['t:{id}']\npatterns = ['list:*']\n";
+        // The keyspace pass cannot finish in this life: every batch's exact key is unlinked
+        // all the same (nothing waits for the pass), and no position is confirmed (each
+        // needs the pass that covers it).
+        world.cache.state().refuse_patterns = true;
+        world.life(1, Some(Duration::from_secs(5))).await;
+        let executed = world.cache.state().executed.clone();
+        for k in ["t:1", "t:2", "t:3"] {
+            assert!(
+                covered(&executed, k),
+                "{k} unlinked beside the pass: {executed:?}"
+            );
+        }
+        assert!(!executed.iter().any(|e| e.starts_with("pattern:")));
+        assert!(world.log.lock().unwrap().confirms.is_empty());
+        // The replay's requests queue while the first pass cannot finish; once it can, the
+        // queued ones coalesce into one pass: fewer passes than batches.
+        let cache = world.cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cache.state().refuse_patterns = false;
+        });
+        world.life(1, None).await;
+        world.assert_all_done();
+        let passes = world
+            .cache
+            .state()
+            .executed
+            .iter()
+            .filter(|e| *e == "pattern:list:*")
+            .count();
+        assert!((1..3).contains(&passes), "{passes} passes for 3 batches");
+        let journaled =
+            world.journal.state().rows.values().any(|r| {
+                r.status == "completed" && r.targets == [Target::Pattern("list:*".into())]
+            });
+        assert!(journaled, "the pass is journaled once it is done");
     });
 }
 

@@ -4,6 +4,7 @@
 use super::{into_redis, RedisTarget};
 use crate::action::Target;
 use crate::fence::Version;
+use crate::glob::glob_match;
 use crate::target::{CacheError, ExecReport};
 
 /// Invalidates tag sets in bounded steps, so a big set never blocks Redis (no `SMEMBERS`).
@@ -51,6 +52,27 @@ end
 return #KEYS
 ";
 
+/// The longest literal text every pattern starts with (up to the first glob metacharacter),
+/// so that the server can skip what none of them can match. Pure.
+fn literal_prefix<'a>(patterns: &[&'a str]) -> &'a str {
+    let literal = |p: &'a str| &p[..p.find(['*', '?', '[', '\\']).unwrap_or(p.len())];
+    let Some((first, rest)) = patterns.split_first() else {
+        return "";
+    };
+    let mut prefix = literal(first);
+    for p in rest {
+        let l = literal(p);
+        let common = prefix
+            .char_indices()
+            .zip(l.chars())
+            .take_while(|((_, a), b)| a == b)
+            .last()
+            .map_or(0, |((i, a), _)| i + a.len_utf8());
+        prefix = &prefix[..common];
+    }
+    prefix
+}
+
 /// What a paged pattern works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Paged {
@@ -90,10 +112,14 @@ impl RedisTarget {
         let mut report = ExecReport::default();
         let r = self.unlink_keys(&keys, &mut report).await;
         self.forget_on_error(r)?;
-        for p in patterns {
-            let r = self.unlink_pattern(p, &mut report).await;
-            self.forget_on_error(r)?;
-        }
+        // Several patterns share one keyspace pass (a pass costs O(keyspace), however few keys
+        // match); one pattern lets the server match.
+        let r = match patterns.as_slice() {
+            [] => Ok(()),
+            [p] => self.unlink_pattern(p, &mut report).await,
+            many => self.unlink_patterns(many, &mut report).await,
+        };
+        self.forget_on_error(r)?;
         let r = self.invalidate_tags(&tags, &mut report).await;
         self.forget_on_error(r)?;
         for p in tag_patterns {
@@ -237,6 +263,46 @@ impl RedisTarget {
         Ok(())
     }
 
+    /// One `SCAN` pass for several patterns: the server matches their common literal prefix
+    /// (at least `key_prefix` when the rules use one), this process matches each key against
+    /// every pattern, and each page's matches are unlinked in one command.
+    async fn unlink_patterns(
+        &mut self,
+        patterns: &[&str],
+        report: &mut ExecReport,
+    ) -> Result<(), redis::RedisError> {
+        let server_side = format!("{}*", literal_prefix(patterns));
+        let mut conn = self.connection().await.map_err(into_redis)?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&server_side)
+                .arg("COUNT")
+                .arg(self.opts.scan_count)
+                .query_async(&mut conn)
+                .await?;
+            report.scans += 1;
+            let hits: Vec<&String> = found
+                .iter()
+                .filter(|k| patterns.iter().any(|p| glob_match(p, k)))
+                .collect();
+            if !hits.is_empty() {
+                let removed: u64 = redis::cmd("UNLINK")
+                    .arg(&hits)
+                    .query_async(&mut conn)
+                    .await?;
+                report.unlink_commands += 1;
+                report.removed += removed;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
     async fn unlink_pattern(
         &mut self,
         pattern: &str,
@@ -267,5 +333,24 @@ impl RedisTarget {
             }
             cursor = next;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_prefix;
+
+    #[test]
+    fn patterns_share_the_literal_text_they_all_start_with() {
+        assert_eq!(
+            literal_prefix(&[":1:catalog:*", ":1:course:*:lessons"]),
+            ":1:c"
+        );
+        assert_eq!(literal_prefix(&["app:a?", "app:b*"]), "app:");
+        assert_eq!(literal_prefix(&["x[ab]*"]), "x");
+        assert_eq!(literal_prefix(&["a\\*b", "a\\?c"]), "a");
+        assert_eq!(literal_prefix(&["*", "abc"]), "");
+        assert_eq!(literal_prefix(&["é:1", "é:2"]), "é:");
+        assert_eq!(literal_prefix(&[]), "");
     }
 }

@@ -1,0 +1,176 @@
+//! Keyspace passes beside the stream: patterns never hold up exact keys.
+//!
+//! A pattern (`patterns`, a tag or bump pattern, a whole key family after a TRUNCATE or an
+//! undecodable change) costs a pass over the whole keyspace — O(keyspace), hundreds of
+//! milliseconds at a million keys — however few keys match. The stream therefore only hands its
+//! batches' pattern actions to [`Scans::request`], which numbers the request and returns at once,
+//! and goes on with the next batch's exact keys. A task of its own runs passes one after another:
+//! each pass takes every request that arrived before it started, runs each distinct target once
+//! (several patterns share one keyspace pass: see the Redis target), journals the rows once, in
+//! their final state, and then publishes the highest request number it covered
+//! ([`Scans::done`]). Requests that arrive while a pass runs wait for the next one, so pending
+//! scans of the same pattern coalesce into one pass, and a pass always starts after the commit
+//! of every change it covers — which is what invalidation needs.
+//!
+//! The acknowledgement contract is kept by the pipeline's confirmations
+//! ([`super::confirm`]): a position waits until every request made before it is covered by a
+//! finished, journaled pass. A crash meanwhile replays those changes; nothing is lost.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::action::{Action, Target};
+use crate::journal::{Item, JournalError, JournalStore};
+use crate::runtime::Backoff;
+use crate::status::{add, Status};
+use crate::target::{CacheError, CacheTarget};
+
+/// Requests that may wait for the scanner before [`Scans::request`] waits.
+const QUEUE: usize = 1024;
+
+/// The stream's handle on the keyspace passes.
+pub(crate) struct Scans {
+    tx: mpsc::Sender<(u64, Vec<Action>)>,
+    done: watch::Receiver<u64>,
+    requested: u64,
+}
+
+impl Scans {
+    /// Starts the scanner over its own cache connection and journal. `wake` is notified after
+    /// each finished pass.
+    pub fn spawn(
+        cache: Box<dyn CacheTarget>,
+        journal: Box<dyn JournalStore>,
+        status: Arc<Status>,
+        wake: Arc<Notify>,
+        max_backoff: Duration,
+    ) -> Scans {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (done_tx, done) = watch::channel(0);
+        let scanner = Scanner {
+            cache,
+            journal,
+            status,
+            wake,
+            done: done_tx,
+            backoff: Backoff::new(max_backoff),
+        };
+        tokio::spawn(scanner.run(rx));
+        Scans {
+            tx,
+            done,
+            requested: 0,
+        }
+    }
+
+    /// Asks for a pass covering `actions`; returns the request's number.
+    pub async fn request(&mut self, actions: Vec<Action>) -> Result<u64, JournalError> {
+        let n = self.requested + 1;
+        self.tx
+            .send((n, actions))
+            .await
+            .map_err(|_| JournalError::Unavailable("the keyspace scanner stopped"))?;
+        self.requested = n;
+        Ok(n)
+    }
+
+    /// The number of the last request made.
+    pub fn requested(&self) -> u64 {
+        self.requested
+    }
+
+    /// Every request numbered up to this is covered by a finished, journaled pass.
+    pub fn done(&self) -> u64 {
+        *self.done.borrow()
+    }
+
+    /// Waits until every request made is covered, or `limit` passes; true if it is.
+    pub async fn flush(&mut self, limit: Duration) -> bool {
+        let target = self.requested;
+        let wait = self.done.wait_for(|d| *d >= target);
+        matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)))
+    }
+}
+
+/// The scanner task.
+struct Scanner {
+    cache: Box<dyn CacheTarget>,
+    journal: Box<dyn JournalStore>,
+    status: Arc<Status>,
+    wake: Arc<Notify>,
+    done: watch::Sender<u64>,
+    backoff: Backoff,
+}
+
+impl Scanner {
+    async fn run(mut self, mut rx: mpsc::Receiver<(u64, Vec<Action>)>) {
+        while let Some((first, actions)) = rx.recv().await {
+            // Everything requested before the pass starts is covered by it.
+            let mut covered = first;
+            let mut items = vec![actions];
+            while let Ok((n, actions)) = rx.try_recv() {
+                covered = n;
+                items.push(actions);
+            }
+            let mut seen: HashSet<&Target> = HashSet::new();
+            let targets: Vec<&Target> = items
+                .iter()
+                .flatten()
+                .map(|a| &a.target)
+                .filter(|t| seen.insert(*t))
+                .collect();
+            let at = loop {
+                match self.cache.execute(&[], &targets).await {
+                    Ok(report) => {
+                        let c = &self.status.counters;
+                        add(&c.pattern_passes, 1);
+                        add(&c.keys_removed, report.removed);
+                        self.backoff.reset();
+                        break Utc::now();
+                    }
+                    Err(e) => {
+                        if rx.is_closed() {
+                            // The stream is gone: what this pass covers was never confirmed,
+                            // and is replayed by whoever streams next.
+                            return;
+                        }
+                        self.failed_pass(&e).await
+                    }
+                }
+            };
+            let items: Vec<Item> = items
+                .into_iter()
+                .map(|actions| Item::Completed { actions, at })
+                .collect();
+            loop {
+                match self.journal.write_group(&items).await {
+                    Ok(rows) => {
+                        add(&self.status.counters.journal_rows, rows as u64);
+                        break;
+                    }
+                    Err(e) => {
+                        add(&self.status.counters.journal_errors, 1);
+                        if rx.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(error = %e, "journaling a keyspace pass failed; retrying");
+                        self.backoff.wait().await;
+                    }
+                }
+            }
+            self.done.send_replace(covered);
+            self.wake.notify_one();
+        }
+    }
+
+    async fn failed_pass(&mut self, e: &CacheError) {
+        add(&self.status.counters.redis_errors, 1);
+        tracing::warn!(error = %e, "a keyspace pass failed; retrying it (the positions it covers wait)");
+        self.status.set_error(Some(format!("pattern pass: {e}")));
+        self.backoff.wait().await;
+    }
+}
