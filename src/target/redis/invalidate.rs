@@ -114,10 +114,10 @@ impl RedisTarget {
         self.forget_on_error(r)?;
         // Several patterns share one keyspace pass (a pass costs O(keyspace), however few keys
         // match); one pattern lets the server match.
-        let r = match patterns.as_slice() {
-            [] => Ok(()),
-            [p] => self.unlink_pattern(p, &mut report).await,
-            many => self.unlink_patterns(many, &mut report).await,
+        let r = if patterns.is_empty() {
+            Ok(())
+        } else {
+            self.unlink_patterns(&patterns, &mut report).await
         };
         self.forget_on_error(r)?;
         let r = self.invalidate_tags(&tags, &mut report).await;
@@ -263,15 +263,19 @@ impl RedisTarget {
         Ok(())
     }
 
-    /// One `SCAN` pass for several patterns: the server matches their common literal prefix
-    /// (at least `key_prefix` when the rules use one), this process matches each key against
-    /// every pattern, and each page's matches are unlinked in one command.
+    /// One `SCAN` pass for one or several patterns: the server matches one pattern itself, or
+    /// the common literal prefix of several (at least `key_prefix` when the rules use one), in
+    /// which case this process matches each key against every pattern; each page's matches are
+    /// unlinked in one command.
     async fn unlink_patterns(
         &mut self,
         patterns: &[&str],
         report: &mut ExecReport,
     ) -> Result<(), redis::RedisError> {
-        let server_side = format!("{}*", literal_prefix(patterns));
+        let server_side = match patterns {
+            [one] => one.to_string(),
+            many => format!("{}*", literal_prefix(many)),
+        };
         let mut conn = self.connection().await.map_err(into_redis)?;
         let mut cursor: u64 = 0;
         loop {
@@ -286,43 +290,11 @@ impl RedisTarget {
             report.scans += 1;
             let hits: Vec<&String> = found
                 .iter()
-                .filter(|k| patterns.iter().any(|p| glob_match(p, k)))
+                .filter(|k| patterns.len() == 1 || patterns.iter().any(|p| glob_match(p, k)))
                 .collect();
             if !hits.is_empty() {
                 let removed: u64 = redis::cmd("UNLINK")
                     .arg(&hits)
-                    .query_async(&mut conn)
-                    .await?;
-                report.unlink_commands += 1;
-                report.removed += removed;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
-    }
-
-    async fn unlink_pattern(
-        &mut self,
-        pattern: &str,
-        report: &mut ExecReport,
-    ) -> Result<(), redis::RedisError> {
-        let mut conn = self.connection().await.map_err(into_redis)?;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(self.opts.scan_count)
-                .query_async(&mut conn)
-                .await?;
-            report.scans += 1;
-            if !found.is_empty() {
-                let removed: u64 = redis::cmd("UNLINK")
-                    .arg(&found)
                     .query_async(&mut conn)
                     .await?;
                 report.unlink_commands += 1;
