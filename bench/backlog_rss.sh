@@ -13,7 +13,7 @@ PG="postgres://postgres@127.0.0.1:5432"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release/cachewarden"
+BIN="${CW_BIN:-${CARGO_TARGET_DIR:-target}/release/cachewarden}"   # CW_BIN: another build, for before/after
 psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 psql -q "$PG/$DB" -c "CREATE TABLE items (id bigint PRIMARY KEY, payload text NOT NULL)" >/dev/null
 mkdir -p "$WORK/rules"

@@ -16,9 +16,11 @@
 //! * [`target`] — the [`target::CacheTarget`] trait and its Redis implementation: executes
 //!   actions, versioned writes, health and figures.
 //! * [`journal`] — `cache_invalidations`, and the one invalidation lifecycle every path uses
-//!   (`pending` → execute → `completed` | `failed`).
+//!   (`pending` → execute → `completed` | `failed`; for the stream: execute, then rows written
+//!   once, final, by the trailing writer in grouped commits).
 //! * [`worker`] — ties the path together and owns the acknowledgement contract: a position is
-//!   confirmed only after every action before it is done and journaled.
+//!   confirmed only after every action before it is done and journaled (pipelined: the
+//!   journal and the patterns' keyspace passes run behind and beside the stream).
 //! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`).
 //!
 //! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),

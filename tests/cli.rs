@@ -71,6 +71,41 @@ async fn check_accepts_good_rules_and_explain_prints_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_patterns_that_fire_often() {
+    let env = TestEnv::new("cli_hot_pattern", SCHEMA).await;
+    env.write_rules("courses.toml", RULES);
+    let cfg = env.write_config("127.0.0.1:0", "");
+    let cfg = cfg.to_str().unwrap();
+    let (code, _, err) = run_bin(&["--config", cfg, "migrate"], None);
+    assert_eq!(code, 0, "{err}");
+    // A quiet hour: no warning.
+    let (code, out, err) = run_bin(&["--config", cfg, "check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !err.contains("passes over the whole Redis keyspace"),
+        "{err}"
+    );
+    // The journal shows the rule's pattern firing every minute for the last hour.
+    env.db
+        .batch_execute(&format!(
+            "INSERT INTO cache_invalidations (key_pattern, kind, reason, status, rule_name, created_at, completed_at) \
+             SELECT '{}catalog:*', 'pattern', 'test', 'completed', 'course-detail', \
+                    now() - g * interval '1 minute', now() \
+             FROM generate_series(0, 59) g",
+            env.prefix
+        ))
+        .await
+        .unwrap();
+    let (code, out, err) = run_bin(&["--config", cfg, "check"], None);
+    assert_eq!(code, 0, "a warning, not an error: {out}{err}");
+    assert!(
+        err.contains("courses.toml:5:") && err.contains("warning: rule \"course-detail\": its patterns cost 60 passes over the whole Redis keyspace"),
+        "{err}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rule_files_are_refused_with_file_and_line() {
     let env = TestEnv::new("cli_bad", SCHEMA).await;
     env.write_rules(

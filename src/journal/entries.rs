@@ -20,16 +20,22 @@ pub struct Entry {
     pub kind: &'static str,
     /// The members of a `keys`/`patterns` row.
     pub members: Vec<String>,
+    /// Why: the first change that asked for it (see [`Entry::reason_text`]).
     pub reason: String,
+    /// How many changes asked for the row's targets.
+    pub causes: u32,
+    /// The glob covering the row's family (rows of one family fold together).
+    pub family: String,
     pub triggered_at: DateTime<Utc>,
     pub rule: String,
     pub table: String,
     pub lsn: Lsn,
 }
 
-/// Groups a batch's actions into journal rows: one per pattern or key, except that keys (or
-/// patterns) sharing a template family are folded into one row. Pure.
-pub fn entries(actions: &[Action]) -> Vec<Entry> {
+/// Groups actions into journal rows: one per pattern or key, except that keys (or patterns)
+/// sharing a template family are folded into one row. A target asked for more than once (by
+/// several batches of a journal group) is one member; its changes all count. Pure.
+pub fn entries<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Vec<Entry> {
     let mut groups: Vec<Vec<&Action>> = Vec::new();
     let mut index: HashMap<(&str, &str), usize> = HashMap::new();
     for a in actions {
@@ -46,12 +52,13 @@ pub fn entries(actions: &[Action]) -> Vec<Entry> {
         .map(|g| {
             let first = g[0];
             let causes: u32 = g.iter().map(|a| a.causes).sum();
-            let reason = if causes > 1 {
-                format!("{} (+{} more changes)", first.reason, causes - 1)
-            } else {
-                first.reason.clone()
-            };
-            let (key_pattern, kind, members) = if g.len() == 1 {
+            let mut seen = std::collections::HashSet::new();
+            let distinct: Vec<&str> = g
+                .iter()
+                .map(|a| a.target.text())
+                .filter(|t| seen.insert(*t))
+                .collect();
+            let (key_pattern, kind, members) = if distinct.len() == 1 {
                 (
                     first.target.text().to_string(),
                     first.target.kind(),
@@ -61,14 +68,16 @@ pub fn entries(actions: &[Action]) -> Vec<Entry> {
                 (
                     first.family.clone(),
                     plural(first.target.kind()),
-                    g.iter().map(|a| a.target.text().to_string()).collect(),
+                    distinct.into_iter().map(str::to_string).collect(),
                 )
             };
             Entry {
                 key_pattern,
                 kind,
                 members,
-                reason,
+                reason: first.reason.clone(),
+                causes,
+                family: first.family.clone(),
                 triggered_at: g
                     .iter()
                     .map(|a| a.triggered_at)
@@ -80,6 +89,70 @@ pub fn entries(actions: &[Action]) -> Vec<Entry> {
             }
         })
         .collect()
+}
+
+impl Entry {
+    /// The `reason` column: the first change, and how many more asked for the same row.
+    pub fn reason_text(&self) -> std::borrow::Cow<'_, str> {
+        if self.causes > 1 {
+            format!("{} (+{} more changes)", self.reason, self.causes - 1).into()
+        } else {
+            self.reason.as_str().into()
+        }
+    }
+
+    /// The targets' texts: the members, or the one key or pattern.
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        let one = self.members.is_empty().then_some(self.key_pattern.as_str());
+        self.members.iter().map(String::as_str).chain(one)
+    }
+}
+
+/// Folds rows of the same family and kind (from the batches of one journal group) into one
+/// row each: members merged without repeats, changes counted, the earliest trigger kept. Pure.
+pub fn fold(rows: Vec<Entry>) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
+    let mut index: HashMap<(String, &'static str), usize> = HashMap::new();
+    for e in rows {
+        let kind = singular(e.kind);
+        match index.get(&(e.family.clone(), kind)) {
+            None => {
+                index.insert((e.family.clone(), kind), out.len());
+                out.push(e);
+            }
+            Some(&i) => {
+                let into = &mut out[i];
+                let mut texts: Vec<String> = into.texts().map(str::to_string).collect();
+                let mut seen: std::collections::HashSet<String> = texts.iter().cloned().collect();
+                texts.extend(
+                    e.texts()
+                        .filter(|t| seen.insert(t.to_string()))
+                        .map(str::to_string),
+                );
+                into.causes += e.causes;
+                into.triggered_at = into.triggered_at.min(e.triggered_at);
+                if texts.len() > 1 {
+                    into.key_pattern = into.family.clone();
+                    into.kind = plural(kind);
+                    into.members = texts;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `kind` of one target, from a row's (singular or plural) kind.
+fn singular(kind: &'static str) -> &'static str {
+    match kind {
+        "keys" => "key",
+        "patterns" => "pattern",
+        "tags" => "tag",
+        "tag-patterns" => "tag-pattern",
+        "bumps" => "bump",
+        "bump-patterns" => "bump-pattern",
+        other => other,
+    }
 }
 
 /// The `kind` of a row holding several targets of one kind.
@@ -202,12 +275,46 @@ mod tests {
         assert_eq!((e[0].kind, e[0].key_pattern.as_str()), ("keys", "c:*"));
         assert_eq!(e[0].members, ["c:1", "c:2"]);
         assert!(
-            e[0].reason.ends_with("(+2 more changes)"),
+            e[0].reason_text().ends_with("(+2 more changes)"),
             "{}",
-            e[0].reason
+            e[0].reason_text()
         );
         assert_eq!((e[1].kind, e[1].key_pattern.as_str()), ("key", "s:a"));
         assert!(e[1].members.is_empty());
         assert_eq!((e[2].kind, e[2].key_pattern.as_str()), ("pattern", "p:*"));
+    }
+
+    #[test]
+    fn rows_of_one_family_fold_across_batches() {
+        let first = entries(&[action(Target::Key("c:1".into()), "c:*", 1)]);
+        let second = entries(&[
+            action(Target::Key("c:1".into()), "c:*", 1),
+            action(Target::Key("c:2".into()), "c:*", 1),
+            action(Target::Pattern("p:*".into()), "p:*", 1),
+        ]);
+        let third = entries(&[action(Target::Key("c:3".into()), "c:*", 1)]);
+        let rows = fold(first.into_iter().chain(second).chain(third).collect());
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(
+            (rows[0].kind, rows[0].key_pattern.as_str()),
+            ("keys", "c:*")
+        );
+        assert_eq!(rows[0].members, ["c:1", "c:2", "c:3"]);
+        assert_eq!(rows[0].causes, 4);
+        assert!(rows[0].reason_text().ends_with("(+3 more changes)"));
+        assert_eq!(
+            (rows[1].kind, rows[1].key_pattern.as_str()),
+            ("pattern", "p:*")
+        );
+        // One key asked for twice stays a plain row.
+        let rows = fold(
+            [
+                entries(&[action(Target::Key("c:1".into()), "c:*", 1)]),
+                entries(&[action(Target::Key("c:1".into()), "c:*", 1)]),
+            ]
+            .concat(),
+        );
+        assert_eq!((rows[0].kind, rows[0].key_pattern.as_str()), ("key", "c:1"));
+        assert_eq!(rows[0].causes, 2);
     }
 }

@@ -129,56 +129,46 @@ where
     }
 }
 
-/// A stream batch's invalidation: executes on the cache, then hands the rows to `trail` in
-/// their final state (`completed`, or `failed` with the error) and returns without waiting for
-/// them to be durable. `Completed::rows` is the trail number to wait for.
+/// A stream batch's invalidation: executes `actions` on the cache, then hands them to `trail`
+/// as rows in their final state (`completed`) and returns without waiting for them to be
+/// durable. On failure the rows are handed over `failed` (with the error), for the caller to
+/// retry. The trail number to wait for is the trail's [`Trail::assigned`] after the call.
 pub async fn invalidate_trailing<C>(
     trail: &mut Trail,
     cache: &mut C,
     actions: &[Action],
     marks: &[(String, Version)],
-    targets: &[&Target],
-) -> Result<(Completed, u64), InvalidationError>
+) -> Result<Completed, InvalidationError>
 where
     C: CacheTarget + ?Sized,
 {
     let t = Instant::now();
-    let result = cache.execute(marks, targets).await;
+    let result = {
+        let targets: Vec<&Target> = actions.iter().map(|a| &a.target).collect();
+        cache.execute(marks, &targets).await
+    };
     let (at, cache_time) = (Utc::now(), t.elapsed());
     match result {
         Ok(report) => {
             failpoints::hit(failpoints::AFTER_CACHE_BEFORE_JOURNAL);
             let t = Instant::now();
-            let seq = if actions.is_empty() {
-                trail.assigned()
-            } else {
-                trail
-                    .push(Item::Completed {
-                        actions: actions.to_vec(),
-                        at,
-                    })
-                    .await?
-            };
-            Ok((
-                Completed {
-                    report,
-                    at,
-                    rows: actions.len(),
-                    journal_time: t.elapsed(),
-                    cache_time,
-                },
-                seq,
-            ))
+            if !actions.is_empty() {
+                trail.push(Item::completed(actions, at)).await?;
+            }
+            Ok(Completed {
+                report,
+                at,
+                rows: actions.len(),
+                journal_time: t.elapsed(),
+                cache_time,
+            })
         }
         Err(e) => {
-            let error = e.to_string();
-            if let Err(je) = trail
-                .push(Item::Failed {
-                    actions: actions.to_vec(),
-                    error,
-                })
-                .await
-            {
+            let failed = Item::Failed {
+                rows: super::entries(actions),
+                error: e.to_string(),
+            };
+            if let Err(je) = trail.push(failed).await {
                 tracing::warn!(error = %je, "could not journal the failure");
             }
             Err(InvalidationError::Cache(e))

@@ -73,11 +73,11 @@ impl MemoryJournal {
 /// Inserts the rows of `actions` with `status`; returns their ids.
 fn insert(
     s: &mut MemoryRows,
-    actions: &[Action],
+    rows: Vec<super::Entry>,
     status: &'static str,
 ) -> Result<Vec<String>, JournalError> {
     let mut ids = Vec::new();
-    for e in super::entries(actions) {
+    for e in rows {
         let members = e.members.into_iter().map(Some).collect::<Vec<_>>();
         let targets = super::entries::row_targets(
             e.kind,
@@ -99,7 +99,7 @@ impl JournalStore for MemoryJournal {
     ) -> BoxFuture<'a, Result<Vec<String>, JournalError>> {
         async move {
             let mut s = self.check()?;
-            insert(&mut s, actions, "pending")
+            insert(&mut s, super::entries(actions), "pending")
         }
         .boxed()
     }
@@ -139,16 +139,16 @@ impl JournalStore for MemoryJournal {
             }
             let mut written = 0;
             for item in items {
-                let (actions, status) = match item {
-                    super::Item::Completed { actions, .. } => (actions, "completed"),
-                    super::Item::Failed { actions, .. } => (actions, "failed"),
-                    super::Item::Scheduled { actions, .. } => (actions, "scheduled"),
+                let (rows, status) = match item {
+                    super::Item::Completed { rows, .. } => (rows, "completed"),
+                    super::Item::Failed { rows, .. } => (rows, "failed"),
+                    super::Item::Scheduled { rows, .. } => (rows, "scheduled"),
                     super::Item::DeadLetters(l) => {
                         s.dead_letters.extend_from_slice(l);
                         continue;
                     }
                 };
-                written += insert(&mut s, actions, status)?.len();
+                written += insert(&mut s, rows.clone(), status)?.len();
             }
             Ok(written)
         }

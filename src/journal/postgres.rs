@@ -132,7 +132,7 @@ impl PgJournal {
             for e in rows {
                 keys.push(e.key_pattern.as_str());
                 kinds.push(e.kind);
-                reasons.push(e.reason.as_str());
+                reasons.push(e.reason_text().into_owned());
                 times.push(e.triggered_at);
                 rules.push(e.rule.as_str());
                 tables.push(e.table.as_str());
@@ -488,40 +488,23 @@ impl JournalStore for PgJournal {
 /// actions of every batch in the group are folded together, so a key family changed in many
 /// batches costs one row per group (its completion time the latest). Pure.
 fn final_rows(items: &[Item]) -> (Vec<(Vec<entries::Entry>, Written<'_>)>, Vec<&DeadLetter>) {
-    let mut completed: Vec<Action> = Vec::new();
-    let mut seen: std::collections::HashMap<Target, usize> = std::collections::HashMap::new();
+    let mut completed: Vec<entries::Entry> = Vec::new();
     let mut latest: Option<DateTime<Utc>> = None;
     let mut groups = Vec::new();
     let mut letters = Vec::new();
     for item in items {
         match item {
-            Item::Completed { actions, at } => {
+            Item::Completed { rows, at } => {
                 latest = latest.max(Some(*at));
-                for a in actions {
-                    match seen.get(&a.target) {
-                        Some(&i) => {
-                            let first: &mut Action = &mut completed[i];
-                            first.causes += a.causes;
-                            first.triggered_at = first.triggered_at.min(a.triggered_at);
-                        }
-                        None => {
-                            seen.insert(a.target.clone(), completed.len());
-                            completed.push(a.clone());
-                        }
-                    }
-                }
+                completed.extend(rows.iter().cloned());
             }
-            Item::Failed { actions, error } => {
-                groups.push((entries::entries(actions), Written::Failed(error)))
-            }
-            Item::Scheduled { actions, due } => {
-                groups.push((entries::entries(actions), Written::Scheduled(*due)))
-            }
+            Item::Failed { rows, error } => groups.push((rows.clone(), Written::Failed(error))),
+            Item::Scheduled { rows, due } => groups.push((rows.clone(), Written::Scheduled(*due))),
             Item::DeadLetters(l) => letters.extend(l.iter()),
         }
     }
     if let Some(at) = latest {
-        groups.insert(0, (entries::entries(&completed), Written::Completed(at)));
+        groups.insert(0, (entries::fold(completed), Written::Completed(at)));
     }
     (groups, letters)
 }
@@ -550,16 +533,10 @@ mod tests {
         let t0 = Utc::now();
         let t1 = t0 + chrono::Duration::milliseconds(5);
         let items = vec![
-            Item::Completed {
-                actions: vec![action("t:1", 10), action("t:2", 10)],
-                at: t0,
-            },
-            Item::Completed {
-                actions: vec![action("t:2", 20), action("t:3", 20)],
-                at: t1,
-            },
+            Item::completed(&[action("t:1", 10), action("t:2", 10)], t0),
+            Item::completed(&[action("t:2", 20), action("t:3", 20)], t1),
             Item::Scheduled {
-                actions: vec![action("t:1", 10)],
+                rows: entries::entries(&[action("t:1", 10)]),
                 due: t1,
             },
         ];
@@ -570,7 +547,11 @@ mod tests {
         assert!(matches!(state, Written::Completed(at) if *at == t1));
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(rows[0].members, ["t:1", "t:2", "t:3"]);
-        assert!(rows[0].reason.contains("+3 more"), "{}", rows[0].reason);
+        assert!(
+            rows[0].reason_text().contains("+3 more"),
+            "{}",
+            rows[0].reason
+        );
         assert!(matches!(groups[1].1, Written::Scheduled(_)));
     }
 }

@@ -24,25 +24,24 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{JournalError, JournalStore};
+use super::{entries, Entry, JournalError, JournalStore};
 use crate::action::Action;
 use crate::runtime::Backoff;
 use crate::source::DeadLetter;
 use crate::status::{add, Status};
 
-/// Journal work handed over by the stream, written in its final state.
+/// Journal work handed over by the stream, written in its final state. Actions are held as
+/// their rows (one per key family, members only), which is all the journal needs and a
+/// fraction of the actions' size while the item waits.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// Actions the cache completed at `at`.
-    Completed {
-        actions: Vec<Action>,
-        at: DateTime<Utc>,
-    },
-    /// Actions the cache refused, with the error (the stream retries them).
-    Failed { actions: Vec<Action>, error: String },
-    /// Delayed passes falling due at `due`.
+    /// Rows of actions the cache completed at `at`.
+    Completed { rows: Vec<Entry>, at: DateTime<Utc> },
+    /// Rows of actions the cache refused, with the error (the stream retries them).
+    Failed { rows: Vec<Entry>, error: String },
+    /// Rows of delayed passes falling due at `due`.
     Scheduled {
-        actions: Vec<Action>,
+        rows: Vec<Entry>,
         due: DateTime<Utc>,
     },
     /// Input the source could not understand.
@@ -50,14 +49,23 @@ pub enum Item {
 }
 
 impl Item {
-    /// How much the item weighs against `journal_group_rows`.
-    fn weight(&self) -> usize {
-        match self {
-            Item::Completed { actions, .. }
-            | Item::Failed { actions, .. }
-            | Item::Scheduled { actions, .. } => actions.len().max(1),
-            Item::DeadLetters(l) => l.len().max(1),
+    pub fn completed(actions: &[Action], at: DateTime<Utc>) -> Item {
+        Item::Completed {
+            rows: entries(actions),
+            at,
         }
+    }
+
+    /// How much the item weighs against `journal_group_rows`: the targets it records.
+    fn weight(&self) -> usize {
+        let targets = |rows: &[Entry]| rows.iter().map(|e| e.members.len().max(1)).sum();
+        match self {
+            Item::Completed { rows, .. }
+            | Item::Failed { rows, .. }
+            | Item::Scheduled { rows, .. } => targets(rows),
+            Item::DeadLetters(l) => l.len(),
+        }
+        .max(1)
     }
 }
 

@@ -147,6 +147,57 @@ pub async fn check_queries(client: &tokio_postgres::Client, rules: &RuleSet) -> 
     out
 }
 
+/// Keyspace passes per hour from which a rule's patterns are worth a warning.
+const FREQUENT_PASSES_PER_HOUR: i64 = 60;
+
+/// Warns about rules whose patterns fire often, from what the journal recorded over the last
+/// hour: each firing costs a pass over the whole Redis database, and a family that changes
+/// this often is better served by tags or a bump. Nothing to say before there is a journal.
+pub async fn check_pattern_costs(
+    client: &tokio_postgres::Client,
+    rules: &RuleSet,
+) -> Vec<Diagnostic> {
+    let names: Vec<&str> = rules
+        .rules
+        .iter()
+        .filter(|r| !r.patterns.is_empty())
+        .map(|r| r.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(rows) = client
+        .query(
+            "SELECT rule_name, count(*) FROM cache_invalidations \
+             WHERE rule_name = ANY($1) AND kind IN ('pattern', 'patterns') \
+               AND created_at > now() - interval '1 hour' GROUP BY 1",
+            &[&names],
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, passes): (String, i64) = (row.get(0), row.get(1));
+        let Some(rule) = rules.rules.iter().find(|r| r.name == name) else {
+            continue;
+        };
+        if passes >= FREQUENT_PASSES_PER_HOUR {
+            out.push(diag(
+                &rule.patterns[0].at,
+                Severity::Warning,
+                format!(
+                    "rule {name:?}: its patterns cost {passes} passes over the whole Redis \
+                     keyspace in the last hour (the journal's count); for a key family that \
+                     changes this often prefer tags or a bump, which cost what they touch"
+                ),
+            ));
+        }
+    }
+    out
+}
+
 fn diag(at: &Location, severity: Severity, message: String) -> Diagnostic {
     Diagnostic {
         at: at.clone(),

@@ -13,10 +13,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::delayed::Message;
-use super::pipeline::Followers;
 use super::scans::Scans;
 use crate::failpoints;
 use crate::journal::Trail;
@@ -77,7 +76,7 @@ impl Confirmations {
     pub async fn confirm_durable(
         &mut self,
         source: &mut dyn Source,
-        followers: &Followers,
+        delayed: Option<&mpsc::Sender<Message>>,
     ) -> Result<(), SourceError> {
         let durable = self.trail.durable();
         while let Some(&(seq, at)) = self.wakes.front() {
@@ -85,7 +84,7 @@ impl Confirmations {
                 break;
             }
             self.wakes.pop_front();
-            if let Some(tx) = &followers.delayed {
+            if let Some(tx) = delayed {
                 let _ = tx.try_send(Message::Wake(at));
             }
         }
@@ -117,7 +116,7 @@ impl Confirmations {
     pub async fn drain(
         &mut self,
         source: &mut dyn Source,
-        followers: &Followers,
+        delayed: Option<&mpsc::Sender<Message>>,
     ) -> Result<(), SourceError> {
         if !self.trail.flush(DRAIN_JOURNAL).await {
             tracing::warn!(
@@ -129,6 +128,6 @@ impl Confirmations {
                 "keyspace passes were still running when stopping; the changes they cover are replayed at the next start"
             );
         }
-        self.confirm_durable(source, followers).await
+        self.confirm_durable(source, delayed).await
     }
 }

@@ -119,7 +119,9 @@ impl Pipeline {
             if !finished {
                 // Shutdown while the batch could not finish: leave it unconfirmed for replay.
                 tracing::warn!("stopping with an unfinished batch; it will be replayed on restart");
-                self.trailing.drain(source, &self.followers).await?;
+                self.trailing
+                    .drain(source, self.followers.delayed.as_ref())
+                    .await?;
                 source.close().await;
                 return Ok(());
             }
@@ -129,14 +131,16 @@ impl Pipeline {
                 self.trailing.wait_for_journal(position, has_work);
             }
             self.trailing
-                .confirm_durable(source, &self.followers)
+                .confirm_durable(source, self.followers.delayed.as_ref())
                 .await?;
             self.status.set_progress(source.progress());
             if batch.ends_mid_transaction {
                 failpoints::hit(failpoints::BETWEEN_CHUNKS);
             }
             if batch.shutdown {
-                self.trailing.drain(source, &self.followers).await?;
+                self.trailing
+                    .drain(source, self.followers.delayed.as_ref())
+                    .await?;
                 source.close().await;
                 return Ok(());
             }
@@ -172,10 +176,17 @@ impl Pipeline {
         // Each transaction is planned with the rules in force when it committed (a reload
         // applies from a position; see `control::Live`).
         let runs = Self::plan_runs(&self.live, batch).await;
-        let mut plan = plan::Plan::default();
-        for (_, p) in &runs {
-            plan.absorb(p.clone());
+        // Delayed passes per run (each run's rules say which); then the runs merge into one
+        // plan, moved, not copied: a batch's actions are its largest allocation.
+        let mut delayed_passes = Vec::new();
+        for (rules, p) in &runs {
+            delayed_passes.extend(delayed::schedule(p, rules));
         }
+        let mut plan = plan::Plan::default();
+        for (_, p) in runs {
+            plan.absorb(p);
+        }
+        let (keys, patterns) = (plan.keys().count(), plan.patterns().count());
         let c = &self.status.counters;
         add(&c.batches, 1);
         add(&c.transactions, batch.transactions.len() as u64);
@@ -200,19 +211,16 @@ impl Pipeline {
             tracing::warn!(count = plan.widened, "keys widened to patterns: a value the rule needs was not in the WAL (check REPLICA IDENTITY)");
         }
         // Keyspace passes run beside the stream; exact keys, tags and bumps run here.
-        let (passes, exact): (Vec<_>, Vec<_>) = plan
-            .actions
-            .iter()
-            .cloned()
+        let (passes, exact): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.actions)
+            .into_iter()
             .partition(|a| a.target.is_pattern());
         let done_at = if exact.is_empty() && plan.marks.is_empty() {
             Utc::now()
         } else {
             loop {
-                match self.execute(&plan, &exact).await {
+                match self.execute(&plan.marks, &exact).await {
                     Ok(at) => break at,
-                    Err(e) => {
-                        self.status.set_error(Some(e.to_string()));
+                    Err(_) => {
                         if self.shutdown.is_shutdown() {
                             return false;
                         }
@@ -221,6 +229,9 @@ impl Pipeline {
                 }
             }
         };
+        let c = &self.status.counters;
+        add(&c.keys, keys as u64);
+        add(&c.patterns, patterns as u64);
         if !passes.is_empty() {
             loop {
                 match self.trailing.scans.request(passes.clone()).await {
@@ -233,13 +244,10 @@ impl Pipeline {
                 }
             }
         }
-        for (rules, p) in &runs {
-            let passes = delayed::schedule(p, rules);
-            if !self.schedule_passes(&passes).await {
-                return false;
-            }
-            self.after_batch(p, passes);
+        if !self.schedule_passes(&delayed_passes).await {
+            return false;
         }
+        self.after_batch(&plan, delayed_passes);
         if let Some(first) = batch.transactions.first() {
             // Epochs older than the previous batch cannot be needed again, even after a
             // reconnect replays from the last confirmed position.
@@ -257,8 +265,8 @@ impl Pipeline {
             tracing::debug!(
                 transactions = batch.transactions.len(),
                 changes = batch.change_count(),
-                keys = plan.keys().count(),
-                patterns = plan.patterns().count(),
+                keys,
+                patterns,
                 lsn = %last.commit_lsn,
                 "batch done"
             );
@@ -338,7 +346,7 @@ impl Pipeline {
             let at = tokio::time::Instant::now() + d.delay;
             loop {
                 let item = Item::Scheduled {
-                    actions: d.actions.clone(),
+                    rows: journal::entries(&d.actions),
                     due: Utc::now() + delay,
                 };
                 match self.trailing.trail.push(item).await {
@@ -379,29 +387,26 @@ impl Pipeline {
         }
     }
 
-    /// One attempt of one batch through the invalidation lifecycle (the stream's trailing
-    /// path: the journal is written behind it).
+    /// One attempt of one batch's exact actions through the invalidation lifecycle (the
+    /// stream's trailing path: the journal is written behind it).
     async fn execute(
         &mut self,
-        plan: &plan::Plan,
+        marks: &[(String, crate::fence::Version)],
         actions: &[crate::action::Action],
     ) -> Result<DateTime<Utc>, InvalidationError> {
-        let targets: Vec<_> = actions.iter().map(|a| &a.target).collect();
+        let n = actions.len();
         let r = journal::invalidate_trailing(
             &mut self.trailing.trail,
             &mut self.targets,
             actions,
-            &plan.marks,
-            &targets,
+            marks,
         )
         .await;
         let c = &self.status.counters;
         match r {
-            Ok((done, _)) => {
+            Ok(done) => {
                 add(&c.redis_us, done.cache_time.as_micros() as u64);
                 self.status.redis_connected.store(true, Ordering::Relaxed);
-                add(&c.keys, plan.keys().count() as u64);
-                add(&c.patterns, plan.patterns().count() as u64);
                 add(&c.keys_removed, done.report.removed);
                 self.status.set_error(None);
                 Ok(done.at)
@@ -409,12 +414,14 @@ impl Pipeline {
             Err(InvalidationError::Journal(e)) => {
                 add(&c.journal_errors, 1);
                 tracing::warn!(error = %e, "journal write failed; retrying the batch");
+                self.status.set_error(Some(e.to_string()));
                 Err(InvalidationError::Journal(e))
             }
             Err(InvalidationError::Cache(e)) => {
                 self.status.redis_connected.store(false, Ordering::Relaxed);
                 add(&c.redis_errors, 1);
-                tracing::warn!(error = %e, actions = actions.len(), "cache failed; batch journaled as failed and retried");
+                tracing::warn!(error = %e, actions = n, "cache failed; batch journaled as failed and retried");
+                self.status.set_error(Some(e.to_string()));
                 Err(InvalidationError::Cache(e))
             }
         }

@@ -143,8 +143,8 @@ impl Scanner {
                 }
             };
             let items: Vec<Item> = items
-                .into_iter()
-                .map(|actions| Item::Completed { actions, at })
+                .iter()
+                .map(|actions| Item::completed(actions, at))
                 .collect();
             loop {
                 match self.journal.write_group(&items).await {
