@@ -291,6 +291,72 @@ async fn multi_row_and_multi_statement_transactions_dedupe() {
     env.cleanup().await;
 }
 
+/// The stream's journal rows are written once, already final, in grouped commits: the table
+/// sees inserts and no update at all (an update to `status` could never be HOT), however many
+/// batches and patterns there were. A trigger counts updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_journal_rows_are_inserted_final_and_never_updated() {
+    let env = env("write_once").await;
+    let w = env.start_worker().await;
+    // Every update of a journal row is counted, in the updating transaction itself.
+    env.db
+        .batch_execute(
+            "CREATE TABLE journal_updates (id uuid);
+             CREATE FUNCTION count_journal_update() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO journal_updates VALUES (OLD.id); RETURN NEW; END $$;
+             CREATE TRIGGER count_updates BEFORE UPDATE ON cache_invalidations
+               FOR EACH ROW EXECUTE FUNCTION count_journal_update();",
+        )
+        .await
+        .unwrap();
+    for i in 1..=30 {
+        env.db
+            .execute(
+                "INSERT INTO courses (id, slug, title) VALUES ($1::int8, 's' || $1::int8, 't')",
+                &[&(i as i64)],
+            )
+            .await
+            .unwrap();
+        env.db
+            .execute(
+                "INSERT INTO lessons (id, course_id, title) VALUES ($1, 1, 'l')",
+                &[&(i as i64)],
+            )
+            .await
+            .unwrap();
+    }
+    env.wait_caught_up(WAIT).await;
+    let rows: Vec<(String, i64)> = env
+        .db
+        .query(
+            "SELECT status, count(*) FROM cache_invalidations GROUP BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        rows.iter().all(|(s, _)| s == "completed"),
+        "every row is final: {rows:?}"
+    );
+    let written: i64 = rows.iter().map(|(_, n)| n).sum();
+    assert!(
+        (1..60).contains(&written),
+        "60 transactions' rows are grouped: {written} rows"
+    );
+    let updates: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM journal_updates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(updates, 0, "no journal row was updated");
+    w.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_columns_are_not_changes() {
     let env = TestEnv::new(
