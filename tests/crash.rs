@@ -238,6 +238,8 @@ async fn delayed_passes_survive_a_kill() {
     worker.wait().await.unwrap();
     let worker = spawn_run(&cfg, &log);
     env.wait_gone(&["item:1"], Duration::from_secs(15)).await;
+    // At least once: if the kill came after the pass was journaled but before the position
+    // was confirmed, the replay schedules the pass again (an extra invalidation, harmless).
     common::eventually("the pass is completed", Duration::from_secs(15), || async {
         env.db
             .query_one(
@@ -247,7 +249,7 @@ async fn delayed_passes_survive_a_kill() {
             .await
             .unwrap()
             .get::<_, i64>(0)
-            == 1
+            >= 1
     })
     .await;
     sigterm(&worker);

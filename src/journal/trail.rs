@@ -5,7 +5,8 @@
 //! done, its rows — already `completed` (or `failed`), with their delayed passes (`scheduled`)
 //! and dead letters — are handed to [`Trail::push`], which numbers them and returns at once. A
 //! writer task of its own gathers what arrives over a short window (`journal_window_ms`, or
-//! until `journal_group_rows` actions) and writes the whole group through
+//! until `journal_group_rows` actions; a group of fewer than 100 targets, at low rates, keeps
+//! gathering up to ten windows, since its cost is mostly per row) and writes the whole group through
 //! [`JournalStore::write_group`]: one statement, one commit, whatever the number of batches.
 //! It then publishes the highest number it has made durable ([`Trail::durable`]) and wakes the
 //! pipeline, which confirms a source position only once every number before it is durable
@@ -95,6 +96,7 @@ impl TrailLimits {
 
 /// The stream's handle on the trailing journal.
 pub struct Trail {
+    flush_now: Arc<Notify>,
     tx: mpsc::Sender<(u64, Item)>,
     durable: watch::Receiver<u64>,
     assigned: u64,
@@ -112,7 +114,9 @@ impl Trail {
     ) -> Trail {
         let (tx, rx) = mpsc::channel(limits.max_items.max(1));
         let (durable_tx, durable) = watch::channel(0);
+        let flush_now = Arc::new(Notify::new());
         let writer = Writer {
+            flush_now: flush_now.clone(),
             store,
             limits,
             status,
@@ -124,6 +128,7 @@ impl Trail {
             tx,
             durable,
             assigned: 0,
+            flush_now,
         }
     }
 
@@ -151,13 +156,22 @@ impl Trail {
     /// Waits until every item handed over is durable, or `limit` passes; true if it is.
     pub async fn flush(&mut self, limit: Duration) -> bool {
         let target = self.assigned;
+        if self.durable() < target {
+            self.flush_now.notify_one();
+        }
         let wait = self.durable.wait_for(|d| *d >= target);
         matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)))
     }
 }
 
+/// Targets below which a group keeps gathering past the window…
+const SMALL_GROUP: usize = 100;
+/// …up to this many windows.
+const SMALL_GROUP_STRETCH: u32 = 10;
+
 /// The writer task.
 struct Writer {
+    flush_now: Arc<Notify>,
     store: Box<dyn JournalStore>,
     limits: TrailLimits,
     status: Arc<Status>,
@@ -172,15 +186,28 @@ impl Writer {
             let mut last = first_seq;
             let mut weight = first.weight();
             let mut group = vec![first];
-            let deadline = tokio::time::Instant::now() + self.limits.window;
+            let opened = tokio::time::Instant::now();
             while weight < self.limits.group_rows {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some((seq, item))) => {
-                        weight += item.weight();
-                        last = seq;
-                        group.push(item);
-                    }
-                    Ok(None) | Err(_) => break,
+                // A group this small is mostly per-row overhead: at low rates it gathers for
+                // longer (the positions it holds are confirmed later, nothing else waits) —
+                // unless it holds delayed passes, whose runner waits for their rows.
+                let urgent = group.iter().any(|i| matches!(i, Item::Scheduled { .. }));
+                let window = if weight < SMALL_GROUP && !urgent {
+                    self.limits.window * SMALL_GROUP_STRETCH
+                } else {
+                    self.limits.window
+                };
+                tokio::select! {
+                    r = tokio::time::timeout_at(opened + window, rx.recv()) => match r {
+                        Ok(Some((seq, item))) => {
+                            weight += item.weight();
+                            last = seq;
+                            group.push(item);
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    // The stream is stopping and waits for what is held.
+                    _ = self.flush_now.notified() => break,
                 }
             }
             // Written whole or not at all; retried until it is (the stream holds its positions).

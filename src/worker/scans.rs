@@ -124,6 +124,11 @@ impl Scanner {
                 .filter(|t| seen.insert(*t))
                 .collect();
             let at = loop {
+                if rx.is_closed() {
+                    // The stream is gone: nothing it handed over was confirmed, and whoever
+                    // streams next replays it.
+                    return;
+                }
                 match self.cache.execute(&[], &targets).await {
                     Ok(report) => {
                         let c = &self.status.counters;
@@ -132,14 +137,7 @@ impl Scanner {
                         self.backoff.reset();
                         break Utc::now();
                     }
-                    Err(e) => {
-                        if rx.is_closed() {
-                            // The stream is gone: what this pass covers was never confirmed,
-                            // and is replayed by whoever streams next.
-                            return;
-                        }
-                        self.failed_pass(&e).await
-                    }
+                    Err(e) => self.failed_pass(&e).await,
                 }
             };
             let items: Vec<Item> = items
