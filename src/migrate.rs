@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "slot_tables",
         sql: include_str!("../migrations/0007_slot_tables.sql"),
     },
+    Migration {
+        version: 8,
+        name: "open_work_queue",
+        sql: include_str!("../migrations/0008_open_work_queue.sql"),
+    },
 ];
 
 /// Errors applying migrations.

@@ -2,7 +2,9 @@
 //! the batch insert of `pending` rows (parallel arrays, one statement for a whole batch), the
 //! transitions to `completed`/`failed`/back to `pending`, the recovery scan, the claim of
 //! application requests (`FOR UPDATE SKIP LOCKED`, so several instances never run one request
-//! twice), the operator's own requests, and failed warm writes.
+//! twice), the operator's own requests, and failed warm writes. Open rows are found through
+//! `cache_invalidation_queue`, which triggers keep (migration 0008), so that no index of the
+//! journal reads a column its lifecycle changes and every update can be HOT.
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -226,10 +228,11 @@ impl PgJournal {
         let rows = p
             .client
             .query(
-                "SELECT id::text, key_pattern, kind, keys, lsn::text FROM cache_invalidations \
-                 WHERE status IN ('pending', 'running') \
-                   AND created_at <= now() - make_interval(secs => $2) \
-                 ORDER BY created_at LIMIT $1",
+                "SELECT c.id::text, c.key_pattern, c.kind, c.keys, c.lsn::text \
+                 FROM cache_invalidation_queue q JOIN cache_invalidations c USING (id) \
+                 WHERE c.status IN ('pending', 'running') \
+                   AND c.created_at <= now() - make_interval(secs => $2) \
+                 ORDER BY q.due_at LIMIT $1",
                 &[&limit, &min_age.as_secs_f64()],
             )
             .await?;
@@ -253,9 +256,9 @@ impl PgJournal {
             .client
             .query(
                 "UPDATE cache_invalidations SET status = 'running' WHERE id IN ( \
-                     SELECT id FROM cache_invalidations \
-                     WHERE status = 'pending' AND rule_name IS NULL \
-                     ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                     SELECT c.id FROM cache_invalidation_queue q JOIN cache_invalidations c USING (id) \
+                     WHERE q.request AND c.status = 'pending' \
+                     ORDER BY q.due_at LIMIT $1 FOR UPDATE OF c SKIP LOCKED) \
                  RETURNING id::text, key_pattern, kind, keys, lsn::text",
                 &[&limit],
             )
@@ -326,9 +329,9 @@ impl PgJournal {
             .client
             .query(
                 "UPDATE cache_invalidations SET status = 'running' WHERE id IN ( \
-                     SELECT id FROM cache_invalidations \
-                     WHERE status = 'scheduled' AND ($2 OR due_at <= now()) \
-                     ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                     SELECT c.id FROM cache_invalidation_queue q JOIN cache_invalidations c USING (id) \
+                     WHERE c.status = 'scheduled' AND ($2 OR q.due_at <= now()) \
+                     ORDER BY q.due_at LIMIT $1 FOR UPDATE OF c SKIP LOCKED) \
                  RETURNING id::text, key_pattern, kind, keys, lsn::text",
                 &[&limit, &all],
             )
