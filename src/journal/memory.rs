@@ -155,29 +155,6 @@ impl JournalStore for MemoryJournal {
         .boxed()
     }
 
-    fn record_dead_letters<'a>(
-        &'a mut self,
-        letters: &'a [crate::source::DeadLetter],
-    ) -> BoxFuture<'a, Result<(), JournalError>> {
-        async move {
-            self.check()?.dead_letters.extend_from_slice(letters);
-            Ok(())
-        }
-        .boxed()
-    }
-
-    fn schedule<'a>(
-        &'a mut self,
-        actions: &'a [Action],
-        _due: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<(), JournalError>> {
-        async move {
-            let ids = self.record_pending(actions).await?;
-            self.set(&ids, "scheduled")
-        }
-        .boxed()
-    }
-
     fn claim_due(
         &mut self,
         limit: i64,

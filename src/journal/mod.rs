@@ -95,20 +95,6 @@ pub trait JournalStore: Send {
         items: &'a [Item],
     ) -> BoxFuture<'a, Result<usize, JournalError>>;
 
-    /// Keeps input a source could not understand (`cache_dead_letters`), in one statement.
-    fn record_dead_letters<'a>(
-        &'a mut self,
-        letters: &'a [crate::source::DeadLetter],
-    ) -> BoxFuture<'a, Result<(), JournalError>>;
-
-    /// Journals actions to run again at `due` (`scheduled` rows: delayed passes), in one
-    /// statement.
-    fn schedule<'a>(
-        &'a mut self,
-        actions: &'a [Action],
-        due: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<(), JournalError>>;
-
     /// Claims `scheduled` rows that are due (or all of them), moving them to `running`.
     fn claim_due(
         &mut self,

@@ -450,32 +450,12 @@ impl JournalStore for PgJournal {
         self.reopen_rows(ids, error).boxed()
     }
 
-    fn record_dead_letters<'a>(
-        &'a mut self,
-        letters: &'a [crate::source::DeadLetter],
-    ) -> BoxFuture<'a, Result<(), JournalError>> {
-        self.insert_dead_letters(letters).boxed()
-    }
-
     fn open_rows(
         &mut self,
         limit: i64,
         min_age: std::time::Duration,
     ) -> BoxFuture<'_, Result<Vec<OpenRow>, JournalError>> {
         self.open(limit, min_age).boxed()
-    }
-
-    fn schedule<'a>(
-        &'a mut self,
-        actions: &'a [Action],
-        due: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<(), JournalError>> {
-        async move {
-            self.insert_rows(&[(entries::entries(actions), Written::Scheduled(due))])
-                .await
-                .map(|_| ())
-        }
-        .boxed()
     }
 
     fn claim_due(
