@@ -433,7 +433,7 @@ async fn invalidate(
     raw: bool,
 ) -> anyhow::Result<ExitCode> {
     use cachewarden::action::Target;
-    use cachewarden::journal::{self, InvalidationError, OnFailure, PgJournal, Rows};
+    use cachewarden::journal::{self, InvalidationError, OnFailure, PgJournal};
     let full = if raw {
         pattern.to_string()
     } else {
@@ -463,7 +463,7 @@ async fn invalidate(
     let r = journal::invalidate(
         &mut journal,
         &mut cache,
-        Rows::Existing(vec![id.clone()]),
+        vec![id.clone()],
         &fences,
         &[&target],
         OnFailure::Fail,

@@ -4,7 +4,7 @@
 
 use super::{current_lsn, Controller};
 use crate::fence;
-use crate::journal::{self, InvalidationError, OnFailure, PgJournal, Rows};
+use crate::journal::{self, InvalidationError, OnFailure, PgJournal};
 use crate::status::add;
 use crate::target::Targets;
 
@@ -52,15 +52,8 @@ impl Controller {
             &snap.cx.key_prefix,
             all.iter().map(|t| (*t, version)),
         );
-        let done = journal::invalidate(
-            journal,
-            targets,
-            Rows::Existing(ids),
-            &fences,
-            &all,
-            OnFailure::Reopen,
-        )
-        .await?;
+        let done =
+            journal::invalidate(journal, targets, ids, &fences, &all, OnFailure::Reopen).await?;
         add(&self.status.counters.requests, rows.len() as u64);
         tracing::info!(
             requests = rows.len(),

@@ -1,14 +1,13 @@
-//! The invalidation lifecycle, written once: journal the rows, execute on the cache targets,
-//! then make the rows final.
+//! The invalidation lifecycle, written once: rows in the journal, executed on the cache
+//! targets, then made final.
 //!
-//! For new actions ([`Rows::Record`], the stream's and delayed passes' path) the `pending`
-//! insert and the cache call run concurrently — the insert's round trip hides behind Redis —
-//! and the rows are completed only if both succeeded. For rows already in the journal
-//! ([`Rows::Existing`]: recovered rows, claimed requests, the CLI's request) only the cache call
-//! runs first. When the cache fails, the rows become `failed` ([`OnFailure::Fail`]: the caller
-//! retries with new rows) or go back to `pending` ([`OnFailure::Reopen`]: a later poll retries
-//! the same rows). When the journal fails, the error says so and the caller retries the whole
-//! call: executing is idempotent, and nothing counts as done until its rows are `completed`.
+//! [`invalidate`] runs rows already in the journal (`pending`/`running`: recovered rows, claimed
+//! requests and delayed passes, the CLI's request, owed whole families): the cache call, then
+//! the rows become `completed`. When the cache fails, the rows become `failed`
+//! ([`OnFailure::Fail`]: the caller retries with new rows) or go back to `pending`
+//! ([`OnFailure::Reopen`]: a later poll retries the same rows). When the journal fails, the
+//! error says so and the caller retries the whole call: executing is idempotent, and nothing
+//! counts as done until its rows are `completed`.
 //!
 //! A stream batch takes a shorter path, [`invalidate_trailing`]: the cache call first, then its
 //! rows, already final, go to the trailing journal ([`super::trail`]) without waiting for the
@@ -30,15 +29,6 @@ use crate::action::{Action, Target};
 use crate::failpoints;
 use crate::fence::Version;
 use crate::target::{CacheError, CacheTarget, ExecReport};
-
-/// Which rows the call journals.
-#[derive(Debug)]
-pub enum Rows<'a> {
-    /// New rows for these actions, written `pending` while the cache works.
-    Record(&'a [Action]),
-    /// Rows already in the journal, by id.
-    Existing(Vec<String>),
-}
 
 /// What becomes of the rows when the cache fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +66,7 @@ pub enum InvalidationError {
 pub async fn invalidate<J, C>(
     journal: &mut J,
     cache: &mut C,
-    rows: Rows<'_>,
+    ids: Vec<String>,
     marks: &[(String, Version)],
     targets: &[&Target],
     on_failure: OnFailure,
@@ -85,28 +75,15 @@ where
     J: JournalStore + ?Sized,
     C: CacheTarget + ?Sized,
 {
-    let exec = async {
-        let t = Instant::now();
-        let r = cache.execute(marks, targets).await;
-        (r, Utc::now(), t.elapsed())
-    };
-    let (ids, mut journal_time, (result, at, cache_time)) = match rows {
-        Rows::Record(actions) => {
-            let record = async {
-                let t = Instant::now();
-                (journal.record_pending(actions).await, t.elapsed())
-            };
-            let ((ids, jt), exec) = tokio::join!(record, exec);
-            (ids?, jt, exec)
-        }
-        Rows::Existing(ids) => (ids, Duration::ZERO, exec.await),
-    };
+    let t = Instant::now();
+    let result = cache.execute(marks, targets).await;
+    let (at, cache_time) = (Utc::now(), t.elapsed());
     match result {
         Ok(report) => {
             failpoints::hit(failpoints::AFTER_CACHE_BEFORE_JOURNAL);
             let t = Instant::now();
             journal.complete(&ids, at).await?;
-            journal_time += t.elapsed();
+            let journal_time = t.elapsed();
             Ok(Completed {
                 report,
                 at,
@@ -196,15 +173,7 @@ where
         }
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let targets: Vec<_> = rows.iter().flat_map(|r| r.targets.iter()).collect();
-        invalidate(
-            journal,
-            cache,
-            Rows::Existing(ids),
-            &[],
-            &targets,
-            OnFailure::Reopen,
-        )
-        .await?;
+        invalidate(journal, cache, ids, &[], &targets, OnFailure::Reopen).await?;
         total += rows.len();
     }
 }

@@ -33,7 +33,7 @@ use futures_util::future::BoxFuture;
 
 pub use entries::{entries, Entry};
 pub use lifecycle::{
-    invalidate, invalidate_trailing, recover, Completed, InvalidationError, OnFailure, Rows,
+    invalidate, invalidate_trailing, recover, Completed, InvalidationError, OnFailure,
 };
 pub use owed::Owed;
 pub use postgres::PgJournal;

@@ -6,7 +6,7 @@
 //! them. Executed too early, changes committed between the invalidation and the publication
 //! change would be lost; never executed, stale values would stay.
 
-use super::{lifecycle, Completed, InvalidationError, JournalError, JournalStore, OnFailure, Rows};
+use super::{lifecycle, Completed, InvalidationError, JournalError, JournalStore, OnFailure};
 use crate::action::{Action, Target};
 use crate::fence::Version;
 use crate::target::CacheTarget;
@@ -56,7 +56,7 @@ impl Owed {
         lifecycle::invalidate(
             journal,
             cache,
-            Rows::Existing(self.ids),
+            self.ids,
             &self.marks,
             &targets,
             OnFailure::Reopen,

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::action::{Action, WarmJob};
 use crate::control::Live;
 use crate::fence;
-use crate::journal::{self, JournalStore, OnFailure, OpenRow, Rows};
+use crate::journal::{self, JournalStore, OnFailure, OpenRow};
 use crate::plan::Plan;
 use crate::rules::{RuleSet, Strategy};
 use crate::status::{add, Status};
@@ -190,7 +190,7 @@ impl<J: JournalStore, C: CacheTarget> DelayedRunner<J, C> {
         journal::invalidate(
             &mut self.journal,
             &mut self.cache,
-            Rows::Existing(ids),
+            ids,
             &fences,
             &targets,
             // Back to `pending`: recovery finishes them if this run cannot.
