@@ -91,6 +91,12 @@ pub struct Status {
     pub source_connected: AtomicBool,
     pub redis_connected: AtomicBool,
     pub counters: Counters,
+    /// Batches' journal work handed to the trailing writer and not yet durable.
+    pub journal_trailing: AtomicU64,
+    /// Pattern requests waiting for a keyspace pass to cover them.
+    pub passes_waiting: AtomicU64,
+    /// Source positions waiting for the journal or a pass before they are confirmed.
+    pub positions_waiting: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -101,6 +107,9 @@ impl Default for Status {
             source_connected: AtomicBool::new(false),
             redis_connected: AtomicBool::new(false),
             counters: Counters::default(),
+            journal_trailing: AtomicU64::new(0),
+            passes_waiting: AtomicU64::new(0),
+            positions_waiting: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -140,6 +149,12 @@ pub struct Snapshot {
     pub lag_ms_p50: Option<f64>,
     pub lag_ms_p99: Option<f64>,
     pub lag_samples: usize,
+    /// Journal items handed over and not yet durable (bounded by `journal_trail_batches`).
+    pub journal_trailing: u64,
+    /// Pattern requests not yet covered by a finished pass.
+    pub passes_waiting: u64,
+    /// Positions held until the journal and the passes before them are done.
+    pub positions_waiting: u64,
     pub rules_loaded: usize,
     pub tables: Vec<String>,
     pub uptime_seconds: u64,
@@ -325,6 +340,9 @@ impl Status {
             lag_ms_p50: quantile(&lags, 0.5),
             lag_ms_p99: quantile(&lags, 0.99),
             lag_samples: lags.len(),
+            journal_trailing: self.journal_trailing.load(Ordering::Relaxed),
+            passes_waiting: self.passes_waiting.load(Ordering::Relaxed),
+            positions_waiting: self.positions_waiting.load(Ordering::Relaxed),
             rules_loaded: i.rules_loaded,
             tables: i.tables.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),

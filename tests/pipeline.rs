@@ -353,6 +353,14 @@ async fn stream_journal_rows_are_inserted_final_and_never_updated() {
         .unwrap()
         .get(0);
     assert_eq!(updates, 0, "no journal row was updated");
+    // Caught up: nothing waits for the journal or a pass any more.
+    let s = w.status.snapshot();
+    assert_eq!(
+        (s.journal_trailing, s.passes_waiting, s.positions_waiting),
+        (0, 0, 0),
+        "{:?}",
+        s.counters
+    );
     // And where rows do change (requests, delayed passes), no index reads what changes, so
     // every such update can be HOT: open work is found through cache_invalidation_queue.
     let defs: Vec<String> = env

@@ -10,6 +10,7 @@
 //! `scheduled` rows only once those rows exist.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use super::scans::Scans;
 use crate::failpoints;
 use crate::journal::Trail;
 use crate::source::{Position, Source, SourceError};
+use crate::status::Status;
 
 /// How long a stopping pipeline waits for its trailing journal before it leaves the rest
 /// unconfirmed (replayed at the next start).
@@ -77,6 +79,7 @@ impl Confirmations {
         &mut self,
         source: &mut dyn Source,
         delayed: Option<&mpsc::Sender<Message>>,
+        status: &Status,
     ) -> Result<(), SourceError> {
         let durable = self.trail.durable();
         while let Some(&(seq, at)) = self.wakes.front() {
@@ -100,6 +103,10 @@ impl Confirmations {
                 ready = Some(w.position);
             }
         }
+        let set = |gauge: &std::sync::atomic::AtomicU64, v: u64| gauge.store(v, Ordering::Relaxed);
+        set(&status.journal_trailing, self.trail.assigned() - durable);
+        set(&status.passes_waiting, self.scans.requested() - scanned);
+        set(&status.positions_waiting, self.waiting.len() as u64);
         if let Some(position) = ready {
             if had_work {
                 failpoints::hit(failpoints::AFTER_JOURNAL_BEFORE_CONFIRM);
@@ -117,6 +124,7 @@ impl Confirmations {
         &mut self,
         source: &mut dyn Source,
         delayed: Option<&mpsc::Sender<Message>>,
+        status: &Status,
     ) -> Result<(), SourceError> {
         if !self.trail.flush(DRAIN_JOURNAL).await {
             tracing::warn!(
@@ -128,6 +136,6 @@ impl Confirmations {
                 "keyspace passes were still running when stopping; the changes they cover are replayed at the next start"
             );
         }
-        self.confirm_durable(source, delayed).await
+        self.confirm_durable(source, delayed, status).await
     }
 }

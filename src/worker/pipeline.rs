@@ -120,7 +120,7 @@ impl Pipeline {
                 // Shutdown while the batch could not finish: leave it unconfirmed for replay.
                 tracing::warn!("stopping with an unfinished batch; it will be replayed on restart");
                 self.trailing
-                    .drain(source, self.followers.delayed.as_ref())
+                    .drain(source, self.followers.delayed.as_ref(), &self.status)
                     .await?;
                 source.close().await;
                 return Ok(());
@@ -131,7 +131,7 @@ impl Pipeline {
                 self.trailing.wait_for_journal(position, has_work);
             }
             self.trailing
-                .confirm_durable(source, self.followers.delayed.as_ref())
+                .confirm_durable(source, self.followers.delayed.as_ref(), &self.status)
                 .await?;
             self.status.set_progress(source.progress());
             if batch.ends_mid_transaction {
@@ -139,7 +139,7 @@ impl Pipeline {
             }
             if batch.shutdown {
                 self.trailing
-                    .drain(source, self.followers.delayed.as_ref())
+                    .drain(source, self.followers.delayed.as_ref(), &self.status)
                     .await?;
                 source.close().await;
                 return Ok(());
