@@ -105,6 +105,29 @@ async fn check_warns_about_patterns_that_fire_often() {
     env.cleanup().await;
 }
 
+/// The shipped example rules check clean against the shipped example schema: no errors and no
+/// warnings (they follow the README's advice, e.g. tags rather than patterns for hot families).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_rules_check_without_warnings() {
+    let env = TestEnv::new(
+        "cli_examples",
+        include_str!("../examples/edurise/schema.sql"),
+    )
+    .await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(repo.join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        env.write_rules(path.file_name().unwrap().to_str().unwrap(), &text);
+    }
+    let cfg = env.write_config("127.0.0.1:0", "");
+    let (code, out, err) = run_bin(&["--config", cfg.to_str().unwrap(), "check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(out.contains("ok: 5 rules on 4 tables"), "{out}");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rule_files_are_refused_with_file_and_line() {
     let env = TestEnv::new("cli_bad", SCHEMA).await;
