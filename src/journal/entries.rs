@@ -111,35 +111,42 @@ impl Entry {
 /// Folds rows of the same family and kind (from the batches of one journal group) into one
 /// row each: members merged without repeats, changes counted, the earliest trigger kept. Pure.
 pub fn fold(rows: Vec<Entry>) -> Vec<Entry> {
-    let mut out: Vec<Entry> = Vec::new();
+    let mut groups: Vec<Vec<Entry>> = Vec::new();
     let mut index: HashMap<(String, &'static str), usize> = HashMap::new();
     for e in rows {
-        let kind = singular(e.kind);
-        match index.get(&(e.family.clone(), kind)) {
-            None => {
-                index.insert((e.family.clone(), kind), out.len());
-                out.push(e);
-            }
-            Some(&i) => {
-                let into = &mut out[i];
-                let mut texts: Vec<String> = into.texts().map(str::to_string).collect();
-                let mut seen: std::collections::HashSet<String> = texts.iter().cloned().collect();
-                texts.extend(
-                    e.texts()
-                        .filter(|t| seen.insert(t.to_string()))
-                        .map(str::to_string),
-                );
+        let slot = *index
+            .entry((e.family.clone(), singular(e.kind)))
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[slot].push(e);
+    }
+    groups
+        .into_iter()
+        .filter_map(|g| {
+            // Each target once, in the order first asked for: one pass over the group.
+            let mut seen = std::collections::HashSet::new();
+            let texts: Vec<String> = g
+                .iter()
+                .flat_map(Entry::texts)
+                .filter(|t| seen.insert(*t))
+                .map(str::to_string)
+                .collect();
+            let mut rows = g.into_iter();
+            let mut into = rows.next()?;
+            for e in rows {
                 into.causes += e.causes;
                 into.triggered_at = into.triggered_at.min(e.triggered_at);
-                if texts.len() > 1 {
-                    into.key_pattern = into.family.clone();
-                    into.kind = plural(kind);
-                    into.members = texts;
-                }
             }
-        }
-    }
-    out
+            if texts.len() > 1 {
+                into.key_pattern = into.family.clone();
+                into.kind = plural(singular(into.kind));
+                into.members = texts;
+            }
+            Some(into)
+        })
+        .collect()
 }
 
 /// The `kind` of one target, from a row's (singular or plural) kind.
