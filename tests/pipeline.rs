@@ -326,17 +326,7 @@ async fn stream_journal_rows_are_inserted_final_and_never_updated() {
             .unwrap();
     }
     env.wait_caught_up(WAIT).await;
-    let rows: Vec<(String, i64)> = env
-        .db
-        .query(
-            "SELECT status, count(*) FROM cache_invalidations GROUP BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows = env.journal_counts().await;
     assert!(
         rows.iter().all(|(s, _)| s == "completed"),
         "every row is final: {rows:?}"

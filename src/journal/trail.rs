@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::{entries, Entry, JournalError, JournalStore};
 use crate::action::Action;
-use crate::runtime::Backoff;
+use crate::runtime::{numbered, Backoff, Finished, Numbered};
 use crate::source::DeadLetter;
 use crate::status::{add, Status};
 
@@ -97,9 +97,7 @@ impl TrailLimits {
 /// The stream's handle on the trailing journal.
 pub struct Trail {
     flush_now: Arc<Notify>,
-    tx: mpsc::Sender<(u64, Item)>,
-    durable: watch::Receiver<u64>,
-    assigned: u64,
+    queue: Numbered<Item>,
 }
 
 impl Trail {
@@ -112,55 +110,43 @@ impl Trail {
         status: Arc<Status>,
         wake: Arc<Notify>,
     ) -> Trail {
-        let (tx, rx) = mpsc::channel(limits.max_items.max(1));
-        let (durable_tx, durable) = watch::channel(0);
+        let (queue, rx, durable) = numbered(limits.max_items, wake);
         let flush_now = Arc::new(Notify::new());
         let writer = Writer {
             flush_now: flush_now.clone(),
             store,
             limits,
             status,
-            wake,
-            durable: durable_tx,
+            durable,
         };
         tokio::spawn(writer.run(rx));
-        Trail {
-            tx,
-            durable,
-            assigned: 0,
-            flush_now,
-        }
+        Trail { flush_now, queue }
     }
 
     /// Hands `item` to the writer and returns its number; waits only while the trail is full.
     pub async fn push(&mut self, item: Item) -> Result<u64, JournalError> {
-        let seq = self.assigned + 1;
-        self.tx
-            .send((seq, item))
+        self.queue
+            .send(item)
             .await
-            .map_err(|_| JournalError::Unavailable("the journal writer stopped"))?;
-        self.assigned = seq;
-        Ok(seq)
+            .ok_or(JournalError::Unavailable("the journal writer stopped"))
     }
 
     /// The number of the last item handed over.
     pub fn assigned(&self) -> u64 {
-        self.assigned
+        self.queue.sent()
     }
 
     /// Every item numbered up to this is durable.
     pub fn durable(&self) -> u64 {
-        *self.durable.borrow()
+        self.queue.done()
     }
 
     /// Waits until every item handed over is durable, or `limit` passes; true if it is.
     pub async fn flush(&mut self, limit: Duration) -> bool {
-        let target = self.assigned;
-        if self.durable() < target {
+        if self.durable() < self.assigned() {
             self.flush_now.notify_one();
         }
-        let wait = self.durable.wait_for(|d| *d >= target);
-        matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)))
+        self.queue.wait_done(limit).await
     }
 }
 
@@ -175,8 +161,7 @@ struct Writer {
     store: Box<dyn JournalStore>,
     limits: TrailLimits,
     status: Arc<Status>,
-    wake: Arc<Notify>,
-    durable: watch::Sender<u64>,
+    durable: Finished,
 }
 
 impl Writer {
@@ -236,8 +221,7 @@ impl Writer {
                     }
                 }
             }
-            self.durable.send_replace(last);
-            self.wake.notify_one();
+            self.durable.publish(last);
         }
     }
 }

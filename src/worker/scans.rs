@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use crate::action::{Action, Target};
 use crate::journal::{Item, JournalError, JournalStore};
-use crate::runtime::Backoff;
+use crate::runtime::{numbered, Backoff, Finished, Numbered};
 use crate::status::{add, Status};
 use crate::target::{CacheError, CacheTarget};
 
@@ -34,9 +34,7 @@ const QUEUE: usize = 1024;
 
 /// The stream's handle on the keyspace passes.
 pub(crate) struct Scans {
-    tx: mpsc::Sender<(u64, Vec<Action>)>,
-    done: watch::Receiver<u64>,
-    requested: u64,
+    queue: Numbered<Vec<Action>>,
 }
 
 impl Scans {
@@ -49,50 +47,39 @@ impl Scans {
         wake: Arc<Notify>,
         max_backoff: Duration,
     ) -> Scans {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let (done_tx, done) = watch::channel(0);
+        let (queue, rx, done) = numbered(QUEUE, wake);
         let scanner = Scanner {
             cache,
             journal,
             status,
-            wake,
-            done: done_tx,
+            done,
             backoff: Backoff::new(max_backoff),
         };
         tokio::spawn(scanner.run(rx));
-        Scans {
-            tx,
-            done,
-            requested: 0,
-        }
+        Scans { queue }
     }
 
     /// Asks for a pass covering `actions`; returns the request's number.
     pub async fn request(&mut self, actions: Vec<Action>) -> Result<u64, JournalError> {
-        let n = self.requested + 1;
-        self.tx
-            .send((n, actions))
+        self.queue
+            .send(actions)
             .await
-            .map_err(|_| JournalError::Unavailable("the keyspace scanner stopped"))?;
-        self.requested = n;
-        Ok(n)
+            .ok_or(JournalError::Unavailable("the keyspace scanner stopped"))
     }
 
     /// The number of the last request made.
     pub fn requested(&self) -> u64 {
-        self.requested
+        self.queue.sent()
     }
 
     /// Every request numbered up to this is covered by a finished, journaled pass.
     pub fn done(&self) -> u64 {
-        *self.done.borrow()
+        self.queue.done()
     }
 
     /// Waits until every request made is covered, or `limit` passes; true if it is.
     pub async fn flush(&mut self, limit: Duration) -> bool {
-        let target = self.requested;
-        let wait = self.done.wait_for(|d| *d >= target);
-        matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)))
+        self.queue.wait_done(limit).await
     }
 }
 
@@ -101,8 +88,7 @@ struct Scanner {
     cache: Box<dyn CacheTarget>,
     journal: Box<dyn JournalStore>,
     status: Arc<Status>,
-    wake: Arc<Notify>,
-    done: watch::Sender<u64>,
+    done: Finished,
     backoff: Backoff,
 }
 
@@ -160,8 +146,7 @@ impl Scanner {
                     }
                 }
             }
-            self.done.send_replace(covered);
-            self.wake.notify_one();
+            self.done.publish(covered);
         }
     }
 
