@@ -1,4 +1,7 @@
 FROM rust:1-bookworm AS build
+# cmake builds the librdkafka bundled in the rdkafka crate (the Kafka source).
+RUN apt-get update && apt-get install -y --no-install-recommends cmake \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
+scripts/ensure-build-tools.sh
 export PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres
 if ! psql -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'edurise'" | grep -q 1; then
   createdb edurise

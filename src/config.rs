@@ -45,6 +45,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The Kafka source (`[source] kind = "kafka"`).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -54,8 +57,34 @@ fn default_rules_dir() -> PathBuf {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    /// Logical replication from `[postgres] url`'s database.
     #[default]
     Postgres,
+    /// Debezium change events from Kafka (`[kafka]`); the journal stays in `[postgres]`.
+    Kafka,
+}
+
+/// `[kafka]`: a consumer group reading Debezium change events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The consumer group: workers of one group share the topics' partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topic names, or regular expressions when they start with `^` (librdkafka's rule).
+    pub topics: Vec<String>,
+    /// Where undecodable records are copied (besides `cache_dead_letters`).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Any librdkafka property, passed through (`"security.protocol" = "SASL_SSL"`, …).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "cachewarden".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -313,6 +342,24 @@ impl Config {
         };
         cfg.postgres_config()
             .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
+        if let Some(brokers) = env("CACHEWARDEN_KAFKA_BROKERS") {
+            if let Some(k) = &mut cfg.kafka {
+                k.brokers = brokers;
+            }
+        }
+        match (cfg.source.kind, &cfg.kafka) {
+            (SourceKind::Kafka, None) => {
+                return Err(invalid(
+                    "[source] kind = \"kafka\" needs a [kafka] section (brokers, topics)".into(),
+                ))
+            }
+            (SourceKind::Kafka, Some(k)) if k.topics.is_empty() || k.brokers.trim().is_empty() => {
+                return Err(invalid(
+                    "[kafka] brokers and topics must not be empty".into(),
+                ))
+            }
+            _ => {}
+        }
         redis::Client::open(cfg.redis.url.as_str())
             .map_err(|e| invalid(format!("[redis] url: {e}")))?;
         cfg.status
@@ -329,6 +376,21 @@ impl Config {
             ));
         }
         Ok(cfg)
+    }
+
+    /// Whether the changes come from Kafka (the watched tables may live in another database
+    /// than `[postgres] url`'s).
+    pub fn is_kafka(&self) -> bool {
+        self.source.kind == SourceKind::Kafka
+    }
+
+    /// The name this instance's stream state is recorded under: the slot, or
+    /// `kafka:<group_id>` for the Kafka source.
+    pub fn stream_name(&self) -> String {
+        match (&self.source.kind, &self.kafka) {
+            (SourceKind::Kafka, Some(k)) => format!("kafka:{}", k.group_id),
+            _ => self.postgres.slot.clone(),
+        }
     }
 
     pub fn postgres_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
@@ -395,6 +457,29 @@ listen = "127.0.0.1:9187"
                 .starts_with("c.toml:11:1: error: unknown field `key_prefx`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kafka_sources_need_their_section() {
+        let text = EXAMPLE.replace("kind = \"postgres\"", "kind = \"kafka\"");
+        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        assert!(e.to_string().contains("needs a [kafka] section"), "{e}");
+        let text = format!(
+            "{text}[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"^cw\\\\..*\"]\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
+        );
+        let cfg = Config::from_toml(&text, Path::new("c.toml"), |k| {
+            (k == "CACHEWARDEN_KAFKA_BROKERS").then(|| "10.0.0.9:9092".to_string())
+        })
+        .unwrap();
+        let k = cfg.kafka.unwrap();
+        assert_eq!(cfg.source.kind, SourceKind::Kafka);
+        assert_eq!(
+            (k.brokers.as_str(), k.group_id.as_str()),
+            ("10.0.0.9:9092", "cachewarden")
+        );
+        assert_eq!(k.topics, ["^cw\\..*"]);
+        assert_eq!(k.properties["session.timeout.ms"], "6000");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Dry runs: which keys would a change invalidate, and why (or why not)?
 //!
-//! `cachewarden explain --event FILE` reads the project's own event JSON and prints, for each
+//! `cachewarden explain --event FILE` reads events and prints, for each
 //! rule on the event's table, whether it fires and the exact keys and patterns it would
 //! invalidate, including skipped keys with their reason. Everything here is pure: the same
 //! rendering code the worker uses runs against a [`Change`] built from the JSON.
 //!
-//! Event format (one object, or an array of them):
+//! A file holds one event, an array of them, or a sequence (JSON Lines). An event is a
+//! Debezium change event (with or without the `schema`/`payload` envelope, decoded by the
+//! Kafka source's own decoder, so the keys are the worker's), a Kafka record holding one
+//! (`{"topic", "key", "value"}` with the raw key and value), or the project's format:
 //! ```json
 //! {"table": "public.courses", "op": "update",
 //!  "old": {"id": 42, "slug": "rust-101"}, "new": {"id": 42, "slug": "rust-102"}}
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::rules::{RuleSet, Verdict};
+use crate::source::kafka::debezium::Decoded;
 use crate::source::{oid, Change, Column, Datum, Op, Relation, Tuple};
 
 /// An event as users write it.
@@ -49,91 +53,105 @@ pub enum EventError {
     Invalid { index: usize, message: String },
 }
 
-/// Why a Debezium event cannot be explained.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DebeziumError {
-    #[error("unknown Debezium op {0:?}")]
-    UnknownOp(String),
-    #[error("Debezium event without source.table")]
-    NoTable,
+/// One event to explain: a row change, whichever format it was written in.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub table: String,
+    pub op: Op,
+    pub change: Change,
 }
 
-/// Reads a Debezium change event (with or without the `schema`/`payload` envelope) as an
-/// [`EventJson`]; `None` when the value is not one.
-pub fn from_debezium(value: &Value) -> Option<Result<EventJson, DebeziumError>> {
+impl From<EventJson> for Event {
+    fn from(e: EventJson) -> Self {
+        Event {
+            change: e.to_change(),
+            table: e.table,
+            op: e.op,
+        }
+    }
+}
+
+/// A Kafka record as the fixtures and `kafkacat -J`-like dumps hold it: key and value as raw
+/// strings (or as JSON).
+type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn kafka_record(value: &Value) -> Option<RawRecord> {
+    let o = value.as_object()?;
+    if !o.contains_key("value") || o.contains_key("op") || o.contains_key("payload") {
+        return None;
+    }
+    let bytes = |k: &str| match o.get(k) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone().into_bytes()),
+        Some(other) => Some(other.to_string().into_bytes()),
+    };
+    Some((bytes("key"), bytes("value")))
+}
+
+/// Reads one item: the project's format, a Debezium change event (with or without the
+/// `schema`/`payload` envelope), or a Kafka record holding one. `None`: nothing to explain
+/// (a tombstone, a transaction marker).
+fn parse_one(value: Value, index: usize) -> Result<Option<Event>, EventError> {
+    let invalid = |message: String| EventError::Invalid { index, message };
+    let debezium =
+        |key: Option<&[u8]>, value: Option<&[u8]>| match crate::source::kafka::debezium::decode(
+            key,
+            value,
+            &Default::default(),
+        ) {
+            Ok(Decoded::Skip(_)) => Ok(None),
+            Ok(Decoded::Change(e)) => Ok(Some(Event {
+                table: e.change.relation.qualified_name(),
+                op: e.change.op,
+                change: e.change,
+            })),
+            Err(e) => Err(invalid(e.to_string())),
+        };
+    if let Some((key, val)) = kafka_record(&value) {
+        return debezium(key.as_deref(), val.as_deref());
+    }
     let payload = value
         .get("payload")
         .filter(|p| p.is_object())
-        .unwrap_or(value);
-    let source = payload.get("source")?.as_object()?;
-    let op = payload.get("op")?.as_str()?;
-    let op = match op {
-        "c" | "r" => Op::Insert,
-        "u" => Op::Update,
-        "d" => Op::Delete,
-        "t" => Op::Truncate,
-        other => return Some(Err(DebeziumError::UnknownOp(other.to_string()))),
-    };
-    let schema = source
-        .get("schema")
-        .and_then(Value::as_str)
-        .unwrap_or("public");
-    let Some(table) = source.get("table").and_then(Value::as_str) else {
-        return Some(Err(DebeziumError::NoTable));
-    };
-    let row = |k: &str| payload.get(k).and_then(Value::as_object).cloned();
-    Some(Ok(EventJson {
-        table: format!("{schema}.{table}"),
-        op,
-        old: row("before"),
-        new: row("after"),
-    }))
-}
-
-fn parse_one(value: Value, index: usize) -> Result<EventJson, EventError> {
-    if let Some(ev) = from_debezium(&value) {
-        return ev.map_err(|e| EventError::Invalid {
-            index,
-            message: e.to_string(),
-        });
+        .unwrap_or(&value);
+    if payload.get("source").is_some() && payload.get("op").is_some() {
+        return debezium(None, Some(value.to_string().as_bytes()));
     }
-    serde_json::from_value(value).map_err(|e| EventError::Invalid {
-        index,
-        message: format!(
-            "{e} (expected {{\"table\", \"op\", \"old\", \"new\"}} or a Debezium change event)"
-        ),
-    })
+    let event: EventJson = serde_json::from_value(value).map_err(|e| {
+        invalid(format!(
+            "{e} (expected {{\"table\", \"op\", \"old\", \"new\"}}, a Debezium change event or a Kafka record {{\"key\", \"value\"}})"
+        ))
+    })?;
+    let need = match event.op {
+        Op::Insert => event.new.is_none().then_some("an insert needs \"new\""),
+        Op::Update => event.new.is_none().then_some("an update needs \"new\""),
+        Op::Delete => event.old.is_none().then_some("a delete needs \"old\""),
+        Op::Truncate => None,
+    };
+    if let Some(message) = need {
+        return Err(invalid(message.into()));
+    }
+    Ok(Some(event.into()))
 }
 
-/// Parses one event object or an array of them, in the project's format or Debezium's.
-pub fn parse_events(text: &str) -> Result<Vec<EventJson>, EventError> {
+/// Parses events: one object, an array of them, or a sequence of them (JSON Lines), each in
+/// the project's format, Debezium's, or a Kafka record's.
+pub fn parse_events(text: &str) -> Result<Vec<Event>, EventError> {
     let json_err = |e: serde_json::Error| EventError::Json {
         line: e.line(),
         col: e.column(),
         message: e.to_string(),
     };
-    let value: Value = serde_json::from_str(text).map_err(json_err)?;
-    let events: Vec<EventJson> = match value {
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| parse_one(v, i))
-            .collect::<Result<_, _>>()?,
-        other => vec![parse_one(other, 0)?],
-    };
-    for (index, e) in events.iter().enumerate() {
-        let need = match e.op {
-            Op::Insert => e.new.is_none().then_some("an insert needs \"new\""),
-            Op::Update => e.new.is_none().then_some("an update needs \"new\""),
-            Op::Delete => e.old.is_none().then_some("a delete needs \"old\""),
-            Op::Truncate => None,
-        };
-        if let Some(message) = need {
-            return Err(EventError::Invalid {
-                index,
-                message: message.into(),
-            });
+    let mut items = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        match value.map_err(json_err)? {
+            Value::Array(list) => items.extend(list),
+            other => items.push(other),
         }
+    }
+    let mut events = Vec::new();
+    for (index, v) in items.into_iter().enumerate() {
+        events.extend(parse_one(v, index)?);
     }
     Ok(events)
 }
@@ -241,8 +259,8 @@ pub struct Explanation {
 }
 
 /// Explains one event against the rules. Pure.
-pub fn explain(rules: &RuleSet, prefix: &str, event: &EventJson) -> Explanation {
-    let change = event.to_change();
+pub fn explain(rules: &RuleSet, prefix: &str, event: &Event) -> Explanation {
+    let change = &event.change;
     let table = change.relation.qualified_name();
     let mut out = Vec::new();
     for rule in rules.for_table(&table) {
@@ -254,15 +272,11 @@ pub fn explain(rules: &RuleSet, prefix: &str, event: &EventJson) -> Explanation 
             targets: vec![],
             skipped: vec![],
         };
-        match rule.verdict(&change) {
+        match rule.verdict(change) {
             v @ (Verdict::Fires | Verdict::FiresWholeFamily) => {
                 o.fires = true;
-                let out = crate::plan::rule_targets(
-                    rule,
-                    &change,
-                    prefix,
-                    v == Verdict::FiresWholeFamily,
-                );
+                let out =
+                    crate::plan::rule_targets(rule, change, prefix, v == Verdict::FiresWholeFamily);
                 for (t, _) in out.targets {
                     let line = (t.kind(), t.text().to_string());
                     if !o.targets.contains(&line) {

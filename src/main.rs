@@ -205,7 +205,7 @@ async fn check(
         match db::connect(&pg).await {
             Ok(client) => {
                 let catalog = rules::check::load_catalog(&client, &rules.tables()).await?;
-                let mut diags = rules::check::check(&rules, &catalog);
+                let mut diags = rules::check::check_with(&rules, &catalog, config.is_kafka());
                 diags.extend(rules::check::check_queries(&client, &rules).await);
                 diags.extend(rules::check::check_pattern_costs(&client, &rules).await);
                 for d in diags {
@@ -217,6 +217,28 @@ async fn check(
             }
             Err(e) => {
                 eprintln!("warning: schema checks skipped: cannot connect to PostgreSQL: {e} (use --offline to check syntax only)");
+            }
+        }
+    }
+    if let (false, Some(k)) = (offline, config.kafka.as_ref().filter(|_| config.is_kafka())) {
+        match cachewarden::source::kafka::probe(k, std::time::Duration::from_secs(5)).await {
+            Ok(topics) => {
+                for t in k
+                    .topics
+                    .iter()
+                    .filter(|t| !cachewarden::source::kafka::is_pattern(t))
+                {
+                    if !topics.contains(t) {
+                        eprintln!(
+                            "warning: [kafka] topic {t:?} does not exist (yet) on {}",
+                            k.brokers
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("error: [kafka] brokers {}: {e}", k.brokers);
             }
         }
     }

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "open_work_queue",
         sql: include_str!("../migrations/0008_open_work_queue.sql"),
     },
+    Migration {
+        version: 9,
+        name: "kafka_dead_letters",
+        sql: include_str!("../migrations/0009_kafka_dead_letters.sql"),
+    },
 ];
 
 /// Errors applying migrations.

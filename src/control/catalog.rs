@@ -65,6 +65,11 @@ impl Controller {
         targets: &mut Targets,
         state: &mut CatalogWatch,
     ) -> Result<(), WatchError> {
+        if self.config.is_kafka() {
+            // The publication and the table identities are the Debezium connector's business;
+            // the worker's database may not even hold the watched tables.
+            return Ok(());
+        }
         let snap = self.live.snapshot();
         let rule_tables = snap.rules.tables();
         // Known identities and what they are called now.
@@ -88,6 +93,7 @@ impl Controller {
             .collect();
         let published: BTreeSet<String> = crate::source::watched_tables(&self.config, client)
             .await?
+            .unwrap_or_default()
             .into_iter()
             .collect();
 
@@ -187,7 +193,7 @@ impl Controller {
                 recorded.extend(new_oids.iter().cloned());
                 if let Err(e) = crate::registry::record_slot_tables(
                     client,
-                    &self.config.postgres.slot,
+                    &self.config.stream_name(),
                     &recorded,
                 )
                 .await

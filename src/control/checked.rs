@@ -40,9 +40,10 @@ pub async fn load_checked(
     client: &Client,
     dir: &Path,
     key_prefix: &str,
+    tables_elsewhere: bool,
 ) -> Result<(RuleSet, HashMap<String, check::TableInfo>), RuleErrors> {
     let rules = rules::load_dir(dir)?;
-    let catalog = check_against_database(client, &rules, key_prefix)
+    let catalog = check_against_database(client, &rules, key_prefix, tables_elsewhere)
         .await
         .map_err(|e| match e {
             CheckError::Rules(e) => e,
@@ -75,13 +76,14 @@ pub async fn check_against_database(
     client: &Client,
     rules: &RuleSet,
     key_prefix: &str,
+    tables_elsewhere: bool,
 ) -> Result<HashMap<String, check::TableInfo>, CheckError> {
     let families = rules::check_families(rules, key_prefix);
     if !families.is_empty() {
         return Err(CheckError::Rules(RuleErrors(families)));
     }
     let catalog = check::load_catalog(client, &rules.tables()).await?;
-    check_schema(rules, &catalog).map_err(CheckError::Rules)?;
+    check_schema(rules, &catalog, tables_elsewhere).map_err(CheckError::Rules)?;
     let queries = check::check_queries(client, rules).await;
     if !queries.is_empty() {
         return Err(CheckError::Rules(RuleErrors(queries)));
@@ -93,8 +95,9 @@ pub async fn check_against_database(
 pub fn check_schema(
     rules: &RuleSet,
     catalog: &HashMap<String, check::TableInfo>,
+    tables_elsewhere: bool,
 ) -> Result<(), RuleErrors> {
-    let diags = check::check(rules, catalog);
+    let diags = check::check_with(rules, catalog, tables_elsewhere);
     for d in diags.iter().filter(|d| d.severity == Severity::Warning) {
         tracing::warn!("{d}");
     }

@@ -169,6 +169,7 @@ impl Controller {
             client,
             &self.config.rules_dir,
             &self.config.redis.key_prefix,
+            self.config.is_kafka(),
         )
         .await
         {
@@ -234,7 +235,8 @@ impl Controller {
                         .collect();
                     if tables != old_tables {
                         match crate::source::watched_tables(&self.config, client).await {
-                            Ok(watched) => why.extend(
+                            Ok(None) => {}
+                            Ok(Some(watched)) => why.extend(
                                 tables
                                     .iter()
                                     .filter(|t| !watched.contains(t) && !new_rules.contains(*t))
@@ -271,7 +273,7 @@ impl Controller {
                     self.live.install(at, snapshot);
                     let files = crate::registry::rule_files(&self.config.rules_dir);
                     if let Err(e) =
-                        crate::registry::swap_slot_rules(client, &self.config.postgres.slot, &files)
+                        crate::registry::swap_slot_rules(client, &self.config.stream_name(), &files)
                             .await
                     {
                         tracing::warn!(error = %e, "could not record the new rules for this slot");

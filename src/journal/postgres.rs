@@ -308,12 +308,26 @@ impl PgJournal {
         let positions: Vec<&str> = letters.iter().map(|l| l.position.as_str()).collect();
         let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_slice()).collect();
         let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+        let topics: Vec<Option<&str>> = letters
+            .iter()
+            .map(|l| l.kafka.as_ref().map(|k| k.0.as_str()))
+            .collect();
+        let partitions: Vec<Option<i32>> = letters
+            .iter()
+            .map(|l| l.kafka.as_ref().map(|k| k.1))
+            .collect();
+        let offsets: Vec<Option<i64>> = letters
+            .iter()
+            .map(|l| l.kafka.as_ref().map(|k| k.2))
+            .collect();
         let p = self.prepared().await?;
         p.client
             .execute(
-                "INSERT INTO cache_dead_letters (source, position, payload, error) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])",
-                &[&sources, &positions, &payloads, &errors],
+                "INSERT INTO cache_dead_letters \
+                     (source, position, payload, error, kafka_topic, kafka_partition, kafka_offset) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], \
+                                      $5::text[], $6::int4[], $7::int8[])",
+                &[&sources, &positions, &payloads, &errors, &topics, &partitions, &offsets],
             )
             .await?;
         Ok(())

@@ -18,6 +18,8 @@ pub struct TableInfo {
     pub columns: Vec<String>,
     /// Type OID of each column, parallel to `columns`.
     pub types: Vec<u32>,
+    /// `atttypmod` of each column (numeric scale, time precision; -1: none).
+    pub typmods: Vec<i32>,
     /// Columns the WAL carries for the old row (all of them with REPLICA IDENTITY FULL).
     pub identity_columns: BTreeSet<String>,
     /// `d`, `n`, `f` or `i`.
@@ -37,7 +39,8 @@ pub async fn load_catalog(
             "SELECT n.nspname || '.' || c.relname, c.relreplident::text, a.attname::text, \
                     coalesce(a.attnum = ANY(i.indkey::int2[]), false), \
                     coalesce(a.attnum = ANY(pk.indkey::int2[]), false), \
-                    coalesce(nullif(bt.typbasetype, 0), nullif(t.typbasetype, 0), a.atttypid), c.oid \
+                    coalesce(nullif(bt.typbasetype, 0), nullif(t.typbasetype, 0), a.atttypid), c.oid, \
+                    CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -60,11 +63,13 @@ pub async fn load_catalog(
         let in_pk: bool = row.get(4);
         let type_oid: u32 = row.get(5);
         let oid: u32 = row.get(6);
+        let typmod: i32 = row.get(7);
         let ident = ident.chars().next().unwrap_or('d');
         let info = out.entry(table).or_insert_with(|| TableInfo {
             oid,
             columns: Vec::new(),
             types: Vec::new(),
+            typmods: Vec::new(),
             identity_columns: BTreeSet::new(),
             replica_identity: ident,
             primary_key: Vec::new(),
@@ -77,6 +82,7 @@ pub async fn load_catalog(
         }
         info.columns.push(column);
         info.types.push(type_oid);
+        info.typmods.push(typmod);
     }
     Ok(out)
 }
@@ -208,9 +214,32 @@ fn diag(at: &Location, severity: Severity, message: String) -> Diagnostic {
 
 /// Checks every rule against the catalog. Pure.
 pub fn check(rules: &RuleSet, catalog: &HashMap<String, TableInfo>) -> Vec<Diagnostic> {
+    check_with(rules, catalog, false)
+}
+
+/// [`check`]; with `tables_elsewhere` (the Kafka source: the changes may come from another
+/// database than the worker's), a table missing from the catalog is a warning, not an error.
+pub fn check_with(
+    rules: &RuleSet,
+    catalog: &HashMap<String, TableInfo>,
+    tables_elsewhere: bool,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for rule in &rules.rules {
         let Some(info) = catalog.get(&rule.table) else {
+            if tables_elsewhere {
+                out.push(diag(
+                    &rule.table_at,
+                    Severity::Warning,
+                    format!(
+                        "rule {:?}: table {} is not in the [postgres] database: its columns and \
+                         types come from the events alone (enable the JSON converter's schemas \
+                         for dates and decimals, and use REPLICA IDENTITY FULL for old-row keys)",
+                        rule.name, rule.table
+                    ),
+                ));
+                continue;
+            }
             out.push(diag(
                 &rule.table_at,
                 Severity::Error,
@@ -417,6 +446,7 @@ mod tests {
                     crate::source::oid::TEXT,
                     crate::source::oid::TEXT,
                 ],
+                typmods: vec![-1; 3],
                 identity_columns: if ident == 'f' {
                     cols.iter().map(|s| s.to_string()).collect()
                 } else {

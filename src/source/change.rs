@@ -176,6 +176,7 @@ pub struct Transaction {
 /// Well-known PostgreSQL type OIDs that rendering treats specially.
 pub mod oid {
     pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
@@ -185,11 +186,14 @@ pub mod oid {
     pub const FLOAT8: u32 = 701;
     pub const BPCHAR: u32 = 1042;
     pub const VARCHAR: u32 = 1043;
+    pub const JSON: u32 = 114;
     pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
     pub const TIMESTAMP: u32 = 1114;
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const NUMERIC: u32 = 1700;
     pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
 
     /// Whether values of this type compare as numbers in conditions.
     pub fn is_numeric(t: u32) -> bool {

@@ -134,7 +134,9 @@ impl Source for MemorySource {
 
     fn confirm(&mut self, position: Position) -> BoxFuture<'_, Result<(), SourceError>> {
         async move {
-            let Position::Lsn(lsn) = position;
+            let Position::Lsn(lsn) = position else {
+                return Err(SourceError::Lost(format!("not a WAL position: {position}")));
+            };
             let problem = (self.check)(lsn);
             let mut log = self.log();
             if let Some(p) = problem {

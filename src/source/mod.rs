@@ -21,9 +21,11 @@
 //! [`Transaction`], …) lives in `change`, so rules and planning never see a wire protocol.
 //!
 //! * [`postgres`] — PostgreSQL logical replication with `pgoutput`.
+//! * [`kafka`] — Debezium change events from a Kafka consumer group.
 //! * `memory` — an in-memory source for tests of the pipeline itself.
 
 mod change;
+pub mod kafka;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod postgres;
@@ -98,12 +100,21 @@ impl SharedFilter {
 pub enum Position {
     /// A PostgreSQL WAL position (a replication slot's confirmed flush LSN).
     Lsn(Lsn),
+    /// Kafka: the next offset of every partition read (see [`kafka::offsets`]).
+    Offsets(Vec<kafka::offsets::PartitionOffset>),
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Lsn(l) => l.fmt(f),
+            Position::Offsets(o) => {
+                for (i, p) in o.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    write!(f, "{sep}{}/{}@{}", p.topic, p.partition, p.next)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -147,6 +158,8 @@ pub enum SourceError {
     NotConnected,
     #[error("the source stream was lost: {0}")]
     Lost(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 impl SourceError {
@@ -156,7 +169,10 @@ impl SourceError {
         match self {
             SourceError::Postgres(e) => e.code().is_none(),
             SourceError::Replication(e) => e.code().is_none(),
-            SourceError::NotConnected | SourceError::Lost(_) | SourceError::Sequence(_) => true,
+            SourceError::NotConnected
+            | SourceError::Lost(_)
+            | SourceError::Sequence(_)
+            | SourceError::Kafka(_) => true,
             _ => false,
         }
     }
@@ -228,6 +244,8 @@ pub struct DeadLetter {
     pub source: &'static str,
     /// Where it was in the stream.
     pub position: String,
+    /// Kafka: its topic, partition and offset.
+    pub kafka: Option<(String, i32, i64)>,
     /// The raw bytes.
     pub payload: Vec<u8>,
     pub error: String,
@@ -278,6 +296,16 @@ pub async fn open(
     tables: &[String],
     filter: SharedFilter,
 ) -> Result<Box<dyn Source>, SourceError> {
+    if let (crate::config::SourceKind::Kafka, Some(k)) = (config.source.kind, &config.kafka) {
+        let catalog = crate::rules::check::load_catalog(client, tables).await?;
+        return Ok(Box::new(kafka::KafkaSource::new(
+            k.clone(),
+            BatchLimits::from_config(&config.worker),
+            tables,
+            kafka::hints(&catalog),
+            filter,
+        )));
+    }
     let pg = config.postgres_config()?;
     let source = postgres::PostgresSource::prepare(
         client,
@@ -292,11 +320,16 @@ pub async fn open(
     Ok(Box::new(source))
 }
 
-/// Whether the source already has a position to resume from (PostgreSQL: the slot exists).
+/// Whether the source already has a position to resume from (PostgreSQL: the slot exists;
+/// Kafka: the consumer group keeps its own offsets, and a table's changes reach it whether or
+/// not a rule names the table, so nothing is owed for tables newly watched).
 pub async fn resumes(
     config: &crate::config::Config,
     client: &tokio_postgres::Client,
 ) -> Result<bool, SourceError> {
+    if config.source.kind == crate::config::SourceKind::Kafka {
+        return Ok(false);
+    }
     Ok(client
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
@@ -306,12 +339,16 @@ pub async fn resumes(
         .is_some())
 }
 
-/// The tables the source delivers changes of now (PostgreSQL: the publication's).
+/// The tables the source delivers changes of now (PostgreSQL: the publication's). `None`:
+/// the source delivers every table's changes (Kafka: whatever the topics carry).
 pub async fn watched_tables(
     config: &crate::config::Config,
     client: &tokio_postgres::Client,
-) -> Result<Vec<String>, SourceError> {
-    Ok(client
+) -> Result<Option<Vec<String>>, SourceError> {
+    if config.source.kind == crate::config::SourceKind::Kafka {
+        return Ok(None);
+    }
+    Ok(Some(client
         .query(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
             &[&config.postgres.publication],
@@ -319,15 +356,19 @@ pub async fn watched_tables(
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect())
+        .collect()))
 }
 
-/// Makes the source deliver changes of exactly `tables` (a rule reload changed the set).
+/// Makes the source deliver changes of exactly `tables` (a rule reload changed the set;
+/// nothing to do for Kafka, whose records of other tables are skipped as they come).
 pub async fn watch_tables(
     config: &crate::config::Config,
     client: &tokio_postgres::Client,
     tables: &[String],
 ) -> Result<(), SourceError> {
+    if config.source.kind == crate::config::SourceKind::Kafka {
+        return Ok(());
+    }
     postgres::prepare(
         client,
         &config.postgres.slot,

@@ -98,9 +98,16 @@ impl Worker {
         mut shutdown: Shutdown,
     ) -> Result<Worker, WorkerError> {
         let pg = config.postgres_config().map_err(WorkerError::Url)?;
+        let stream = config.stream_name();
+        // The workers of one Kafka consumer group all run (the group shares the partitions
+        // among them): each holds a lease of its own.
+        let lease_name = if config.is_kafka() {
+            format!("{stream} member {}", member_id())
+        } else {
+            stream.clone()
+        };
         // Nothing is created or altered before this instance holds the slot's lease.
-        let Some(lease) =
-            lease::Lease::acquire(&pg, &config.postgres.slot, &status, &mut shutdown).await?
+        let Some(lease) = lease::Lease::acquire(&pg, &lease_name, &status, &mut shutdown).await?
         else {
             return Err(WorkerError::Stopped);
         };
@@ -112,7 +119,7 @@ impl Worker {
         client
             .execute(
                 "SELECT pg_advisory_lock(hashtext('cachewarden set-up ' || $1::text))",
-                &[&config.postgres.slot],
+                &[&stream],
             )
             .await?;
         if config.postgres.auto_migrate {
@@ -121,13 +128,18 @@ impl Worker {
             }
         }
         let files = crate::registry::rule_files(&config.rules_dir);
-        let recorded_before = crate::registry::slot_rules(&client, &config.postgres.slot)
+        let recorded_before = crate::registry::slot_rules(&client, &stream)
             .await
             .ok()
             .flatten();
         let ran_before = recorded_before.as_ref().is_some_and(|r| *r == files);
-        let checked =
-            crate::control::check_against_database(&client, &rules, &config.redis.key_prefix).await;
+        let checked = crate::control::check_against_database(
+            &client,
+            &rules,
+            &config.redis.key_prefix,
+            config.is_kafka(),
+        )
+        .await;
         let (catalog, conservative) = match checked {
             Ok(catalog) => (catalog, Default::default()),
             // The same files ran against this database before: the schema moved, not the
@@ -151,14 +163,19 @@ impl Worker {
         // renamed while no worker ran keeps its identity, and its place, under the new one).
         let oids: Vec<u32> = catalog.values().map(|i| i.oid).collect();
         let current_names = check::names_by_oid(&client, &oids).await?;
-        let tables: Vec<String> = rules
-            .tables()
-            .into_iter()
-            .filter_map(|t| {
-                let info = catalog.get(&t)?;
-                Some(current_names.get(&info.oid).cloned().unwrap_or(t))
-            })
-            .collect();
+        let tables: Vec<String> = if config.is_kafka() {
+            // The events name their tables; the worker's database need not have them.
+            rules.tables()
+        } else {
+            rules
+                .tables()
+                .into_iter()
+                .filter_map(|t| {
+                    let info = catalog.get(&t)?;
+                    Some(current_names.get(&info.oid).cloned().unwrap_or(t))
+                })
+                .collect()
+        };
         crate::registry::sync(&client, &rules).await?;
         let plan_cx = plan::Context {
             key_prefix: config.redis.key_prefix.clone(),
@@ -184,13 +201,14 @@ impl Worker {
         // changes; executed by the recovery that starts the run, after it (`journal::owed`).
         let mut owed: Vec<(String, &str)> = Vec::new();
         if resumes {
-            let watched_before = source::watched_tables(&config, &client).await?;
-            owed.extend(
-                tables
-                    .iter()
-                    .filter(|t| !watched_before.contains(t))
-                    .map(|t| (t.clone(), crate::control::NEWLY_WATCHED)),
-            );
+            if let Some(watched_before) = source::watched_tables(&config, &client).await? {
+                owed.extend(
+                    tables
+                        .iter()
+                        .filter(|t| !watched_before.contains(t))
+                        .map(|t| (t.clone(), crate::control::NEWLY_WATCHED)),
+                );
+            }
         }
         if let Previous::Recorded(old) = &previous {
             owed.extend(
@@ -224,16 +242,15 @@ impl Worker {
         // Changes committed from here on are planned with these rules. The backlog before it
         // was committed under the rules of whoever ran the slot before (see `inherited`).
         let start_at = crate::control::current_lsn(&client).await?;
-        crate::registry::swap_slot_rules(&client, &config.postgres.slot, &files).await?;
-        crate::registry::record_slot_tables(
-            &client,
-            &config.postgres.slot,
-            &check::table_oids(&catalog),
-        )
-        .await?;
+        crate::registry::swap_slot_rules(&client, &stream, &files).await?;
+        crate::registry::record_slot_tables(&client, &stream, &check::table_oids(&catalog)).await?;
         status.set_source(
-            &config.postgres.slot,
-            &config.postgres.publication,
+            &stream,
+            match &config.kafka {
+                Some(k) if config.is_kafka() => k.topics.join(","),
+                _ => config.postgres.publication.clone(),
+            }
+            .as_str(),
             tables.clone(),
             rules.len(),
         );
@@ -452,7 +469,7 @@ async fn renamed_aware_catalog(
     rules: &RuleSet,
 ) -> Result<std::collections::HashMap<String, check::TableInfo>, WorkerError> {
     let mut catalog = check::load_catalog(client, &rules.tables()).await?;
-    let recorded = crate::registry::slot_tables(client, &config.postgres.slot)
+    let recorded = crate::registry::slot_tables(client, &config.stream_name())
         .await
         .unwrap_or_default();
     let missing: Vec<(String, u32)> = rules
@@ -475,4 +492,15 @@ async fn renamed_aware_catalog(
         }
     }
     Ok(catalog)
+}
+
+/// Tells this process apart from the other members of its Kafka consumer group.
+fn member_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "{}:{}:{}",
+        host.trim(),
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    )
 }

@@ -364,6 +364,7 @@ fn dead_letters_are_kept_and_answered_with_whole_families_before_the_position_pa
                 crate::source::DeadLetter {
                     source: "memory",
                     position: "0/F".into(),
+                    kafka: None,
                     payload: vec![0xde, 0xad],
                     error: "garbage".into(),
                 },

@@ -119,7 +119,9 @@ impl Source for PostgresSource {
 
     fn confirm(&mut self, position: Position) -> BoxFuture<'_, Result<(), SourceError>> {
         async move {
-            let Position::Lsn(lsn) = position;
+            let Position::Lsn(lsn) = position else {
+                return Err(SourceError::Lost(format!("not a WAL position: {position}")));
+            };
             let r = self.stream()?.confirm(lsn).await;
             self.remember();
             r

@@ -160,6 +160,7 @@ impl ReplicationStream {
                         batch.dead_letters.push(DeadLetter {
                             source: "postgres",
                             position: start.to_string(),
+                            kafka: None,
                             payload: data.to_vec(),
                             error,
                         });
