@@ -71,21 +71,32 @@ impl From<EventJson> for Event {
     }
 }
 
-/// A Kafka record as the fixtures and `kafkacat -J`-like dumps hold it: key and value as raw
-/// strings (or as JSON).
+/// A Kafka record as the fixtures hold it (`{"topic", "key", "value"}`) or as `kcat -J` prints
+/// it (`{"topic", "partition", "offset", "key", "payload"}`): key and value as raw strings (or
+/// as JSON).
 type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 fn kafka_record(value: &Value) -> Option<RawRecord> {
     let o = value.as_object()?;
-    if !o.contains_key("value") || o.contains_key("op") || o.contains_key("payload") {
+    if o.contains_key("op") {
         return None;
     }
+    // kcat's payload is the record's value as a string; a Debezium envelope's is an object.
+    let field = if o.contains_key("value") && !o.contains_key("payload") {
+        "value"
+    } else if o.contains_key("topic")
+        && matches!(o.get("payload"), Some(Value::String(_) | Value::Null))
+    {
+        "payload"
+    } else {
+        return None;
+    };
     let bytes = |k: &str| match o.get(k) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone().into_bytes()),
         Some(other) => Some(other.to_string().into_bytes()),
     };
-    Some((bytes("key"), bytes("value")))
+    Some((bytes("key"), bytes(field)))
 }
 
 /// Reads one item: the project's format, a Debezium change event (with or without the
