@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
 scripts/ensure-build-tools.sh
+# The Kafka source's tests start their own tansu brokers.
+CACHEWARDEN_TANSU="$(scripts/ensure-tansu.sh)"
+export CACHEWARDEN_TANSU
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked

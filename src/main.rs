@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     // thread woken by a socket then runs the task itself, where `block_on` would need a
     // cross-thread wake-up (a context switch) for every read on the replication stream and
     // every reply from Redis.
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match tokio::spawn(dispatch(cli)).await {
             Ok(Ok(code)) => code,
             Ok(Err(e)) => {
@@ -84,7 +84,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         }
-    })
+    });
+    // A blocking call still waiting for an unreachable server (librdkafka leaving its group)
+    // must not hold the exit: everything that matters was confirmed or will be replayed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

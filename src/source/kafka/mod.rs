@@ -110,6 +110,10 @@ impl ConsumerContext for Context {
     }
 }
 
+/// How long closing waits for the brokers (final commit, leaving the group, flushing dead
+/// letters) before it goes on without them.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Debezium change events from a Kafka consumer group.
 pub struct KafkaSource {
     config: KafkaConfig,
@@ -444,27 +448,30 @@ impl Source for KafkaSource {
         async move {
             if let Some(consumer) = self.consumer.take() {
                 let confirmed = self.assignment().all_confirmed();
-                if !confirmed.is_empty() {
+                // Commit what was confirmed and leave the group now, so that the partitions
+                // move to the others at once. librdkafka blocks for both, for as long as the
+                // brokers do not answer: off the runtime's threads, and bounded.
+                let leaving = tokio::task::spawn_blocking(move || {
                     if let Ok(list) = offsets_list(&confirmed) {
-                        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
-                            tracing::warn!(error = %e, "kafka: final commit failed");
+                        if list.count() > 0 {
+                            if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                                tracing::warn!(error = %e, "kafka: final commit failed; the group's next member reads again from the previous commit");
+                            }
                         }
                     }
+                    consumer.unsubscribe();
+                    drop(consumer);
+                });
+                if tokio::time::timeout(CLOSE_TIMEOUT, leaving).await.is_err() {
+                    tracing::warn!(timeout = ?CLOSE_TIMEOUT, "kafka: the brokers did not answer while leaving the group; going on (what was not committed is read again)");
                 }
-                // Leave the group now, so that the partitions move to the others at once.
-                let c = consumer.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    c.unsubscribe();
-                    drop(c);
-                })
-                .await;
             }
             if let Some(p) = self.producer.take() {
-                let _ = tokio::task::spawn_blocking(move || {
+                let flushing = tokio::task::spawn_blocking(move || {
                     use rdkafka::producer::Producer as _;
-                    let _ = p.flush(Duration::from_secs(5));
-                })
-                .await;
+                    let _ = p.flush(CLOSE_TIMEOUT);
+                });
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, flushing).await;
             }
             *self.assignment() = Assignment::default();
         }
