@@ -78,6 +78,11 @@ pub struct KafkaConfig {
     /// Where undecodable records are copied (besides `cache_dead_letters`).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Confirmed offsets are committed at most this often (and always on a rebalance and at
+    /// shutdown): a commit per batch would cost the broker a write per batch. A crash replays
+    /// up to this much more.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval_ms: u64,
     /// Any librdkafka property, passed through (`"security.protocol" = "SASL_SSL"`, …).
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
@@ -85,6 +90,10 @@ pub struct KafkaConfig {
 
 fn default_group() -> String {
     "cachewarden".into()
+}
+
+fn default_commit_interval() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -8,7 +8,8 @@
 //!
 //! * [`source`] — the [`source::Source`] trait: ordered batches of committed changes and a
 //!   position to confirm. [`source::postgres`] is logical replication with `pgoutput`
-//!   (decoder, replication protocol, publication and slot set-up).
+//!   (decoder, replication protocol, publication and slot set-up); [`source::kafka`] is
+//!   Debezium change events read by a Kafka consumer group (decoder, offsets per partition).
 //! * [`rules`] — load, validate and check rule files; match changes; render keys.
 //! * `plan` — a batch of transactions becomes one deduplicated set of [`action`]s (the shared
 //!   vocabulary: [`action::Target`], [`action::Action`], [`action::WarmJob`]), with the fence

@@ -6,9 +6,11 @@
 //! transaction markers are skipped, but their offsets still move.
 //!
 //! **Acknowledgement.** `enable.auto.commit` and `enable.auto.offset.store` are off: offsets
-//! are committed only by [`Source::confirm`], per partition, with the next offset of the last
-//! record before the confirmed position — so a record's offset is committed only after every
-//! cache action and journal row of every record before it is done. The bookkeeping of which
+//! are committed only from what [`Source::confirm`] was given, per partition, with the next
+//! offset of the last record before the confirmed position — so a record's offset is committed
+//! only after every cache action and journal row of every record before it is done. Confirmed
+//! offsets are committed at most every `commit_interval_ms` (when due, by `confirm` or by the
+//! idle wait in `next_batch`), on every revocation and at `close`. The bookkeeping of which
 //! offsets may be committed under the current assignment is [`offsets`]. On a rebalance, the
 //! offsets confirmed for revoked partitions are committed synchronously before they go; what
 //! was read but not confirmed is abandoned to the partition's next owner, which reads it again
@@ -129,6 +131,9 @@ pub struct KafkaSource {
     consumed: BTreeMap<Partition, (i64, u64)>,
     /// Records skipped because no rule names their table.
     skipped: u64,
+    /// When confirmed offsets were last committed (they are committed at most every
+    /// `commit_interval_ms`).
+    last_commit: Instant,
 }
 
 impl KafkaSource {
@@ -151,6 +156,7 @@ impl KafkaSource {
             assignment: Arc::default(),
             consumed: BTreeMap::new(),
             skipped: 0,
+            last_commit: Instant::now(),
         }
     }
 
@@ -267,6 +273,35 @@ impl KafkaSource {
         }
     }
 
+    fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.config.commit_interval_ms)
+    }
+
+    /// When the confirmed offsets not yet committed are due (`None`: nothing to commit).
+    fn commit_due(&self) -> Option<tokio::time::Instant> {
+        self.assignment()
+            .has_uncommitted()
+            .then(|| tokio::time::Instant::from_std(self.last_commit + self.commit_interval()))
+    }
+
+    /// Commits the confirmed offsets that moved since their last commit. Asynchronous: a lost
+    /// commit only means a replay; a revocation commits again, synchronously, and `close`
+    /// does too.
+    fn commit(&mut self) -> Result<(), SourceError> {
+        self.last_commit = Instant::now();
+        let commit = self.assignment().uncommitted();
+        if commit.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone().ok_or(SourceError::NotConnected)?;
+        let list = offsets_list(&commit).map_err(kafka_error)?;
+        consumer
+            .commit(&list, CommitMode::Async)
+            .map_err(kafka_error)?;
+        tracing::debug!(offsets = ?commit, "kafka: committed");
+        Ok(())
+    }
+
     /// The position after everything read so far under the current assignment.
     fn position(&self) -> Position {
         let a = self.assignment();
@@ -344,6 +379,7 @@ impl Source for KafkaSource {
             let mut first: Option<Instant> = None;
             loop {
                 let received = if read == 0 {
+                    let due = self.commit_due();
                     tokio::select! {
                         biased;
                         _ = shutdown.recv() => {
@@ -351,6 +387,10 @@ impl Source for KafkaSource {
                             break;
                         }
                         _ = wake.notified() => break,
+                        _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                            self.commit()?;
+                            continue;
+                        }
                         m = consumer.recv() => m,
                     }
                 } else {
@@ -422,18 +462,11 @@ impl Source for KafkaSource {
             let Position::Offsets(offsets) = position else {
                 return Ok(());
             };
-            let commit = self.assignment().committable(&offsets);
-            if commit.is_empty() {
-                return Ok(());
+            self.assignment().confirm(&offsets);
+            // Committed now when due, else by `next_batch` once due.
+            if self.last_commit.elapsed() >= self.commit_interval() {
+                self.commit()?;
             }
-            let consumer = self.consumer.clone().ok_or(SourceError::NotConnected)?;
-            let list = offsets_list(&commit).map_err(kafka_error)?;
-            // Asynchronous: a lost commit only means a replay; a revocation commits again,
-            // synchronously, and `close` does too.
-            consumer
-                .commit(&list, CommitMode::Async)
-                .map_err(kafka_error)?;
-            tracing::debug!(offsets = ?commit, "kafka: committed");
             Ok(())
         }
         .boxed()

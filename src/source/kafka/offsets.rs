@@ -72,27 +72,45 @@ impl Assignment {
         self.assigned.get(p).copied()
     }
 
-    /// Records a confirmed position and returns the offsets to commit now: those still
-    /// assigned under the same epoch that moved since the last commit.
-    pub fn committable(&mut self, position: &[PartitionOffset]) -> Vec<(Partition, i64)> {
-        let mut out = Vec::new();
+    /// Records a confirmed position (only partitions still assigned under the same epoch).
+    pub fn confirm(&mut self, position: &[PartitionOffset]) {
         for o in position {
             let p = (o.topic.clone(), o.partition);
             if self.assigned.get(&p) != Some(&o.epoch) {
                 continue;
             }
-            let c = self.confirmed.entry(p.clone()).or_insert(o.next);
+            let c = self.confirmed.entry(p).or_insert(o.next);
             *c = (*c).max(o.next);
-            let next = *c;
-            if self.committed.get(&p) != Some(&next) {
-                self.committed.insert(p.clone(), next);
-                out.push((p, next));
+        }
+    }
+
+    /// Whether a confirmed offset has moved since it was last committed.
+    pub fn has_uncommitted(&self) -> bool {
+        self.confirmed
+            .iter()
+            .any(|(p, next)| self.committed.get(p) != Some(next))
+    }
+
+    /// The offsets to commit now (confirmed ones that moved since their last commit), marked
+    /// committed.
+    pub fn uncommitted(&mut self) -> Vec<(Partition, i64)> {
+        let mut out = Vec::new();
+        for (p, next) in &self.confirmed {
+            if self.committed.get(p) != Some(next) {
+                self.committed.insert(p.clone(), *next);
+                out.push((p.clone(), *next));
             }
         }
+        out.sort();
         out
     }
 
-    /// Everything confirmed, for a final commit on close.
+    /// [`confirm`](Self::confirm), then [`uncommitted`](Self::uncommitted).
+    pub fn committable(&mut self, position: &[PartitionOffset]) -> Vec<(Partition, i64)> {
+        self.confirm(position);
+        self.uncommitted()
+    }
+
     pub fn all_confirmed(&self) -> Vec<(Partition, i64)> {
         self.confirmed
             .iter()
@@ -160,5 +178,24 @@ mod tests {
         assert_eq!(a.committable(&[at(0, 6, e2)]), vec![(p(0), 6)]);
         assert_eq!(a.revoke([p(0)]), vec![(p(0), 6)]);
         assert!(a.assigned().is_empty());
+    }
+
+    #[test]
+    fn confirmations_gather_until_the_next_commit() {
+        let mut a = Assignment::default();
+        a.assign([p(0), p(1)]);
+        let (e0, e1) = (a.epoch(&p(0)).unwrap(), a.epoch(&p(1)).unwrap());
+        assert!(!a.has_uncommitted());
+        a.confirm(&[at(0, 2, e0)]);
+        a.confirm(&[at(0, 4, e0), at(1, 1, e1)]);
+        a.confirm(&[at(0, 3, e0)]);
+        assert!(a.has_uncommitted());
+        assert_eq!(a.uncommitted(), vec![(p(0), 4), (p(1), 1)]);
+        assert!(!a.has_uncommitted());
+        assert_eq!(a.uncommitted(), vec![]);
+        // Revocation returns the confirmed offset whether or not it was committed yet.
+        a.confirm(&[at(1, 7, e1)]);
+        assert_eq!(a.revoke([p(1)]), vec![(p(1), 7)]);
+        assert!(!a.has_uncommitted());
     }
 }
