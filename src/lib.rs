@@ -25,7 +25,7 @@
 //! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`).
 //!
 //! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),
-//! [`status`] (HTTP health, readiness and status), [`config`] (`cachewarden.toml`),
+//! [`status`] (HTTP health, readiness and status), [`metrics`] (Prometheus `/metrics`), [`config`] (`cachewarden.toml`),
 //! [`cli`] (commands), [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`]
 //! (dry runs), [`runtime`] (shutdown, task sets, backoff), [`db`] (connections) and
 //! `failpoints` (named crash points for the fault-injection tests). Pure logic — decoding,
@@ -42,6 +42,7 @@ mod failpoints;
 pub mod fence;
 mod glob;
 pub mod journal;
+pub mod metrics;
 pub mod migrate;
 mod plan;
 mod registry;

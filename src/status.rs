@@ -97,6 +97,7 @@ pub struct Status {
     pub passes_waiting: AtomicU64,
     /// Source positions waiting for the journal or a pass before they are confirmed.
     pub positions_waiting: AtomicU64,
+    histograms: crate::metrics::Histograms,
     inner: Mutex<Inner>,
 }
 
@@ -110,6 +111,7 @@ impl Default for Status {
             journal_trailing: AtomicU64::new(0),
             passes_waiting: AtomicU64::new(0),
             positions_waiting: AtomicU64::new(0),
+            histograms: crate::metrics::Histograms::default(),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -249,18 +251,34 @@ impl Status {
         self.inner().redis_stats = Some(stats);
     }
 
+    /// The last Redis `INFO` sample, if one was taken.
+    pub fn redis_stats(&self) -> Option<crate::target::CacheStats> {
+        self.inner().redis_stats
+    }
+
+    /// The distributions `/metrics` exposes.
+    pub fn histograms(&self) -> &crate::metrics::Histograms {
+        &self.histograms
+    }
+
     pub fn set_error(&self, e: Option<String>) {
         self.inner().last_error = e;
     }
 
-    /// Records commit-to-invalidated latencies for one batch.
-    pub fn record_lags(&self, lags_ms: impl IntoIterator<Item = f64>) {
+    /// Records commit-to-invalidated latencies for one batch: `(milliseconds, changes)` per
+    /// transaction. `/status` keeps a window of them per transaction; the `/metrics`
+    /// histogram counts each change.
+    pub fn record_lags(&self, lags_ms: impl IntoIterator<Item = (f64, usize)>) {
         let mut i = self.inner();
-        for l in lags_ms {
+        for (l, changes) in lags_ms {
+            let l = l.max(0.0);
+            for _ in 0..changes {
+                self.histograms.lag_seconds.observe(l / 1000.0);
+            }
             if i.lag_ms.len() == LAG_WINDOW {
                 i.lag_ms.pop_front();
             }
-            i.lag_ms.push_back(l.max(0.0));
+            i.lag_ms.push_back(l);
         }
         i.last_batch_at = Some(chrono::Utc::now());
     }
@@ -379,12 +397,23 @@ async fn status_json(State(s): State<Arc<Status>>) -> Json<Snapshot> {
     Json(s.snapshot())
 }
 
+async fn metrics(State(s): State<Arc<Status>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(&s),
+    )
+}
+
 /// The status routes.
 pub fn router(status: Arc<Status>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
         .with_state(status)
 }
 

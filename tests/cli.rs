@@ -309,3 +309,115 @@ async fn explain_reads_recorded_debezium_topics() {
     );
     env.cleanup().await;
 }
+
+/// Parses OpenMetrics text: every sample line is `name[{labels}] value`; returns the samples.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ")
+            || line.starts_with("# TYPE ")
+            || line.starts_with("# UNIT ")
+            || line == "# EOF"
+        {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels in {line:?}");
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            out.insert(series.to_string(), v).is_none(),
+            "duplicate {line:?}"
+        );
+    }
+    out
+}
+
+/// `/metrics` is Prometheus (OpenMetrics) text whose counters move with traffic; the lag
+/// histogram counts every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let env = TestEnv::new("cli_metrics", SCHEMA).await;
+    env.write_rules("courses.toml", RULES);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = env.write_config(&addr, "");
+    let log = env.dir.join("worker.log");
+    let mut child = spawn_run(&cfg, &log);
+    let start = Instant::now();
+    while !matches!(http_get(&addr, "/readyz").await, Some((200, _))) {
+        assert!(start.elapsed() < WAIT, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = http_get(&addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let before = parse_metrics(&body);
+    assert_eq!(before["cachewarden_up"], 1.0);
+    assert_eq!(before["cachewarden_source_connected"], 1.0);
+    assert!(
+        before["cachewarden_redis_used_memory_bytes"] > 0.0,
+        "{body}"
+    );
+    let version = format!(
+        "cachewarden_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(before[&version], 1.0);
+
+    // Five single-row transactions and one of three rows: eight changes.
+    for id in 1..=5 {
+        env.db
+            .batch_execute(&format!("INSERT INTO courses VALUES ({id}, 's{id}', 't')"))
+            .await
+            .unwrap();
+    }
+    env.db
+        .batch_execute(
+            "BEGIN; INSERT INTO courses VALUES (6, 's6', 't'), (7, 's7', 't'), (8, 's8', 't'); COMMIT;",
+        )
+        .await
+        .unwrap();
+    env.wait_caught_up(WAIT).await;
+    let after = loop {
+        let (_, body) = http_get(&addr, "/metrics").await.unwrap();
+        let m = parse_metrics(&body);
+        if m["cachewarden_changes_total"] >= before["cachewarden_changes_total"] + 8.0 {
+            break m;
+        }
+        assert!(start.elapsed() < WAIT * 2, "changes never counted: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let changes = after["cachewarden_changes_total"];
+    assert_eq!(changes, 8.0);
+    assert_eq!(after["cachewarden_transactions_total"], 6.0);
+    assert_eq!(after["cachewarden_lag_seconds_count"], changes);
+    assert_eq!(after["cachewarden_batch_changes_sum"], changes);
+    assert_eq!(
+        after["cachewarden_lag_seconds_bucket{le=\"+Inf\"}"],
+        changes
+    );
+    assert!(
+        after["cachewarden_actions_total{kind=\"unlink\"}"] >= 8.0,
+        "{after:?}"
+    );
+    assert!(
+        after["cachewarden_actions_total{kind=\"pattern\"}"] >= 1.0,
+        "{after:?}"
+    );
+    assert_eq!(after["cachewarden_errors_total{kind=\"redis\"}"], 0.0);
+    sigterm(&child);
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    env.cleanup().await;
+}

@@ -191,6 +191,10 @@ impl Pipeline {
         add(&c.batches, 1);
         add(&c.transactions, batch.transactions.len() as u64);
         add(&c.changes, batch.change_count() as u64);
+        self.status
+            .histograms()
+            .batch_changes
+            .observe(batch.change_count() as f64);
         add(&c.skipped_keys, plan.skipped as u64);
         add(&c.widened_keys, plan.widened as u64);
         add(&c.undecodable_changes, plan.undecodable as u64);
@@ -259,7 +263,10 @@ impl Pipeline {
             .transactions
             .iter()
             .filter(|t| !t.changes.is_empty())
-            .map(|t| (done_at - t.commit_time).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            .map(|t| {
+                let ms = (done_at - t.commit_time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                (ms, t.changes.len())
+            });
         self.status.record_lags(lags);
         if let Some(last) = batch.transactions.last() {
             tracing::debug!(
