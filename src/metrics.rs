@@ -93,7 +93,6 @@ pub fn render(status: &Status) -> String {
             "Source transactions processed",
             get(&c.transactions),
         ),
-        ("changes", "Row changes processed", get(&c.changes)),
         ("batches", "Batches executed", get(&c.batches)),
         (
             "keys_removed",
@@ -154,6 +153,24 @@ pub fn render(status: &Status) -> String {
     ] {
         r.register(name, help, ConstCounter::new(value));
     }
+    let changes = Family::<Vec<(&'static str, String)>, Counter>::default();
+    for (table, counts) in status.changes_by_table() {
+        for (op, n) in crate::source::Op::ALL.iter().zip(counts) {
+            if n > 0 {
+                changes
+                    .get_or_create(&vec![
+                        ("table", table.clone()),
+                        ("op", op.as_str().to_string()),
+                    ])
+                    .inc_by(n);
+            }
+        }
+    }
+    r.register(
+        "changes",
+        "Row changes processed, by table and operation",
+        changes,
+    );
     let families: [FamilySpec<'_>; 3] = [
         (
             "actions",
@@ -302,7 +319,6 @@ mod tests {
         let text = render(&status);
         for line in [
             "cachewarden_up 1",
-            "cachewarden_changes_total 3",
             "cachewarden_actions_total{kind=\"unlink\"} 2",
             "cachewarden_lag_seconds_count 2",
             "cachewarden_lag_seconds_bucket{le=\"0.001\"} 1",

@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::source::Progress;
+use crate::source::{Op, Progress};
 
 const LAG_WINDOW: usize = 8192;
 
@@ -98,6 +98,8 @@ pub struct Status {
     /// Source positions waiting for the journal or a pass before they are confirmed.
     pub positions_waiting: AtomicU64,
     histograms: crate::metrics::Histograms,
+    /// Changes processed per table (`schema.table`), by operation (in [`Op::ALL`] order).
+    changes_by_table: Mutex<std::collections::BTreeMap<String, [u64; 4]>>,
     inner: Mutex<Inner>,
 }
 
@@ -112,6 +114,7 @@ impl Default for Status {
             passes_waiting: AtomicU64::new(0),
             positions_waiting: AtomicU64::new(0),
             histograms: crate::metrics::Histograms::default(),
+            changes_by_table: Mutex::default(),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -254,6 +257,42 @@ impl Status {
     /// The last Redis `INFO` sample, if one was taken.
     pub fn redis_stats(&self) -> Option<crate::target::CacheStats> {
         self.inner().redis_stats
+    }
+
+    /// Counts a batch's changes per table and operation: one lock per batch, and one map
+    /// lookup per run of changes to the same table with the same operation.
+    pub fn count_changes<'a>(&self, changes: impl IntoIterator<Item = &'a crate::source::Change>) {
+        let mut runs: Vec<(&'a crate::source::Relation, Op, u64)> = Vec::new();
+        for c in changes {
+            match runs.last_mut() {
+                Some((r, op, n)) if std::ptr::eq(*r, &*c.relation) && *op == c.op => *n += 1,
+                _ => runs.push((&c.relation, c.op, 1)),
+            }
+        }
+        let mut by_table = self
+            .changes_by_table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (r, op, n) in runs {
+            let slot = Op::ALL.iter().position(|o| *o == op).unwrap_or(0);
+            match by_table.get_mut(r.qualified_name().as_str()) {
+                Some(counts) => counts[slot] += n,
+                None => {
+                    let mut counts = [0; 4];
+                    counts[slot] = n;
+                    by_table.insert(r.qualified_name(), counts);
+                }
+            }
+        }
+    }
+
+    /// Changes processed per table, by operation (in [`Op::ALL`] order).
+    pub fn changes_by_table(&self) -> Vec<(String, [u64; 4])> {
+        let by_table = self
+            .changes_by_table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        by_table.iter().map(|(t, c)| (t.clone(), *c)).collect()
     }
 
     /// The distributions `/metrics` exposes.

@@ -192,6 +192,8 @@ impl Pipeline {
         add(&c.transactions, batch.transactions.len() as u64);
         add(&c.changes, batch.change_count() as u64);
         self.status
+            .count_changes(batch.transactions.iter().flat_map(|t| &t.changes));
+        self.status
             .histograms()
             .batch_changes
             .observe(batch.change_count() as f64);
