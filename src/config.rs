@@ -48,6 +48,67 @@ pub struct Config {
     /// The Kafka source (`[source] kind = "kafka"`).
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    #[serde(default)]
+    pub journal: JournalConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+}
+
+/// `[journal]`: how long `cache_invalidations` keeps final rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Final (`completed`/`failed`) rows older than this are deleted (`"7d"`, `"12h"`).
+    #[serde(default = "default_journal_retention")]
+    pub retention: String,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            retention: default_journal_retention(),
+        }
+    }
+}
+
+fn default_journal_retention() -> String {
+    "7d".into()
+}
+
+/// `[monitor]`: monitoring tables and checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// `cache_metrics` rows older than this are deleted (`"30d"`).
+    #[serde(default = "default_monitor_retention")]
+    pub retention: String,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            retention: default_monitor_retention(),
+        }
+    }
+}
+
+fn default_monitor_retention() -> String {
+    "30d".into()
+}
+
+/// Parses a retention period: a number and `s`, `m`, `h` or `d` (`"7d"`, `"36h"`).
+pub fn parse_period(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let n: f64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let secs = n * match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86400.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 1.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -369,6 +430,16 @@ impl Config {
             }
             _ => {}
         }
+        for (key, value) in [
+            ("[journal] retention", &cfg.journal.retention),
+            ("[monitor] retention", &cfg.monitor.retention),
+        ] {
+            if parse_period(value).is_none() {
+                return Err(invalid(format!(
+                    "{key} {value:?}: expected a number and s, m, h or d, e.g. \"7d\""
+                )));
+            }
+        }
         redis::Client::open(cfg.redis.url.as_str())
             .map_err(|e| invalid(format!("[redis] url: {e}")))?;
         cfg.status
@@ -385,6 +456,16 @@ impl Config {
             ));
         }
         Ok(cfg)
+    }
+
+    /// How long `cache_invalidations` keeps final rows (validated at load).
+    pub fn journal_retention(&self) -> std::time::Duration {
+        parse_period(&self.journal.retention).unwrap_or(std::time::Duration::from_secs(7 * 86400))
+    }
+
+    /// How long `cache_metrics` keeps rows (validated at load).
+    pub fn metrics_retention(&self) -> std::time::Duration {
+        parse_period(&self.monitor.retention).unwrap_or(std::time::Duration::from_secs(30 * 86400))
     }
 
     /// Whether the changes come from Kafka (the watched tables may live in another database
@@ -464,6 +545,31 @@ listen = "127.0.0.1:9187"
         assert!(
             e.to_string()
                 .starts_with("c.toml:11:1: error: unknown field `key_prefx`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn retention_periods() {
+        assert_eq!(
+            parse_period("7d"),
+            Some(std::time::Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(
+            parse_period("36h"),
+            Some(std::time::Duration::from_secs(36 * 3600))
+        );
+        assert_eq!(
+            parse_period("90m"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        for bad in ["", "d", "7", "7w", "-1d", "0s"] {
+            assert_eq!(parse_period(bad), None, "{bad}");
+        }
+        let text = format!("{EXAMPLE}[journal]\nretention = \"a week\"\n");
+        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        assert!(
+            e.to_string().contains("[journal] retention \"a week\""),
             "{e}"
         );
     }

@@ -25,7 +25,8 @@
 //! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`).
 //!
 //! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),
-//! [`status`] (HTTP health, readiness and status), [`metrics`] (Prometheus `/metrics`), [`config`] (`cachewarden.toml`),
+//! [`status`] (HTTP health, readiness and status), [`metrics`] (Prometheus `/metrics`),
+//! [`monitor`] (retention of the product's tables), [`config`] (`cachewarden.toml`),
 //! [`cli`] (commands), [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`]
 //! (dry runs), [`runtime`] (shutdown, task sets, backoff), [`db`] (connections) and
 //! `failpoints` (named crash points for the fault-injection tests). Pure logic — decoding,
@@ -44,6 +45,7 @@ mod glob;
 pub mod journal;
 pub mod metrics;
 pub mod migrate;
+pub mod monitor;
 mod plan;
 mod registry;
 pub mod rules;

@@ -36,7 +36,7 @@ pub use lifecycle::{
     invalidate, invalidate_trailing, recover, Completed, InvalidationError, OnFailure,
 };
 pub use owed::Owed;
-pub use postgres::PgJournal;
+pub use postgres::{delete_expired, PgJournal};
 pub use trail::{Item, Trail, TrailLimits};
 
 use crate::action::{Action, Target};

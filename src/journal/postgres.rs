@@ -506,6 +506,27 @@ fn final_rows(items: &[Item]) -> (Vec<(Vec<entries::Entry>, Written<'_>)>, Vec<&
     (groups, letters)
 }
 
+/// Deletes up to `limit` final (`completed`/`failed`) rows created before `cutoff` and returns
+/// how many went. Open rows are never deleted. `triggered_at` (the source commit time, never
+/// after `created_at`) is indexed, so the index narrows the candidates and no scan walks the
+/// recent rows; small batches keep each delete short and let vacuum keep up.
+pub async fn delete_expired(
+    client: &Client,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM cache_invalidations WHERE id IN ( \
+               SELECT id FROM cache_invalidations \
+               WHERE triggered_at < $1 AND created_at < $1 \
+                 AND status IN ('completed', 'failed') \
+               LIMIT $2)",
+            &[&cutoff, &limit],
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -353,6 +353,10 @@ impl Worker {
                 shutdown.clone(),
             ),
         );
+        tasks.spawn(
+            "retention",
+            crate::monitor::retention::run(config.clone(), shutdown.clone()),
+        );
         let (warm_tx, warmer) =
             crate::warm::Warmer::new(config.clone(), live.clone(), status.clone())?;
         let (delayed_tx, delayed_rx) = mpsc::channel(1024);

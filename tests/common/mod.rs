@@ -126,6 +126,11 @@ control_interval_ms = 100
         path
     }
 
+    /// The configuration of a file written by [`write_config`](Self::write_config).
+    pub fn config_with_file(&self, path: &Path) -> Config {
+        Config::load(path).unwrap()
+    }
+
     pub fn config(&self) -> Config {
         Config::load(&self.write_config("127.0.0.1:0", "")).unwrap()
     }
