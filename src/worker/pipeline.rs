@@ -101,7 +101,9 @@ impl Pipeline {
         let wake = self.trailing.wake.clone();
         loop {
             let batch = source.next_batch(&mut shutdown, &wake).await?;
-            let has_work = !batch.transactions.is_empty();
+            // Dead letters are work even without a transaction (a Kafka record whose table
+            // cannot be read): they must be kept before the position passes them.
+            let has_work = !batch.transactions.is_empty() || !batch.dead_letters.is_empty();
             let finished = if has_work {
                 // While the batch runs (a TRUNCATE's SCANs can take long), keep the stream alive.
                 let heartbeat = source.heartbeat_interval();
