@@ -82,14 +82,30 @@ pub struct MonitorConfig {
     /// `cache_metrics` rows older than this are deleted (`"30d"`).
     #[serde(default = "default_monitor_retention")]
     pub retention: String,
+    /// `/readyz` is 503 while Redis' used_memory / maxmemory exceeds this.
+    #[serde(default = "default_max_memory_ratio")]
+    pub max_memory_ratio: f64,
+    /// `/readyz` is 503 while the last commit → invalidated lag exceeds this (`"30s"`).
+    #[serde(default = "default_max_lag")]
+    pub max_lag: String,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
         MonitorConfig {
             retention: default_monitor_retention(),
+            max_memory_ratio: default_max_memory_ratio(),
+            max_lag: default_max_lag(),
         }
     }
+}
+
+fn default_max_memory_ratio() -> f64 {
+    0.70
+}
+
+fn default_max_lag() -> String {
+    "30s".into()
 }
 
 fn default_monitor_retention() -> String {
@@ -433,12 +449,19 @@ impl Config {
         for (key, value) in [
             ("[journal] retention", &cfg.journal.retention),
             ("[monitor] retention", &cfg.monitor.retention),
+            ("[monitor] max_lag", &cfg.monitor.max_lag),
         ] {
             if parse_period(value).is_none() {
                 return Err(invalid(format!(
                     "{key} {value:?}: expected a number and s, m, h or d, e.g. \"7d\""
                 )));
             }
+        }
+        if !(cfg.monitor.max_memory_ratio > 0.0 && cfg.monitor.max_memory_ratio <= 1.0) {
+            return Err(invalid(format!(
+                "[monitor] max_memory_ratio {}: expected a fraction in (0, 1]",
+                cfg.monitor.max_memory_ratio
+            )));
         }
         redis::Client::open(cfg.redis.url.as_str())
             .map_err(|e| invalid(format!("[redis] url: {e}")))?;
@@ -461,6 +484,11 @@ impl Config {
     /// How long `cache_invalidations` keeps final rows (validated at load).
     pub fn journal_retention(&self) -> std::time::Duration {
         parse_period(&self.journal.retention).unwrap_or(std::time::Duration::from_secs(7 * 86400))
+    }
+
+    /// The lag beyond which the worker is not ready (validated at load).
+    pub fn max_lag(&self) -> std::time::Duration {
+        parse_period(&self.monitor.max_lag).unwrap_or(std::time::Duration::from_secs(30))
     }
 
     /// How long `cache_metrics` keeps rows (validated at load).

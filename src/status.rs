@@ -82,6 +82,9 @@ struct Inner {
     schema_drift: Vec<String>,
     /// Commit-to-invalidated latencies in milliseconds, newest last.
     lag_ms: VecDeque<f64>,
+    /// Readiness thresholds (`[monitor]`): memory ratio and lag in milliseconds.
+    max_memory_ratio: Option<f64>,
+    max_lag_ms: Option<f64>,
 }
 
 /// Shared worker state.
@@ -141,6 +144,8 @@ pub fn add(c: &AtomicU64, n: u64) {
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub source: &'static str,
+    /// Why `/readyz` is 503 (empty when ready).
+    pub not_ready: Vec<String>,
     /// `active`, `standby` or `starting`.
     pub role: Role,
     pub slot: String,
@@ -328,25 +333,62 @@ impl Status {
         self.not_ready_because().is_none()
     }
 
-    /// Why `/readyz` is not 200, if it is not.
+    /// Sets the readiness thresholds of `[monitor]`.
+    pub fn set_thresholds(&self, max_memory_ratio: f64, max_lag: std::time::Duration) {
+        let mut i = self.inner();
+        i.max_memory_ratio = Some(max_memory_ratio);
+        i.max_lag_ms = Some(max_lag.as_secs_f64() * 1000.0);
+    }
+
+    /// Why `/readyz` is not 200, if it is not (the reasons joined).
     pub fn not_ready_because(&self) -> Option<String> {
+        let reasons = self.not_ready_reasons();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Every reason `/readyz` is not 200: the source or the cache unreachable, schema drift,
+    /// Redis memory past `[monitor] max_memory_ratio`, the last lag past `[monitor] max_lag`.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
         if !self.source_connected.load(Ordering::Relaxed) {
-            return Some(match self.role() {
+            reasons.push(match self.role() {
                 Role::Standby => "standby: another instance is active".into(),
                 _ => "the source is not connected".into(),
             });
         }
         if !self.redis_connected.load(Ordering::Relaxed) {
-            return Some("the cache is not reachable".into());
+            reasons.push("the cache is not reachable".into());
         }
-        let drift = &self.inner().schema_drift;
-        if !drift.is_empty() {
-            return Some(format!("schema drift:\n{}", drift.join("\n")));
+        let i = self.inner();
+        if !i.schema_drift.is_empty() {
+            reasons.push(format!("schema drift:\n{}", i.schema_drift.join("\n")));
         }
-        None
+        if let (Some(max), Some(ratio)) = (
+            i.max_memory_ratio,
+            i.redis_stats.and_then(|s| s.memory_ratio()),
+        ) {
+            if ratio > max {
+                reasons.push(format!(
+                    "Redis memory at {:.0}% of maxmemory, above the {:.0}% of [monitor] max_memory_ratio",
+                    ratio * 100.0,
+                    max * 100.0
+                ));
+            }
+        }
+        if let (Some(max), Some(last)) = (i.max_lag_ms, i.lag_ms.back()) {
+            if *last > max {
+                reasons.push(format!(
+                    "lag {:.1} s, above [monitor] max_lag {:.1} s",
+                    last / 1000.0,
+                    max / 1000.0
+                ));
+            }
+        }
+        reasons
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let not_ready = self.not_ready_reasons();
         let i = self.inner();
         let mut lags: Vec<f64> = i.lag_ms.iter().copied().collect();
         lags.sort_by(|a, b| a.total_cmp(b));
@@ -385,6 +427,7 @@ impl Status {
         .into_iter()
         .collect();
         Snapshot {
+            not_ready,
             source: "postgres",
             role: i.role,
             slot: i.slot.clone(),
@@ -422,14 +465,27 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `/readyz`'s body: whether the worker is ready, and why not.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    reasons: Vec<String>,
+}
+
 async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {
-    match s.not_ready_because() {
-        None => (StatusCode::OK, "ready\n".to_string()),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
-    }
+    let reasons = s.not_ready_reasons();
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+        }),
+    )
 }
 
 async fn status_json(State(s): State<Arc<Status>>) -> Json<Snapshot> {

@@ -244,6 +244,7 @@ impl Worker {
         let start_at = crate::control::current_lsn(&client).await?;
         crate::registry::swap_slot_rules(&client, &stream, &files).await?;
         crate::registry::record_slot_tables(&client, &stream, &check::table_oids(&catalog)).await?;
+        status.set_thresholds(config.monitor.max_memory_ratio, config.max_lag());
         status.set_source(
             &stream,
             match &config.kafka {
