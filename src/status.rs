@@ -330,7 +330,7 @@ impl Status {
     /// Ready: streaming, the cache reachable, and no schema drift (which degrades
     /// invalidation to whole families and needs a person).
     pub fn is_ready(&self) -> bool {
-        self.not_ready_because().is_none()
+        self.not_ready_reasons().is_empty()
     }
 
     /// Sets the readiness thresholds of `[monitor]`.
@@ -338,12 +338,6 @@ impl Status {
         let mut i = self.inner();
         i.max_memory_ratio = Some(max_memory_ratio);
         i.max_lag_ms = Some(max_lag.as_secs_f64() * 1000.0);
-    }
-
-    /// Why `/readyz` is not 200, if it is not (the reasons joined).
-    pub fn not_ready_because(&self) -> Option<String> {
-        let reasons = self.not_ready_reasons();
-        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Every reason `/readyz` is not 200: the source or the cache unreachable, schema drift,

@@ -7,7 +7,7 @@
 //!
 //! Partitions move between the members of a consumer group. Each assignment of a partition
 //! gets a new epoch; a position remembers the epoch its offsets were read under, and
-//! [`Assignment::committable`] drops the offsets of partitions that were revoked (or revoked
+//! [`Assignment::confirm`] drops the offsets of partitions that were revoked (or revoked
 //! and assigned again) since: after a revocation the new owner resumes from the last commit,
 //! and a late commit from this worker must never move that back or forward. On revocation the
 //! offsets already confirmed are committed at once ([`Assignment::revoke`] returns them);
@@ -105,12 +105,6 @@ impl Assignment {
         out
     }
 
-    /// [`confirm`](Self::confirm), then [`uncommitted`](Self::uncommitted).
-    pub fn committable(&mut self, position: &[PartitionOffset]) -> Vec<(Partition, i64)> {
-        self.confirm(position);
-        self.uncommitted()
-    }
-
     pub fn all_confirmed(&self) -> Vec<(Partition, i64)> {
         self.confirmed
             .iter()
@@ -135,6 +129,13 @@ mod tests {
         ("t".into(), n)
     }
 
+    /// Confirms a position and takes what is then to commit, as the source does when a
+    /// commit is due.
+    fn committable(a: &mut Assignment, position: &[PartitionOffset]) -> Vec<(Partition, i64)> {
+        a.confirm(position);
+        a.uncommitted()
+    }
+
     fn at(n: i32, next: i64, epoch: u64) -> PartitionOffset {
         PartitionOffset {
             topic: "t".into(),
@@ -150,16 +151,16 @@ mod tests {
         a.assign([p(0), p(1)]);
         let (e0, e1) = (a.epoch(&p(0)).unwrap(), a.epoch(&p(1)).unwrap());
         assert_eq!(
-            a.committable(&[at(0, 5, e0), at(1, 3, e1)]),
+            committable(&mut a, &[at(0, 5, e0), at(1, 3, e1)]),
             vec![(p(0), 5), (p(1), 3)]
         );
         // Nothing moved on 1.
         assert_eq!(
-            a.committable(&[at(0, 9, e0), at(1, 3, e1)]),
+            committable(&mut a, &[at(0, 9, e0), at(1, 3, e1)]),
             vec![(p(0), 9)]
         );
         // Never backwards.
-        assert_eq!(a.committable(&[at(0, 7, e0)]), vec![]);
+        assert_eq!(committable(&mut a, &[at(0, 7, e0)]), vec![]);
     }
 
     #[test]
@@ -167,15 +168,15 @@ mod tests {
         let mut a = Assignment::default();
         a.assign([p(0)]);
         let e = a.epoch(&p(0)).unwrap();
-        a.committable(&[at(0, 5, e)]);
+        committable(&mut a, &[at(0, 5, e)]);
         // What was confirmed is committed (again, synchronously) on revoke.
         assert_eq!(a.revoke([p(0)]), vec![(p(0), 5)]);
         a.assign([p(0)]);
         let e2 = a.epoch(&p(0)).unwrap();
         assert_ne!(e, e2);
         // A position read under the old assignment is not committed now.
-        assert_eq!(a.committable(&[at(0, 50, e)]), vec![]);
-        assert_eq!(a.committable(&[at(0, 6, e2)]), vec![(p(0), 6)]);
+        assert_eq!(committable(&mut a, &[at(0, 50, e)]), vec![]);
+        assert_eq!(committable(&mut a, &[at(0, 6, e2)]), vec![(p(0), 6)]);
         assert_eq!(a.revoke([p(0)]), vec![(p(0), 6)]);
         assert!(a.assigned().is_empty());
     }
