@@ -88,6 +88,18 @@ pub struct MonitorConfig {
     /// `/readyz` is 503 while the last commit → invalidated lag exceeds this (`"30s"`).
     #[serde(default = "default_max_lag")]
     pub max_lag: String,
+    /// `/readyz` is 503 while the replication slot retains more WAL than this (`"1GB"`).
+    #[serde(default = "default_max_slot_wal")]
+    pub max_slot_wal: String,
+    /// How often `cache_metrics` rows are written (`"60s"`).
+    #[serde(default = "default_monitor_interval")]
+    pub interval: String,
+    /// How long one per-rule keyspace sample may scan (`"1s"`).
+    #[serde(default = "default_sample_budget")]
+    pub sample_budget: String,
+    /// How many distinct keys one per-rule keyspace sample may scan.
+    #[serde(default = "default_sample_max_keys")]
+    pub sample_max_keys: usize,
 }
 
 impl Default for MonitorConfig {
@@ -96,8 +108,28 @@ impl Default for MonitorConfig {
             retention: default_monitor_retention(),
             max_memory_ratio: default_max_memory_ratio(),
             max_lag: default_max_lag(),
+            max_slot_wal: default_max_slot_wal(),
+            interval: default_monitor_interval(),
+            sample_budget: default_sample_budget(),
+            sample_max_keys: default_sample_max_keys(),
         }
     }
+}
+
+fn default_max_slot_wal() -> String {
+    "1GB".into()
+}
+
+fn default_monitor_interval() -> String {
+    "60s".into()
+}
+
+fn default_sample_budget() -> String {
+    "1s".into()
+}
+
+fn default_sample_max_keys() -> usize {
+    100_000
 }
 
 fn default_max_memory_ratio() -> f64 {
@@ -125,6 +157,42 @@ pub fn parse_period(s: &str) -> Option<std::time::Duration> {
         _ => return None,
     };
     (secs.is_finite() && secs >= 1.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+/// Parses a size: a number and `B`, `kB`, `MB`, `GB` or `TB` (powers of 1024, as PostgreSQL
+/// reads them: `"1GB"`, `"512MB"`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let n: f64 = s[..split].trim().parse().ok()?;
+    let unit = match s[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1024.0,
+        "mb" => 1024.0 * 1024.0,
+        "gb" => 1024.0 * 1024.0 * 1024.0,
+        "tb" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * unit;
+    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as u64)
+}
+
+/// A byte count as a person reads it (`"1.5 GB"`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -273,9 +341,9 @@ pub struct WorkerConfig {
     /// invalidation requests.
     #[serde(default = "default_control_interval")]
     pub control_interval_ms: u64,
-    /// Sample Redis INFO into `/status` and `cache_metrics` this often (0: never).
-    #[serde(default = "default_metrics_interval")]
-    pub metrics_interval_secs: u64,
+    /// Deprecated name of `[monitor] interval`, in seconds (0: no `cache_metrics` rows).
+    #[serde(default)]
+    pub metrics_interval_secs: Option<u64>,
     /// Journal rows still `pending` or `running` this long after they were written are
     /// re-executed while the worker runs (a cancelled batch, a request whose executor failed).
     #[serde(default = "default_recover_after")]
@@ -306,7 +374,7 @@ impl Default for WorkerConfig {
             batch_max_wait_us: default_batch_max_wait(),
             status_interval_ms: default_status_interval(),
             max_backoff_ms: default_max_backoff(),
-            metrics_interval_secs: default_metrics_interval(),
+            metrics_interval_secs: None,
             control_interval_ms: default_control_interval(),
             recover_after_secs: default_recover_after(),
             catalog_interval_ms: default_catalog_interval(),
@@ -340,9 +408,6 @@ fn default_status_interval() -> u64 {
 }
 fn default_max_backoff() -> u64 {
     5_000
-}
-fn default_metrics_interval() -> u64 {
-    60
 }
 fn default_control_interval() -> u64 {
     500
@@ -450,12 +515,20 @@ impl Config {
             ("[journal] retention", &cfg.journal.retention),
             ("[monitor] retention", &cfg.monitor.retention),
             ("[monitor] max_lag", &cfg.monitor.max_lag),
+            ("[monitor] interval", &cfg.monitor.interval),
+            ("[monitor] sample_budget", &cfg.monitor.sample_budget),
         ] {
             if parse_period(value).is_none() {
                 return Err(invalid(format!(
                     "{key} {value:?}: expected a number and s, m, h or d, e.g. \"7d\""
                 )));
             }
+        }
+        if parse_size(&cfg.monitor.max_slot_wal).is_none() {
+            return Err(invalid(format!(
+                "[monitor] max_slot_wal {:?}: expected a size such as \"1GB\" or \"512MB\"",
+                cfg.monitor.max_slot_wal
+            )));
         }
         if !(cfg.monitor.max_memory_ratio > 0.0 && cfg.monitor.max_memory_ratio <= 1.0) {
             return Err(invalid(format!(
@@ -489,6 +562,32 @@ impl Config {
     /// The lag beyond which the worker is not ready (validated at load).
     pub fn max_lag(&self) -> std::time::Duration {
         parse_period(&self.monitor.max_lag).unwrap_or(std::time::Duration::from_secs(30))
+    }
+
+    /// How often `cache_metrics` rows are written; `None` when `[worker] metrics_interval_secs`
+    /// (the older name, still honoured) is 0.
+    pub fn metrics_interval(&self) -> Option<std::time::Duration> {
+        match self.worker.metrics_interval_secs {
+            Some(0) => None,
+            Some(n) => Some(std::time::Duration::from_secs(n)),
+            None => Some(
+                parse_period(&self.monitor.interval).unwrap_or(std::time::Duration::from_secs(60)),
+            ),
+        }
+    }
+
+    /// The retained WAL beyond which the worker is not ready (validated at load).
+    pub fn max_slot_wal(&self) -> u64 {
+        parse_size(&self.monitor.max_slot_wal).unwrap_or(1 << 30)
+    }
+
+    /// How far one per-rule keyspace sample may scan.
+    pub fn sample_limits(&self) -> crate::monitor::families::SampleLimits {
+        crate::monitor::families::SampleLimits {
+            budget: parse_period(&self.monitor.sample_budget)
+                .unwrap_or(std::time::Duration::from_secs(1)),
+            max_keys: self.monitor.sample_max_keys.max(1),
+        }
     }
 
     /// How long `cache_metrics` keeps rows (validated at load).
@@ -575,6 +674,22 @@ listen = "127.0.0.1:9187"
                 .starts_with("c.toml:11:1: error: unknown field `key_prefx`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("512 MB"), Some(512 << 20));
+        assert_eq!(parse_size("1.5kB"), Some(1536));
+        assert_eq!(parse_size("100"), Some(100));
+        for bad in ["", "GB", "1 PB", "-1GB", "0"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+        assert_eq!(format_size(1 << 30), "1.0 GB");
+        assert_eq!(format_size(1000), "1000 B");
+        let text = format!("{EXAMPLE}[monitor]\nmax_slot_wal = \"lots\"\n");
+        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        assert!(e.to_string().contains("max_slot_wal"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ impl Default for Histograms {
 }
 
 type Labels = Vec<(&'static str, &'static str)>;
+type OwnedLabels = Vec<(&'static str, String)>;
 
 /// A labelled counter family: name, help, label name, and (label value, count) pairs.
 type FamilySpec<'a> = (
@@ -253,6 +254,59 @@ pub fn render(status: &Status) -> String {
         "Row changes per executed batch",
         h.batch_changes.clone(),
     );
+
+    let source = status.source_figures();
+    for (name, help, value) in [
+        (
+            "source_lag_bytes",
+            "WAL written since the replication slot's confirmed position",
+            source.source_lag_bytes,
+        ),
+        (
+            "slot_retained_wal_bytes",
+            "WAL the replication slot keeps the server from removing",
+            source.slot_retained_wal_bytes,
+        ),
+    ] {
+        if let Some(v) = value {
+            r.register(name, help, ConstGauge::new(v as i64));
+        }
+    }
+    if let Some(lag) = source.consumer_lag {
+        let f = Family::<OwnedLabels, Gauge>::default();
+        for (at, n) in lag {
+            let (topic, partition) = at.rsplit_once('/').unwrap_or((at.as_str(), ""));
+            f.get_or_create(&vec![
+                ("topic", topic.to_string()),
+                ("partition", partition.to_string()),
+            ])
+            .set(n as i64);
+        }
+        r.register(
+            "kafka_consumer_lag_messages",
+            "Messages the consumer group has not consumed yet, per partition",
+            f,
+        );
+    }
+    if let Some(m) = status.monitor() {
+        let keys = Family::<OwnedLabels, Gauge>::default();
+        let memory = Family::<OwnedLabels, Gauge>::default();
+        for (rule, e) in &m.rules {
+            let labels = vec![("rule", rule.clone())];
+            keys.get_or_create(&labels).set(e.key_count as i64);
+            memory.get_or_create(&labels).set(e.memory_bytes as i64);
+        }
+        r.register(
+            "rule_keys",
+            "Keys of the rule's key family at the last sample (estimated when the scan was partial)",
+            keys,
+        );
+        r.register(
+            "rule_memory_bytes",
+            "MEMORY USAGE of the rule's key family at the last sample",
+            memory,
+        );
+    }
 
     if let Some(s) = status.redis_stats() {
         let redis = r.sub_registry_with_prefix("redis");

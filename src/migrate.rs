@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "kafka_dead_letters",
         sql: include_str!("../migrations/0009_kafka_dead_letters.sql"),
     },
+    Migration {
+        version: 10,
+        name: "metrics_per_rule",
+        sql: include_str!("../migrations/0010_metrics_per_rule.sql"),
+    },
 ];
 
 /// Errors applying migrations.

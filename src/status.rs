@@ -67,6 +67,8 @@ pub struct Counters {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// `postgres` or `kafka`.
+    source_kind: &'static str,
     slot: String,
     publication: String,
     progress: Progress,
@@ -85,6 +87,59 @@ struct Inner {
     /// Readiness thresholds (`[monitor]`): memory ratio and lag in milliseconds.
     max_memory_ratio: Option<f64>,
     max_lag_ms: Option<f64>,
+    /// The slot's retained WAL beyond which the worker is not ready, in bytes.
+    max_slot_wal: Option<u64>,
+    /// Dependencies failing now, with their error.
+    failing: std::collections::BTreeMap<Dependency, String>,
+    /// The source's own figures (slot WAL, Kafka consumer lag), from the source watch.
+    source_figures: SourceFigures,
+    /// The last `cache_metrics` sample and the figures it could not measure.
+    monitor: Option<MonitorSnapshot>,
+}
+
+/// What the worker depends on, for `/status`'s `failing` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependency {
+    /// The change stream (replication slot, Kafka brokers).
+    Source,
+    /// The cache targets.
+    Redis,
+    /// Journal writes to `cache_invalidations`.
+    Journal,
+}
+
+impl Dependency {
+    fn name(self) -> &'static str {
+        match self {
+            Dependency::Source => "source",
+            Dependency::Redis => "redis",
+            Dependency::Journal => "journal",
+        }
+    }
+}
+
+/// The source's figures beyond its position (read beside the stream).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceFigures {
+    /// WAL the replication slot retains (`pg_current_wal_lsn() - restart_lsn`), in bytes.
+    pub slot_retained_wal_bytes: Option<u64>,
+    /// WAL written since the slot's confirmed position (`pg_current_wal_lsn() -
+    /// confirmed_flush_lsn`), in bytes: what the worker still has to go through.
+    pub source_lag_bytes: Option<u64>,
+    /// Messages not yet consumed per Kafka partition (`topic/partition` → messages).
+    pub consumer_lag: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// The last `cache_metrics` sample, as `/status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MonitorSnapshot {
+    /// When the sample was taken (RFC 3339).
+    pub sampled_at: String,
+    /// Per active rule: its family's keys and memory.
+    pub rules: std::collections::BTreeMap<String, crate::monitor::families::Estimate>,
+    /// Figures written as NULL, and why.
+    pub unmeasured: Vec<String>,
 }
 
 /// Shared worker state.
@@ -170,6 +225,13 @@ pub struct Snapshot {
     pub uptime_seconds: u64,
     pub last_batch_at: Option<String>,
     pub last_error: Option<String>,
+    /// Dependencies failing now, with their error (`source`, `redis`, `journal`).
+    pub failing: std::collections::BTreeMap<Dependency, String>,
+    /// The source's own figures: the slot's retained WAL, or Kafka consumer lag.
+    pub source_figures: SourceFigures,
+    /// The last `cache_metrics` sample: per-rule key counts and memory, and what could not
+    /// be measured.
+    pub monitor: Option<MonitorSnapshot>,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
     /// The last Redis INFO sample: hit ratio, memory against maxmemory, evictions.
     pub redis: Option<RedisSnapshot>,
@@ -217,6 +279,11 @@ impl Status {
         i.publication = publication.into();
         i.tables = tables;
         i.rules_loaded = rules;
+    }
+
+    /// Which kind of source feeds the worker (`postgres`, `kafka`).
+    pub fn set_source_kind(&self, kind: &'static str) {
+        self.inner().source_kind = kind;
     }
 
     /// Where the source stands (positions only move forward at the source).
@@ -305,8 +372,38 @@ impl Status {
         &self.histograms
     }
 
-    pub fn set_error(&self, e: Option<String>) {
-        self.inner().last_error = e;
+    /// Records that `dependency` is failing with `error` (also the last error).
+    pub fn set_dependency_error(&self, dependency: Dependency, error: impl Into<String>) {
+        let error = error.into();
+        let mut i = self.inner();
+        i.last_error = Some(format!("{}: {error}", dependency.name()));
+        i.failing.insert(dependency, error);
+    }
+
+    /// Records that `dependency` works again.
+    pub fn clear_dependency_error(&self, dependency: Dependency) {
+        let mut i = self.inner();
+        if i.failing.remove(&dependency).is_some() && i.failing.is_empty() {
+            i.last_error = None;
+        }
+    }
+
+    /// The source's own figures (slot WAL, consumer lag).
+    pub fn set_source_figures(&self, figures: SourceFigures) {
+        self.inner().source_figures = figures;
+    }
+
+    pub fn source_figures(&self) -> SourceFigures {
+        self.inner().source_figures.clone()
+    }
+
+    /// The last `cache_metrics` sample.
+    pub fn set_monitor(&self, m: MonitorSnapshot) {
+        self.inner().monitor = Some(m);
+    }
+
+    pub fn monitor(&self) -> Option<MonitorSnapshot> {
+        self.inner().monitor.clone()
     }
 
     /// Records commit-to-invalidated latencies for one batch: `(milliseconds, changes)` per
@@ -334,14 +431,21 @@ impl Status {
     }
 
     /// Sets the readiness thresholds of `[monitor]`.
-    pub fn set_thresholds(&self, max_memory_ratio: f64, max_lag: std::time::Duration) {
+    pub fn set_thresholds(
+        &self,
+        max_memory_ratio: f64,
+        max_lag: std::time::Duration,
+        max_slot_wal: u64,
+    ) {
         let mut i = self.inner();
         i.max_memory_ratio = Some(max_memory_ratio);
         i.max_lag_ms = Some(max_lag.as_secs_f64() * 1000.0);
+        i.max_slot_wal = Some(max_slot_wal);
     }
 
-    /// Every reason `/readyz` is not 200: the source or the cache unreachable, schema drift,
-    /// Redis memory past `[monitor] max_memory_ratio`, the last lag past `[monitor] max_lag`.
+    /// Every reason `/readyz` is not 200: the source or the cache unreachable, journal writes
+    /// failing, schema drift, Redis memory past `[monitor] max_memory_ratio`, the last lag past
+    /// `[monitor] max_lag`, the slot's retained WAL past `[monitor] max_slot_wal`.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         if !self.source_connected.load(Ordering::Relaxed) {
@@ -350,10 +454,25 @@ impl Status {
                 _ => "the source is not connected".into(),
             });
         }
-        if !self.redis_connected.load(Ordering::Relaxed) {
-            reasons.push("the cache is not reachable".into());
-        }
         let i = self.inner();
+        if !self.redis_connected.load(Ordering::Relaxed) {
+            reasons.push(match i.failing.get(&Dependency::Redis) {
+                Some(e) => format!("the cache is not reachable: {e}"),
+                None => "the cache is not reachable".into(),
+            });
+        }
+        if let Some(e) = i.failing.get(&Dependency::Journal) {
+            reasons.push(format!("journal writes are failing: {e}"));
+        }
+        if let (Some(max), Some(wal)) = (i.max_slot_wal, i.source_figures.slot_retained_wal_bytes) {
+            if wal > max {
+                reasons.push(format!(
+                    "the replication slot retains {} of WAL, above [monitor] max_slot_wal {}",
+                    crate::config::format_size(wal),
+                    crate::config::format_size(max)
+                ));
+            }
+        }
         if !i.schema_drift.is_empty() {
             reasons.push(format!("schema drift:\n{}", i.schema_drift.join("\n")));
         }
@@ -422,7 +541,11 @@ impl Status {
         .collect();
         Snapshot {
             not_ready,
-            source: "postgres",
+            source: if i.source_kind.is_empty() {
+                "postgres"
+            } else {
+                i.source_kind
+            },
             role: i.role,
             slot: i.slot.clone(),
             publication: i.publication.clone(),
@@ -442,6 +565,9 @@ impl Status {
             uptime_seconds: self.started.elapsed().as_secs(),
             last_batch_at: i.last_batch_at.map(|t| t.to_rfc3339()),
             last_error: i.last_error.clone(),
+            failing: i.failing.clone(),
+            source_figures: i.source_figures.clone(),
+            monitor: i.monitor.clone(),
             counters,
             redis: i.redis_stats.map(|stats| RedisSnapshot {
                 hit_ratio: stats.hit_ratio(),

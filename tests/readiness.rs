@@ -1,22 +1,12 @@
 //! `/readyz` against a Redis of the test's own (a free port, a small `maxmemory`): 503 with
 //! the reason in its JSON body once Redis is filled past `[monitor] max_memory_ratio`, 200 again
-//! once it is not.
+//! once it is not; 503 again, with the error in `/status`, once that Redis is gone.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, sigterm, spawn_run, TestEnv, REDIS_URL, WAIT};
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, http_get, sigterm, spawn_run, OwnRedis, TestEnv, REDIS_URL, WAIT};
 
 async fn readyz(addr: &str) -> Option<(u16, serde_json::Value)> {
     let (code, body) = http_get(addr, "/readyz").await?;
@@ -30,35 +20,15 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
         "courses.toml",
         "[[rule]]\nname='course'\ntable='courses'\nkeys=['course:{id}']\n",
     );
-    let port = free_port();
-    let _redis = Redis(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server"),
-    );
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let start = Instant::now();
-    let mut r = loop {
-        if let Ok(c) = client.get_multiplexed_async_connection().await {
-            break c;
-        }
-        assert!(start.elapsed() < WAIT, "redis-server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (mut redis, mut r) =
+        OwnRedis::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
+    let url = redis.url.clone();
     let addr = format!("127.0.0.1:{}", free_port());
     let cfg = env.dir.join("cachewarden.toml");
     std::fs::write(
         &cfg,
-        env.config_text(
-            &addr,
-            "metrics_interval_secs = 1\n[monitor]\nmax_memory_ratio = 0.7\n",
-        )
-        .replace(REDIS_URL, &url),
+        env.config_text(&addr, "[monitor]\nmax_memory_ratio = 0.7\n")
+            .replace(REDIS_URL, &url),
     )
     .unwrap();
     let log = env.dir.join("worker.log");
@@ -106,6 +76,26 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
 
     let () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
     wait_for(200, "ready again once memory is back under the ceiling").await;
+
+    // Redis gone: not ready, and /status names the failing dependency with its error.
+    redis.stop();
+    let body = wait_for(503, "not ready without Redis").await;
+    assert!(
+        body["reasons"]
+            .to_string()
+            .contains("the cache is not reachable: "),
+        "{body}"
+    );
+    let (_, status) = http_get(&addr, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["redis_connected"], false, "{status}");
+    assert!(status["failing"]["redis"].is_string(), "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("redis: ")),
+        "{status}"
+    );
     sigterm(&child);
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     env.cleanup().await;

@@ -29,7 +29,7 @@ use super::{entries, Entry, JournalError, JournalStore};
 use crate::action::Action;
 use crate::runtime::{numbered, Backoff, Finished, Numbered};
 use crate::source::DeadLetter;
-use crate::status::{add, Status};
+use crate::status::{add, Dependency, Status};
 
 /// Journal work handed over by the stream, written in its final state. Actions are held as
 /// their rows (one per key family, members only), which is all the journal needs and a
@@ -204,6 +204,7 @@ impl Writer {
                         add(&c.journal_us, t.elapsed().as_micros() as u64);
                         add(&c.journal_rows, rows as u64);
                         add(&c.journal_groups, 1);
+                        self.status.clear_dependency_error(Dependency::Journal);
                         backoff.reset();
                         break;
                     }
@@ -216,7 +217,8 @@ impl Writer {
                             return;
                         }
                         tracing::warn!(error = %e, items = group.len(), "writing the journal failed; retrying (the stream holds its positions)");
-                        self.status.set_error(Some(e.to_string()));
+                        self.status
+                            .set_dependency_error(Dependency::Journal, e.to_string());
                         backoff.wait().await;
                     }
                 }

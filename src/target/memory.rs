@@ -13,6 +13,7 @@ use super::{CacheError, CacheStats, CacheTarget, ExecReport, VersionedWrite};
 use crate::action::Target;
 use crate::fence::{mark_key, Version};
 use crate::glob::glob_match;
+use crate::monitor::families::{estimate, Estimate, Families, SampleLimits, Tally};
 
 /// What the in-memory cache holds.
 #[derive(Debug, Default)]
@@ -170,6 +171,25 @@ impl CacheTarget for MemoryTarget {
                 used_memory: s.values.values().map(|v| v.len() as u64).sum(),
                 ..CacheStats::default()
             })
+        }
+        .boxed()
+    }
+
+    fn sample_families<'a>(
+        &'a mut self,
+        families: &'a Families,
+        _limits: SampleLimits,
+    ) -> BoxFuture<'a, Result<Vec<Estimate>, CacheError>> {
+        async move {
+            let s = self.check()?;
+            let mut tally = Tally::new(families);
+            for (k, v) in &s.values {
+                tally.add(families.matching(k), v.len() as u64);
+            }
+            tally.scanned = s.values.len() as u64;
+            tally.total = tally.scanned;
+            tally.complete = true;
+            Ok(estimate(&tally))
         }
         .boxed()
     }

@@ -10,7 +10,8 @@
 //!   confirmed only after its actions completed.
 //! * Versioned writes ([`CacheTarget::write_versioned`], [`CacheTarget::write_versioned_bulk`])
 //!   are compare-and-set against the marks: they never land over a newer invalidation.
-//! * [`CacheTarget::ping`] and [`CacheTarget::stats`] serve health and monitoring.
+//! * [`CacheTarget::ping`], [`CacheTarget::stats`] and [`CacheTarget::sample_families`] serve
+//!   health and monitoring; sampling scans in pages and never blocks the server.
 //!
 //! [`Targets`] is the list the worker holds (one per configured cache; each action must succeed
 //! on all). [`redis`] is the implementation for Redis; `memory` an in-memory one for tests.
@@ -25,6 +26,7 @@ use futures_util::FutureExt;
 use crate::action::Target;
 use crate::config::Config;
 use crate::fence::Version;
+use crate::monitor::families::{Estimate, Families, SampleLimits};
 
 pub use self::redis::RedisTarget;
 
@@ -82,6 +84,8 @@ pub struct CacheStats {
     pub used_memory: u64,
     /// 0 when no limit is set.
     pub maxmemory: u64,
+    /// Seconds since the server started (counters restart with it).
+    pub uptime_seconds: u64,
 }
 
 impl CacheStats {
@@ -130,6 +134,14 @@ pub trait CacheTarget: Send {
 
     /// Reads hit, miss, eviction and memory figures.
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>>;
+
+    /// Estimates each rule family's keys and memory from a scan within `limits` (see
+    /// [`crate::monitor::families`]), in `families`' order.
+    fn sample_families<'a>(
+        &'a mut self,
+        families: &'a Families,
+        limits: SampleLimits,
+    ) -> BoxFuture<'a, Result<Vec<Estimate>, CacheError>>;
 }
 
 /// The worker's cache targets. Every action runs on each, in order; the first error fails the
@@ -242,6 +254,32 @@ impl CacheTarget for Targets {
                 total.evicted_keys += s.evicted_keys;
                 total.used_memory += s.used_memory;
                 total.maxmemory += s.maxmemory;
+                total.uptime_seconds = match total.uptime_seconds {
+                    0 => s.uptime_seconds,
+                    u => u.min(s.uptime_seconds),
+                };
+            }
+            Ok(total)
+        }
+        .boxed()
+    }
+
+    fn sample_families<'a>(
+        &'a mut self,
+        families: &'a Families,
+        limits: SampleLimits,
+    ) -> BoxFuture<'a, Result<Vec<Estimate>, CacheError>> {
+        async move {
+            let mut total = vec![Estimate::default(); families.len()];
+            let mut first = true;
+            for t in &mut self.targets {
+                let each = t.sample_families(families, limits).await?;
+                total = total
+                    .into_iter()
+                    .zip(each)
+                    .map(|(a, b)| if first { b } else { a.merge(b) })
+                    .collect();
+                first = false;
             }
             Ok(total)
         }

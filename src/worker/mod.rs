@@ -244,7 +244,16 @@ impl Worker {
         let start_at = crate::control::current_lsn(&client).await?;
         crate::registry::swap_slot_rules(&client, &stream, &files).await?;
         crate::registry::record_slot_tables(&client, &stream, &check::table_oids(&catalog)).await?;
-        status.set_thresholds(config.monitor.max_memory_ratio, config.max_lag());
+        status.set_thresholds(
+            config.monitor.max_memory_ratio,
+            config.max_lag(),
+            config.max_slot_wal(),
+        );
+        status.set_source_kind(if config.is_kafka() {
+            "kafka"
+        } else {
+            "postgres"
+        });
         status.set_source(
             &stream,
             match &config.kafka {
@@ -347,8 +356,17 @@ impl Worker {
         );
         tasks.spawn(
             "health",
-            health::watch(
+            health::watch(Targets::open(&config)?, status.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "source watch",
+            crate::monitor::source_watch::run(config.clone(), status.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            "cache_metrics",
+            crate::monitor::samples::run(
                 config.clone(),
+                live.clone(),
                 Targets::open(&config)?,
                 status.clone(),
                 shutdown.clone(),

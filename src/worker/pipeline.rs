@@ -41,7 +41,7 @@ use crate::journal::{self, InvalidationError, Item, JournalStore};
 use crate::plan;
 use crate::runtime::{Backoff, Shutdown};
 use crate::source::{Batch, Source, SourceError};
-use crate::status::{add, Status};
+use crate::status::{add, Dependency, Status};
 use crate::target::{CacheTarget, Targets};
 
 /// Where a finished batch's follow-up work goes (never waited for).
@@ -73,6 +73,7 @@ impl Pipeline {
             let result = match source.connect().await {
                 Ok(()) => {
                     self.status.source_connected.store(true, Ordering::Relaxed);
+                    self.status.clear_dependency_error(Dependency::Source);
                     self.stream(source).await
                 }
                 Err(e) => Err(e),
@@ -83,7 +84,8 @@ impl Pipeline {
                 Err(e) => {
                     add(&self.status.counters.source_errors, 1);
                     tracing::warn!(error = %e, "source stream failed; reconnecting");
-                    self.status.set_error(Some(format!("source: {e}")));
+                    self.status
+                        .set_dependency_error(Dependency::Source, e.to_string());
                     source.close().await;
                     let mut shutdown = self.shutdown.clone();
                     tokio::select! {
@@ -338,7 +340,8 @@ impl Pipeline {
     async fn journal_failed(&mut self, what: &str, e: &crate::journal::JournalError) -> bool {
         add(&self.status.counters.journal_errors, 1);
         tracing::warn!(error = %e, "{what} failed; retrying");
-        self.status.set_error(Some(e.to_string()));
+        self.status
+            .set_dependency_error(Dependency::Journal, e.to_string());
         if self.shutdown.is_shutdown() {
             return false;
         }
@@ -419,20 +422,23 @@ impl Pipeline {
                 add(&c.redis_us, done.cache_time.as_micros() as u64);
                 self.status.redis_connected.store(true, Ordering::Relaxed);
                 add(&c.keys_removed, done.report.removed);
-                self.status.set_error(None);
+                self.status.clear_dependency_error(Dependency::Redis);
+                self.status.clear_dependency_error(Dependency::Journal);
                 Ok(done.at)
             }
             Err(InvalidationError::Journal(e)) => {
                 add(&c.journal_errors, 1);
                 tracing::warn!(error = %e, "journal write failed; retrying the batch");
-                self.status.set_error(Some(e.to_string()));
+                self.status
+                    .set_dependency_error(Dependency::Journal, e.to_string());
                 Err(InvalidationError::Journal(e))
             }
             Err(InvalidationError::Cache(e)) => {
                 self.status.redis_connected.store(false, Ordering::Relaxed);
                 add(&c.redis_errors, 1);
                 tracing::warn!(error = %e, actions = n, "cache failed; batch journaled as failed and retried");
-                self.status.set_error(Some(e.to_string()));
+                self.status
+                    .set_dependency_error(Dependency::Redis, e.to_string());
                 Err(InvalidationError::Cache(e))
             }
         }
@@ -453,15 +459,21 @@ impl Pipeline {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "recovering open journal rows failed; retrying");
-                    self.status.set_error(Some(e.to_string()));
+                    self.status
+                        .set_dependency_error(Dependency::Journal, e.to_string());
                     self.backoff.wait().await;
                     continue;
                 }
             }
             match self.targets.ping().await {
-                Ok(()) => self.status.redis_connected.store(true, Ordering::Relaxed),
+                Ok(()) => {
+                    self.status.redis_connected.store(true, Ordering::Relaxed);
+                    self.status.clear_dependency_error(Dependency::Redis);
+                }
                 Err(e) => {
                     self.status.redis_connected.store(false, Ordering::Relaxed);
+                    self.status
+                        .set_dependency_error(Dependency::Redis, e.to_string());
                     tracing::warn!(error = %e, "the cache is not reachable yet");
                 }
             }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::action::{Action, Target};
 use crate::journal::{Item, JournalError, JournalStore};
 use crate::runtime::{numbered, Backoff, Finished, Numbered};
-use crate::status::{add, Status};
+use crate::status::{add, Dependency, Status};
 use crate::target::{CacheError, CacheTarget};
 
 /// Requests that may wait for the scanner before [`Scans::request`] waits.
@@ -134,6 +134,7 @@ impl Scanner {
                 match self.journal.write_group(&items).await {
                     Ok(rows) => {
                         add(&self.status.counters.journal_rows, rows as u64);
+                        self.status.clear_dependency_error(Dependency::Journal);
                         break;
                     }
                     Err(e) => {
@@ -142,6 +143,8 @@ impl Scanner {
                             return;
                         }
                         tracing::warn!(error = %e, "journaling a keyspace pass failed; retrying");
+                        self.status
+                            .set_dependency_error(Dependency::Journal, e.to_string());
                         self.backoff.wait().await;
                     }
                 }
@@ -153,7 +156,8 @@ impl Scanner {
     async fn failed_pass(&mut self, e: &CacheError) {
         add(&self.status.counters.redis_errors, 1);
         tracing::warn!(error = %e, "a keyspace pass failed; retrying it (the positions it covers wait)");
-        self.status.set_error(Some(format!("pattern pass: {e}")));
+        self.status
+            .set_dependency_error(Dependency::Redis, format!("pattern pass: {e}"));
         self.backoff.wait().await;
     }
 }

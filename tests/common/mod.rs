@@ -401,3 +401,46 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A redis-server of the test's own on a free loopback port, stopped when dropped.
+pub struct OwnRedis {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl OwnRedis {
+    /// Starts one with `args` added (`--maxmemory 4mb`, …) and returns it with a connection.
+    pub async fn start(args: &[&str]) -> (OwnRedis, redis::aio::MultiplexedConnection) {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let start = Instant::now();
+        let conn = loop {
+            if let Ok(c) = client.get_multiplexed_async_connection().await {
+                break c;
+            }
+            assert!(start.elapsed() < WAIT, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (OwnRedis { child, url }, conn)
+    }
+
+    /// Stops the server now (the test's Redis outage).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

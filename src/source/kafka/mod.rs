@@ -628,3 +628,63 @@ fn plain_client_config(config: &KafkaConfig) -> ClientConfig {
 pub fn is_pattern(topic: &str) -> bool {
     topic.starts_with('^')
 }
+
+/// Messages the consumer group has not consumed yet, per partition (`topic/partition`): each
+/// partition's high watermark minus the group's committed offset (the whole partition when
+/// nothing was committed). Named topics count all their partitions; topics matched by a
+/// pattern count once the group has committed in them. Reads through a client of its own
+/// that joins no group, so it never disturbs the members' assignment.
+pub async fn consumer_lag(
+    config: &KafkaConfig,
+    timeout: Duration,
+) -> Result<BTreeMap<String, u64>, String> {
+    let mut client = plain_client_config(config);
+    client.set("group.id", &config.group_id);
+    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+    let named: Vec<String> = config
+        .topics
+        .iter()
+        .filter(|t| !is_pattern(t))
+        .cloned()
+        .collect();
+    let any_pattern = config.topics.iter().any(|t| is_pattern(t));
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(None, timeout)
+            .map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            let wanted =
+                named.iter().any(|n| n == t.name()) || (any_pattern && !t.name().starts_with("__"));
+            if wanted {
+                for p in t.partitions() {
+                    tpl.add_partition(t.name(), p.id());
+                }
+            }
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| e.to_string())?;
+        let mut lag = BTreeMap::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            if offset.is_none() && !named.iter().any(|n| n == e.topic()) {
+                continue;
+            }
+            let (low, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+                .map_err(|e| e.to_string())?;
+            let behind = high - offset.unwrap_or(low);
+            lag.insert(
+                format!("{}/{}", e.topic(), e.partition()),
+                u64::try_from(behind).unwrap_or(0),
+            );
+        }
+        Ok(lag)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -4,9 +4,10 @@
 //! and implements [`CacheTarget`]: invalidation (`invalidate`: pipelined, chunked `UNLINK`s —
 //! one round trip for a whole batch — and `SCAN MATCH`, never `KEYS`, for patterns, so Redis is
 //! never blocked), versioned writes (`versioned`: the fence protocol's compare-and-set in Lua)
-//! and `INFO` figures (`stats`).
+//! `INFO` figures (`stats`) and per-rule keyspace samples (`sample`).
 
 mod invalidate;
+mod sample;
 mod stats;
 mod versioned;
 
@@ -19,6 +20,7 @@ use redis::aio::MultiplexedConnection;
 use super::{CacheError, CacheStats, CacheTarget, ExecReport, VersionedWrite};
 use crate::action::Target;
 use crate::fence::Version;
+use crate::monitor::families::{Estimate, Families, SampleLimits};
 
 /// Tunables for [`RedisTarget`].
 #[derive(Debug, Clone)]
@@ -175,5 +177,13 @@ impl CacheTarget for RedisTarget {
 
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>> {
         RedisTarget::stats(self).boxed()
+    }
+
+    fn sample_families<'a>(
+        &'a mut self,
+        families: &'a Families,
+        limits: SampleLimits,
+    ) -> BoxFuture<'a, Result<Vec<Estimate>, CacheError>> {
+        RedisTarget::sample_families(self, families, limits).boxed()
     }
 }

@@ -1,0 +1,240 @@
+//! The `cache_metrics` rows: at start and then every `[monitor] interval` (60 s), one
+//! whole-instance row and one row per active rule, written together with one timestamp.
+//!
+//! * The whole-instance row (`config_id` NULL) holds the exact per-interval deltas of Redis'
+//!   `keyspace_hits`, `keyspace_misses` and `evicted_keys` (the `INFO` counters of the sample
+//!   minus those of the one before) and `used_memory` at the sample (a level). A delta that
+//!   cannot be exact is NULL: the first sample after start has no interval, and a server that
+//!   restarted or had its statistics reset (uptime or a counter went backwards) lost part of
+//!   its interval.
+//! * Each active rule's row (its `cache_configs` row) holds its key family's `key_count` (with
+//!   `key_count_error`, the standard error; 0 when the scan was complete) and `memory_usage`,
+//!   from one `SCAN` of the keyspace within `[monitor] sample_budget` and `sample_max_keys`
+//!   ([`super::families`] documents the estimate). Hits per rule cannot be seen outside the
+//!   application, and misses and evictions per rule need Redis' keyspace notifications, which
+//!   are off: those columns are NULL.
+//!
+//! Every NULL figure's reason is in `/status` (`monitor.unmeasured`).
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::families::Families;
+use crate::config::Config;
+use crate::control::Live;
+use crate::runtime::Shutdown;
+use crate::status::{MonitorSnapshot, Status};
+use crate::target::{CacheStats, CacheTarget, Targets};
+
+/// Errors of one sample (the next interval tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Cache(#[from] crate::target::CacheError),
+}
+
+/// Per-interval deltas of the `INFO` counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deltas {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+/// The exact deltas from `before` to `now`, or why there are none. Pure.
+pub fn deltas(before: Option<&CacheStats>, now: &CacheStats) -> Result<Deltas, &'static str> {
+    let Some(b) = before else {
+        return Err("no earlier sample since the worker started");
+    };
+    if now.uptime_seconds < b.uptime_seconds {
+        return Err("Redis restarted during the interval");
+    }
+    match (
+        now.keyspace_hits.checked_sub(b.keyspace_hits),
+        now.keyspace_misses.checked_sub(b.keyspace_misses),
+        now.evicted_keys.checked_sub(b.evicted_keys),
+    ) {
+        (Some(hits), Some(misses), Some(evictions)) => Ok(Deltas {
+            hits,
+            misses,
+            evictions,
+        }),
+        _ => Err("Redis' statistics were reset during the interval (CONFIG RESETSTAT)"),
+    }
+}
+
+/// Runs until shutdown (not at all when rows are switched off).
+pub async fn run(
+    config: Config,
+    live: Arc<Live>,
+    mut targets: Targets,
+    status: Arc<Status>,
+    mut shutdown: Shutdown,
+) {
+    let Some(interval) = config.metrics_interval() else {
+        return;
+    };
+    let mut sampler = Sampler {
+        config,
+        live,
+        status,
+        db: None,
+        before: None,
+    };
+    loop {
+        if let Err(e) = sampler.sample(&mut targets).await {
+            tracing::warn!(error = %e, "cache_metrics: sample failed; trying again next interval");
+            sampler.db = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+struct Sampler {
+    config: Config,
+    live: Arc<Live>,
+    status: Arc<Status>,
+    db: Option<Client>,
+    /// The previous `INFO` sample.
+    before: Option<CacheStats>,
+}
+
+impl Sampler {
+    async fn client(&mut self) -> Result<&Client, tokio_postgres::Error> {
+        if self.db.as_ref().is_none_or(|c| c.is_closed()) {
+            self.db = Some(crate::db::connect(&self.config.postgres_config()?).await?);
+        }
+        match &self.db {
+            Some(c) => Ok(c),
+            None => unreachable!("connected above"),
+        }
+    }
+
+    /// Takes one sample and writes its rows.
+    async fn sample(&mut self, targets: &mut Targets) -> Result<(), SampleError> {
+        let stats = targets.stats().await?;
+        let mut unmeasured = Vec::new();
+        let d = deltas(self.before.as_ref(), &stats);
+        self.before = Some(stats);
+        if let Err(why) = d {
+            unmeasured.push(format!(
+                "whole-instance hits, misses and evictions of this interval: {why}"
+            ));
+        }
+        let snap = self.live.snapshot();
+        let active: Vec<_> = snap
+            .rules
+            .rules
+            .iter()
+            .filter(|r| !snap.cx.disabled.contains(&r.name))
+            .collect();
+        let families = Families::of(active.iter().copied(), &snap.cx.key_prefix);
+        let estimates = targets
+            .sample_families(&families, self.config.sample_limits())
+            .await?;
+        unmeasured.push(
+            "per-rule hits: only the application sees which rule a hit belongs to".to_string(),
+        );
+        unmeasured.push(
+            "per-rule misses and evictions: they need Redis keyspace notifications".to_string(),
+        );
+        let names: Vec<String> = families.rules().map(str::to_string).collect();
+        let client = self.client().await?;
+        let ids: std::collections::HashMap<String, String> = client
+            .query(
+                "SELECT name, id::text FROM cache_configs WHERE name = ANY($1) AND is_active",
+                &[&names],
+            )
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let v = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut config_ids: Vec<Option<String>> = vec![None];
+        let mut hits: Vec<Option<i64>> = vec![d.ok().map(|d| v(d.hits))];
+        let mut misses: Vec<Option<i64>> = vec![d.ok().map(|d| v(d.misses))];
+        let mut evictions: Vec<Option<i64>> = vec![d.ok().map(|d| v(d.evictions))];
+        let mut memory: Vec<Option<i64>> = vec![Some(v(stats.used_memory))];
+        let mut key_counts: Vec<Option<i64>> = vec![None];
+        let mut key_errors: Vec<Option<f64>> = vec![None];
+        let mut rules = std::collections::BTreeMap::new();
+        for (name, e) in names.iter().zip(&estimates) {
+            rules.insert(name.clone(), *e);
+            let Some(id) = ids.get(name) else { continue };
+            config_ids.push(Some(id.clone()));
+            hits.push(None);
+            misses.push(None);
+            evictions.push(None);
+            memory.push(Some(v(e.memory_bytes)));
+            key_counts.push(Some(v(e.key_count)));
+            key_errors.push(Some(e.key_count_error));
+        }
+        client
+            .execute(
+                "INSERT INTO cache_metrics (config_id, hit_count, miss_count, eviction_count, \
+                     memory_usage, key_count, key_count_error) \
+                 SELECT c::uuid, h, m, e, mem, k, ke FROM unnest($1::text[], $2::int8[], \
+                     $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::float8[]) \
+                     AS t(c, h, m, e, mem, k, ke)",
+                &[
+                    &config_ids,
+                    &hits,
+                    &misses,
+                    &evictions,
+                    &memory,
+                    &key_counts,
+                    &key_errors,
+                ],
+            )
+            .await?;
+        self.status.set_monitor(MonitorSnapshot {
+            sampled_at: chrono::Utc::now().to_rfc3339(),
+            rules,
+            unmeasured,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(uptime: u64, hits: u64, misses: u64, evicted: u64) -> CacheStats {
+        CacheStats {
+            keyspace_hits: hits,
+            keyspace_misses: misses,
+            evicted_keys: evicted,
+            uptime_seconds: uptime,
+            ..CacheStats::default()
+        }
+    }
+
+    #[test]
+    fn deltas_are_exact_or_absent_with_a_reason() {
+        assert_eq!(
+            deltas(Some(&at(10, 5, 2, 0)), &at(70, 25, 3, 4)),
+            Ok(Deltas {
+                hits: 20,
+                misses: 1,
+                evictions: 4
+            })
+        );
+        assert!(deltas(None, &at(1, 0, 0, 0))
+            .unwrap_err()
+            .contains("no earlier"));
+        // A restart that already counted past the old figures is still caught by the uptime.
+        assert!(deltas(Some(&at(100, 5, 0, 0)), &at(3, 50, 0, 0))
+            .unwrap_err()
+            .contains("restarted"));
+        assert!(deltas(Some(&at(100, 5, 9, 0)), &at(160, 6, 0, 0))
+            .unwrap_err()
+            .contains("reset"));
+    }
+}
