@@ -100,6 +100,12 @@ pub struct MonitorConfig {
     /// How many distinct keys one per-rule keyspace sample may scan.
     #[serde(default = "default_sample_max_keys")]
     pub sample_max_keys: usize,
+    /// How often the consistency probe compares cached values with the database (`"10s"`).
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: String,
+    /// Keys compared per probe (0: no probe).
+    #[serde(default = "default_probe_sample")]
+    pub probe_sample: usize,
 }
 
 impl Default for MonitorConfig {
@@ -112,6 +118,8 @@ impl Default for MonitorConfig {
             interval: default_monitor_interval(),
             sample_budget: default_sample_budget(),
             sample_max_keys: default_sample_max_keys(),
+            probe_interval: default_probe_interval(),
+            probe_sample: default_probe_sample(),
         }
     }
 }
@@ -130,6 +138,14 @@ fn default_sample_budget() -> String {
 
 fn default_sample_max_keys() -> usize {
     100_000
+}
+
+fn default_probe_interval() -> String {
+    "10s".into()
+}
+
+fn default_probe_sample() -> usize {
+    100
 }
 
 fn default_max_memory_ratio() -> f64 {
@@ -517,6 +533,7 @@ impl Config {
             ("[monitor] max_lag", &cfg.monitor.max_lag),
             ("[monitor] interval", &cfg.monitor.interval),
             ("[monitor] sample_budget", &cfg.monitor.sample_budget),
+            ("[monitor] probe_interval", &cfg.monitor.probe_interval),
         ] {
             if parse_period(value).is_none() {
                 return Err(invalid(format!(
@@ -579,6 +596,11 @@ impl Config {
     /// The retained WAL beyond which the worker is not ready (validated at load).
     pub fn max_slot_wal(&self) -> u64 {
         parse_size(&self.monitor.max_slot_wal).unwrap_or(1 << 30)
+    }
+
+    /// How often the consistency probe runs (validated at load).
+    pub fn probe_interval(&self) -> std::time::Duration {
+        parse_period(&self.monitor.probe_interval).unwrap_or(std::time::Duration::from_secs(10))
     }
 
     /// How far one per-rule keyspace sample may scan.

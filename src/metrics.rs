@@ -172,7 +172,7 @@ pub fn render(status: &Status) -> String {
         "Row changes processed, by table and operation",
         changes,
     );
-    let families: [FamilySpec<'_>; 3] = [
+    let families: [FamilySpec<'_>; 4] = [
         (
             "actions",
             "Cache actions executed, by kind",
@@ -180,8 +180,20 @@ pub fn render(status: &Status) -> String {
             &[
                 ("unlink", get(&c.keys)),
                 ("pattern", get(&c.patterns)),
+                ("tag", get(&c.tags)),
+                ("bump", get(&c.bumps)),
                 ("warm", get(&c.warm_writes)),
                 ("reinvalidate", get(&c.reinvalidations)),
+            ],
+        ),
+        (
+            "probe_keys",
+            "Keys the consistency probe compared, by result",
+            "result",
+            &[
+                ("consistent", get(&c.probe_consistent)),
+                ("inconsistent", get(&c.probe_inconsistent)),
+                ("inconclusive", get(&c.probe_inconclusive)),
             ],
         ),
         (
@@ -286,6 +298,13 @@ pub fn render(status: &Status) -> String {
             "kafka_consumer_lag_messages",
             "Messages the consumer group has not consumed yet, per partition",
             f,
+        );
+    }
+    if let Some(ratio) = status.consistency().and_then(|c| c.ratio) {
+        r.register(
+            "consistency_ratio",
+            "Fraction of the keys the last consistency probe checked conclusively that the cache holds as the database does",
+            ConstGauge::new(ratio),
         );
     }
     if let Some(m) = status.monitor() {

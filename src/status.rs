@@ -29,6 +29,9 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub keys: AtomicU64,
     pub patterns: AtomicU64,
+    /// Tag sets invalidated (members and set) and version keys bumped, as Redis executed them.
+    pub tags: AtomicU64,
+    pub bumps: AtomicU64,
     pub keys_removed: AtomicU64,
     pub journal_rows: AtomicU64,
     /// Trailing journal groups written (one commit each).
@@ -63,6 +66,10 @@ pub struct Counters {
     pub dead_letters: AtomicU64,
     /// Times a rule table was found missing from the publication and re-added.
     pub publication_repairs: AtomicU64,
+    /// Keys the consistency probe found consistent, inconsistent, or could not decide.
+    pub probe_consistent: AtomicU64,
+    pub probe_inconsistent: AtomicU64,
+    pub probe_inconclusive: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +102,8 @@ struct Inner {
     source_figures: SourceFigures,
     /// The last `cache_metrics` sample and the figures it could not measure.
     monitor: Option<MonitorSnapshot>,
+    /// The last consistency probe.
+    consistency: Option<ConsistencySnapshot>,
 }
 
 /// What the worker depends on, for `/status`'s `failing` and `/readyz`.
@@ -131,6 +140,31 @@ pub struct SourceFigures {
     pub consumer_lag: Option<std::collections::BTreeMap<String, u64>>,
 }
 
+/// The last consistency probe, as `/status` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsistencySnapshot {
+    /// When it ran (RFC 3339).
+    pub probed_at: String,
+    /// Consistent / conclusively checked keys (`None` when none was).
+    pub ratio: Option<f64>,
+    pub consistent: u64,
+    pub inconsistent: u64,
+    pub inconclusive: u64,
+    /// The stale values found, with both values truncated.
+    pub inconsistencies: Vec<Inconsistency>,
+    /// Why there is no ratio.
+    pub reason: Option<String>,
+}
+
+/// A cached value the database does not hold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inconsistency {
+    pub key: String,
+    pub rule: String,
+    pub cached: String,
+    pub database: String,
+}
+
 /// The last `cache_metrics` sample, as `/status` shows it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MonitorSnapshot {
@@ -156,6 +190,10 @@ pub struct Status {
     /// Source positions waiting for the journal or a pass before they are confirmed.
     pub positions_waiting: AtomicU64,
     histograms: crate::metrics::Histograms,
+    /// Reads of cached keys the worker itself made (the consistency probe), which Redis counts
+    /// in its hits and misses: the `cache_metrics` deltas leave them out. Held while the reads
+    /// run and while `INFO` is taken, so each read is counted on the right side of a sample.
+    pub own_reads: tokio::sync::Mutex<OwnReads>,
     /// Changes processed per table (`schema.table`), by operation (in [`Op::ALL`] order).
     changes_by_table: Mutex<std::collections::BTreeMap<String, [u64; 4]>>,
     inner: Mutex<Inner>,
@@ -172,10 +210,18 @@ impl Default for Status {
             passes_waiting: AtomicU64::new(0),
             positions_waiting: AtomicU64::new(0),
             histograms: crate::metrics::Histograms::default(),
+            own_reads: tokio::sync::Mutex::default(),
             changes_by_table: Mutex::default(),
             inner: Mutex::new(Inner::default()),
         }
     }
+}
+
+/// The worker's own reads of cached keys since they were last taken.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OwnReads {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// Whether this instance works the slot or waits for it (see the worker's lease).
@@ -232,6 +278,8 @@ pub struct Snapshot {
     /// The last `cache_metrics` sample: per-rule key counts and memory, and what could not
     /// be measured.
     pub monitor: Option<MonitorSnapshot>,
+    /// The last consistency probe: `ratio` of conclusively checked keys found consistent.
+    pub consistency: Option<ConsistencySnapshot>,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
     /// The last Redis INFO sample: hit ratio, memory against maxmemory, evictions.
     pub redis: Option<RedisSnapshot>,
@@ -406,6 +454,15 @@ impl Status {
         self.inner().monitor.clone()
     }
 
+    /// The last consistency probe.
+    pub fn set_consistency(&self, c: ConsistencySnapshot) {
+        self.inner().consistency = Some(c);
+    }
+
+    pub fn consistency(&self) -> Option<ConsistencySnapshot> {
+        self.inner().consistency.clone()
+    }
+
     /// Records commit-to-invalidated latencies for one batch: `(milliseconds, changes)` per
     /// transaction. `/status` keeps a window of them per transaction; the `/metrics`
     /// histogram counts each change.
@@ -513,6 +570,8 @@ impl Status {
             ("batches", get(&c.batches)),
             ("keys", get(&c.keys)),
             ("patterns", get(&c.patterns)),
+            ("tags", get(&c.tags)),
+            ("bumps", get(&c.bumps)),
             ("keys_removed", get(&c.keys_removed)),
             ("journal_rows", get(&c.journal_rows)),
             ("journal_groups", get(&c.journal_groups)),
@@ -536,6 +595,9 @@ impl Status {
             ("reinvalidations", get(&c.reinvalidations)),
             ("dead_letters", get(&c.dead_letters)),
             ("publication_repairs", get(&c.publication_repairs)),
+            ("probe_consistent", get(&c.probe_consistent)),
+            ("probe_inconsistent", get(&c.probe_inconsistent)),
+            ("probe_inconclusive", get(&c.probe_inconclusive)),
         ]
         .into_iter()
         .collect();
@@ -568,6 +630,7 @@ impl Status {
             failing: i.failing.clone(),
             source_figures: i.source_figures.clone(),
             monitor: i.monitor.clone(),
+            consistency: i.consistency.clone(),
             counters,
             redis: i.redis_stats.map(|stats| RedisSnapshot {
                 hit_ratio: stats.hit_ratio(),

@@ -235,3 +235,79 @@ async fn the_slots_retained_wal_is_measured_and_limits_readiness() {
     w.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_finds_a_correct_cache_consistent_and_a_planted_value_stale() {
+    let env = TestEnv::new(
+        "monitor_probe",
+        "CREATE TABLE courses (id bigint PRIMARY KEY, title text NOT NULL);",
+    )
+    .await;
+    env.write_rules(
+        "r.toml",
+        "[[rule]]\nname='course'\ntable='courses'\nkeys=['course:{id}']\nstrategy='refresh'\n\
+         [rule.warm]\nkey='course:{id}'\nquery='SELECT title FROM courses WHERE id = $1'\nargs=['id']\n",
+    );
+    let path = env.write_config("127.0.0.1:0", "[monitor]\nprobe_interval = \"1s\"\n");
+    let w = env.start_worker_with(env.config_with_file(&path)).await;
+    env.db
+        .execute(
+            "INSERT INTO courses SELECT i, 'title ' || i FROM generate_series(1, 5) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    let status = w.status.clone();
+    let probed = |what: &'static str,
+                  done: fn(&cachewarden::status::ConsistencySnapshot) -> bool| {
+        let status = status.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let c = status.consistency();
+                if c.as_ref().is_some_and(done) {
+                    return c.unwrap();
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "{what}: {c:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // The worker refreshed the five keys: all consistent.
+    let c = probed("a correct cache", |c| c.consistent >= 5).await;
+    assert_eq!(c.ratio, Some(1.0), "{c:?}");
+    assert_eq!(c.inconsistent, 0, "{c:?}");
+
+    // A stale value planted behind the worker's back (what a racing cache-aside fill leaves).
+    let key = env.key("course:3");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("old title")
+        .query_async(&mut env.redis.clone())
+        .await
+        .unwrap();
+    let c = probed("a stale value", |c| c.inconsistent >= 1).await;
+    assert!(c.ratio.is_some_and(|r| r < 1.0), "{c:?}");
+    let found = &c.inconsistencies[0];
+    assert_eq!(
+        (
+            found.key.as_str(),
+            found.rule.as_str(),
+            found.cached.as_str(),
+            found.database.as_str()
+        ),
+        (key.as_str(), "course", "old title", "title 3")
+    );
+    let metrics = cachewarden::metrics::render(&w.status);
+    let ratio = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cachewarden_consistency_ratio "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(ratio.is_some_and(|r| r < 1.0), "{metrics}");
+    assert!(
+        metrics.contains("cachewarden_probe_keys_total{result=\"inconsistent\"}"),
+        "{metrics}"
+    );
+    w.stop().await;
+    env.cleanup().await;
+}

@@ -21,20 +21,12 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use super::families::Families;
+use super::MonitorError;
 use crate::config::Config;
 use crate::control::Live;
 use crate::runtime::Shutdown;
-use crate::status::{MonitorSnapshot, Status};
+use crate::status::{MonitorSnapshot, OwnReads, Status};
 use crate::target::{CacheStats, CacheTarget, Targets};
-
-/// Errors of one sample (the next interval tries again).
-#[derive(Debug, thiserror::Error)]
-pub enum SampleError {
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error(transparent)]
-    Cache(#[from] crate::target::CacheError),
-}
 
 /// Per-interval deltas of the `INFO` counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +36,13 @@ pub struct Deltas {
     pub evictions: u64,
 }
 
-/// The exact deltas from `before` to `now`, or why there are none. Pure.
-pub fn deltas(before: Option<&CacheStats>, now: &CacheStats) -> Result<Deltas, &'static str> {
+/// The exact deltas from `before` to `now`, less the worker's own reads in between, or why
+/// there are none. Pure.
+pub fn deltas(
+    before: Option<&CacheStats>,
+    now: &CacheStats,
+    own: OwnReads,
+) -> Result<Deltas, &'static str> {
     let Some(b) = before else {
         return Err("no earlier sample since the worker started");
     };
@@ -53,8 +50,12 @@ pub fn deltas(before: Option<&CacheStats>, now: &CacheStats) -> Result<Deltas, &
         return Err("Redis restarted during the interval");
     }
     match (
-        now.keyspace_hits.checked_sub(b.keyspace_hits),
-        now.keyspace_misses.checked_sub(b.keyspace_misses),
+        now.keyspace_hits
+            .checked_sub(b.keyspace_hits)
+            .and_then(|d| d.checked_sub(own.hits)),
+        now.keyspace_misses
+            .checked_sub(b.keyspace_misses)
+            .and_then(|d| d.checked_sub(own.misses)),
         now.evicted_keys.checked_sub(b.evicted_keys),
     ) {
         (Some(hits), Some(misses), Some(evictions)) => Ok(Deltas {
@@ -117,10 +118,15 @@ impl Sampler {
     }
 
     /// Takes one sample and writes its rows.
-    async fn sample(&mut self, targets: &mut Targets) -> Result<(), SampleError> {
-        let stats = targets.stats().await?;
+    async fn sample(&mut self, targets: &mut Targets) -> Result<(), MonitorError> {
+        // The probe's reads are counted on one side of this INFO or the other, never both.
+        let (stats, own) = {
+            let mut own = self.status.own_reads.lock().await;
+            let stats = targets.stats().await?;
+            (stats, std::mem::take(&mut *own))
+        };
         let mut unmeasured = Vec::new();
-        let d = deltas(self.before.as_ref(), &stats);
+        let d = deltas(self.before.as_ref(), &stats, own);
         self.before = Some(stats);
         if let Err(why) = d {
             unmeasured.push(format!(
@@ -218,23 +224,28 @@ mod tests {
 
     #[test]
     fn deltas_are_exact_or_absent_with_a_reason() {
-        assert_eq!(
-            deltas(Some(&at(10, 5, 2, 0)), &at(70, 25, 3, 4)),
+        let none = OwnReads::default();
+        let d = |hits, misses, evictions| {
             Ok(Deltas {
-                hits: 20,
-                misses: 1,
-                evictions: 4
+                hits,
+                misses,
+                evictions,
             })
+        };
+        assert_eq!(
+            deltas(Some(&at(10, 5, 2, 0)), &at(70, 25, 3, 4), none),
+            d(20, 1, 4)
         );
-        assert!(deltas(None, &at(1, 0, 0, 0))
-            .unwrap_err()
-            .contains("no earlier"));
+        // The probe's own reads are not the application's.
+        let own = OwnReads { hits: 3, misses: 1 };
+        assert_eq!(
+            deltas(Some(&at(10, 5, 2, 0)), &at(70, 25, 3, 4), own),
+            d(17, 0, 4)
+        );
+        let why = |r: Result<Deltas, &'static str>| r.unwrap_err();
+        assert!(why(deltas(None, &at(1, 0, 0, 0), none)).contains("no earlier"));
         // A restart that already counted past the old figures is still caught by the uptime.
-        assert!(deltas(Some(&at(100, 5, 0, 0)), &at(3, 50, 0, 0))
-            .unwrap_err()
-            .contains("restarted"));
-        assert!(deltas(Some(&at(100, 5, 9, 0)), &at(160, 6, 0, 0))
-            .unwrap_err()
-            .contains("reset"));
+        assert!(why(deltas(Some(&at(100, 5, 0, 0)), &at(3, 50, 0, 0), none)).contains("restarted"));
+        assert!(why(deltas(Some(&at(100, 5, 9, 0)), &at(160, 6, 0, 0), none)).contains("reset"));
     }
 }

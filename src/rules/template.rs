@@ -290,6 +290,17 @@ impl Template {
         }
     }
 
+    /// The column values that render `key` under `prefix`, when the key has exactly one
+    /// reading: `(column, value)` per column, in placeholder order. `None` when the key is not
+    /// of this template, or when it reads two ways (placeholders side by side, or a value that
+    /// may contain the literal text after it): the caller cannot tell which row it is.
+    pub fn parse_key(&self, key: &str, prefix: &str) -> Option<Vec<(String, String)>> {
+        let rest = key.strip_prefix(prefix)?;
+        let shortest = split_key(&self.segments, rest, false)?;
+        let longest = split_key(&self.segments, rest, true)?;
+        (shortest == longest).then_some(shortest)
+    }
+
     /// The pattern matching every key this template can produce (for TRUNCATE).
     pub fn family_pattern(&self, prefix: &str) -> String {
         let mut out = escape_glob(prefix);
@@ -301,6 +312,39 @@ impl Template {
         }
         out
     }
+}
+
+/// Splits `text` along `segments`, each placeholder taking the shortest (or longest) text
+/// before the next literal.
+fn split_key(segments: &[Segment], text: &str, longest: bool) -> Option<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut rest = text;
+    for (i, seg) in segments.iter().enumerate() {
+        match seg {
+            Segment::Literal(l) => rest = rest.strip_prefix(l.as_str())?,
+            Segment::Field { column, .. } => {
+                let value = match segments.get(i + 1) {
+                    None => rest,
+                    Some(Segment::Literal(next)) => {
+                        let at = if longest {
+                            rest.rfind(next.as_str())
+                        } else {
+                            rest.find(next.as_str())
+                        }?;
+                        &rest[..at]
+                    }
+                    Some(Segment::Field { .. }) => return None,
+                };
+                rest = &rest[value.len()..];
+                match out.iter().find(|(c, _)| c == column) {
+                    Some((_, v)) if v != value => return None,
+                    Some(_) => {}
+                    None => out.push((column.clone(), value.to_string())),
+                }
+            }
+        }
+    }
+    rest.is_empty().then_some(out)
 }
 
 fn push_star(out: &mut String) {
@@ -337,6 +381,39 @@ mod tests {
     use crate::source::{Column, Relation, Tuple};
     use proptest::prelude::*;
     use std::sync::Arc;
+
+    #[test]
+    fn keys_parse_back_into_their_values_when_unambiguous() {
+        let t = Template::parse("course:{id}:lesson:{new.n}", TemplateKind::Key).unwrap();
+        assert_eq!(
+            t.parse_key(":1:course:42:lesson:7", ":1:"),
+            Some(vec![("id".into(), "42".into()), ("n".into(), "7".into())])
+        );
+        assert_eq!(t.parse_key(":2:course:42:lesson:7", ":1:"), None);
+        assert_eq!(t.parse_key(":1:course:42:lessons:7", ":1:"), None);
+        // "a:lesson:b" could be the id, or part of it: two readings.
+        assert_eq!(t.parse_key("course:a:lesson:b:lesson:7", ""), None);
+        let t = Template::parse("u:{a}{b}", TemplateKind::Key).unwrap();
+        assert_eq!(t.parse_key("u:12", ""), None);
+        let t = Template::parse("u:{id}:x:{old.id}", TemplateKind::Key).unwrap();
+        assert_eq!(
+            t.parse_key("u:5:x:5", ""),
+            Some(vec![("id".into(), "5".into())])
+        );
+        assert_eq!(t.parse_key("u:5:x:6", ""), None);
+    }
+
+    proptest! {
+        #[test]
+        fn rendered_keys_parse_back(id in "[a-z0-9-]{0,12}", n in "[0-9]{1,6}") {
+            let t = Template::parse("c:{id}:l:{n}", TemplateKind::Key).unwrap();
+            let key = format!("p:c:{id}:l:{n}");
+            prop_assert_eq!(
+                t.parse_key(&key, "p:"),
+                Some(vec![("id".to_string(), id), ("n".to_string(), n)])
+            );
+        }
+    }
 
     fn change(op: Op, old: Option<Vec<Datum>>, new: Option<Vec<Datum>>) -> Change {
         let col = |n: &str| Column {

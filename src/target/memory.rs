@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{CacheError, CacheStats, CacheTarget, ExecReport, VersionedWrite};
+use super::{CacheError, CacheStats, CacheTarget, Cached, ExecReport, VersionedWrite};
 use crate::action::Target;
 use crate::fence::{mark_key, Version};
 use crate::glob::glob_match;
@@ -171,6 +171,23 @@ impl CacheTarget for MemoryTarget {
                 used_memory: s.values.values().map(|v| v.len() as u64).sum(),
                 ..CacheStats::default()
             })
+        }
+        .boxed()
+    }
+
+    fn read<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Cached>, CacheError>> {
+        async move {
+            let s = self.check()?;
+            Ok(keys
+                .iter()
+                .map(|k| match s.values.get(k) {
+                    Some(v) => Cached::Value(v.clone()),
+                    None => Cached::Absent,
+                })
+                .collect())
         }
         .boxed()
     }

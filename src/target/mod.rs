@@ -75,6 +75,17 @@ pub struct VersionedWrite<'a> {
     pub rule_mark: &'a str,
 }
 
+/// A key as a read finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// A string value.
+    Value(Vec<u8>),
+    /// No such key.
+    Absent,
+    /// A key of another type (a hash, a set, …).
+    Other,
+}
+
 /// Figures users judge a cache by (from Redis `INFO`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CacheStats {
@@ -135,6 +146,11 @@ pub trait CacheTarget: Send {
     /// Reads hit, miss, eviction and memory figures.
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>>;
 
+    /// Reads `keys` (for the consistency probe; a read counts in the server's hits and
+    /// misses, which the caller accounts for).
+    fn read<'a>(&'a mut self, keys: &'a [String])
+        -> BoxFuture<'a, Result<Vec<Cached>, CacheError>>;
+
     /// Estimates each rule family's keys and memory from a scan within `limits` (see
     /// [`crate::monitor::families`]), in `families`' order.
     fn sample_families<'a>(
@@ -170,6 +186,11 @@ impl Targets {
 
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
+    }
+
+    /// Each target on its own (the probe checks every cache).
+    pub fn each_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn CacheTarget>> {
+        self.targets.iter_mut()
     }
 }
 
@@ -260,6 +281,20 @@ impl CacheTarget for Targets {
                 };
             }
             Ok(total)
+        }
+        .boxed()
+    }
+
+    /// The first target's values (use [`Targets::each_mut`] to read every cache).
+    fn read<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Cached>, CacheError>> {
+        async move {
+            match self.targets.first_mut() {
+                Some(t) => t.read(keys).await,
+                None => Ok(vec![Cached::Absent; keys.len()]),
+            }
         }
         .boxed()
     }

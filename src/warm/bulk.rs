@@ -106,30 +106,7 @@ pub async fn bulk_warm(
     futures_util::pin_mut!(rows);
     let rule_mark = rule_mark_key(key_prefix, &rule.name);
     let rule_max_mark = rule_max_mark_key(key_prefix, &rule.name);
-    let type_of = |c: &str| {
-        info.column_index(c)
-            .map(|i| info.types[i])
-            .unwrap_or(crate::source::oid::TEXT)
-    };
-    let key_relation = relation_of(
-        &rule.table,
-        &key_cols
-            .iter()
-            .map(|c| (c.clone(), type_of(c)))
-            .collect::<Vec<_>>(),
-    );
-    let row_relation = relation_of(
-        &rule.table,
-        &info
-            .columns
-            .iter()
-            .zip(info.types.iter())
-            .map(|(c, t)| (c.clone(), *t))
-            .collect::<Vec<_>>(),
-    );
-    let warm = rule.warm.as_ref().ok_or(WarmError::NotWarm)?;
-    // Reading rows and writing to Redis overlap: the reader hands full chunks to the writer
-    // through a small queue (bounded, so memory stays bounded).
+    let render = RowRender::new(rule, info, &key_cols)?;
     type Chunk = (Vec<(String, Vec<u8>)>, u64, Vec<String>);
     let (tx, mut rx) = mpsc::channel::<Chunk>(4);
     let reader = async {
@@ -138,26 +115,10 @@ pub async fn bulk_warm(
         let mut last: Vec<String> = Vec::new();
         while let Some(row) = rows.next().await {
             let row = row?;
-            let keys: Vec<Option<String>> = (0..key_cols.len())
-                .map(|i| row.get::<_, Option<String>>(i))
-                .collect();
-            let value: Option<Vec<u8>> = if rule.strategy == Strategy::Refresh {
-                row.get::<_, Option<RawValue>>(key_cols.len()).map(|v| v.0)
-            } else {
-                let vals: Vec<Option<String>> =
-                    (key_cols.len()..row.len()).map(|i| row.get(i)).collect();
-                row_json(&row_change(&row_relation, vals)).map(String::into_bytes)
-            };
-            last = keys.iter().map(|k| k.clone().unwrap_or_default()).collect();
-            // Render the key like the worker: canonical values of the current row.
-            let change = row_change(&key_relation, keys);
-            if let (crate::rules::Rendered::Key(k), Some(v)) = (
-                warm.key
-                    .value
-                    .render(&crate::rules::RowView::new(&change), key_prefix),
-                value,
-            ) {
-                buf.push((k, v));
+            let (keys, rendered) = render.render(&row, key_prefix);
+            last = keys;
+            if let Some(kv) = rendered {
+                buf.push(kv);
             }
             read += 1;
             if buf.len() >= chunk {
@@ -190,6 +151,86 @@ pub async fn bulk_warm(
     w?;
     p.elapsed = started.elapsed();
     Ok(p)
+}
+
+/// Turns a row of [`bulk_sql`]'s query into the key and value the worker would write for it,
+/// exactly as it renders decoded changes.
+pub(super) struct RowRender<'a> {
+    rule: &'a Rule,
+    warm: &'a crate::rules::Warm,
+    key_cols: usize,
+    key_relation: Arc<crate::source::Relation>,
+    row_relation: Arc<crate::source::Relation>,
+}
+
+impl<'a> RowRender<'a> {
+    /// For `rule`'s rows of the table `info` describes, key columns `key_cols` first.
+    pub(super) fn new(
+        rule: &'a Rule,
+        info: &crate::rules::check::TableInfo,
+        key_cols: &[String],
+    ) -> Result<Self, WarmError> {
+        let type_of = |c: &str| {
+            info.column_index(c)
+                .map(|i| info.types[i])
+                .unwrap_or(crate::source::oid::TEXT)
+        };
+        let key_relation = relation_of(
+            &rule.table,
+            &key_cols
+                .iter()
+                .map(|c| (c.clone(), type_of(c)))
+                .collect::<Vec<_>>(),
+        );
+        let row_relation = relation_of(
+            &rule.table,
+            &info
+                .columns
+                .iter()
+                .zip(info.types.iter())
+                .map(|(c, t)| (c.clone(), *t))
+                .collect::<Vec<_>>(),
+        );
+        Ok(RowRender {
+            rule,
+            warm: rule.warm.as_ref().ok_or(WarmError::NotWarm)?,
+            key_cols: key_cols.len(),
+            key_relation,
+            row_relation,
+        })
+    }
+
+    /// The row's key columns (as text) and, when it renders to a key with a value, the key
+    /// under `key_prefix` and the value.
+    pub(super) fn render(
+        &self,
+        row: &tokio_postgres::Row,
+        key_prefix: &str,
+    ) -> (Vec<String>, Option<(String, Vec<u8>)>) {
+        let keys: Vec<Option<String>> = (0..self.key_cols)
+            .map(|i| row.get::<_, Option<String>>(i))
+            .collect();
+        let value: Option<Vec<u8>> = if self.rule.strategy == Strategy::Refresh {
+            row.get::<_, Option<RawValue>>(self.key_cols).map(|v| v.0)
+        } else {
+            let vals: Vec<Option<String>> =
+                (self.key_cols..row.len()).map(|i| row.get(i)).collect();
+            row_json(&row_change(&self.row_relation, vals)).map(String::into_bytes)
+        };
+        let last = keys.iter().map(|k| k.clone().unwrap_or_default()).collect();
+        let change = row_change(&self.key_relation, keys);
+        let rendered = match (
+            self.warm
+                .key
+                .value
+                .render(&crate::rules::RowView::new(&change), key_prefix),
+            value,
+        ) {
+            (crate::rules::Rendered::Key(k), Some(v)) => Some((k, v)),
+            _ => None,
+        };
+        (last, rendered)
+    }
 }
 
 /// A relation of `cols` with their types, for rendering rows read by SQL like decoded ones.

@@ -9,10 +9,12 @@
 //! * `bulk` and `resume` — `cachewarden warm` and `warm_on_start`: every key of a rule,
 //!   resumable.
 //! * `bulk_sql` — the SQL bulk warming reads with (pure).
+//! * `expected` — what one key should hold now (for the consistency probe).
 //! * `values` — text-format arguments and raw results.
 
 mod bulk;
 mod bulk_sql;
+mod expected;
 mod resume;
 mod values;
 mod warmer;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use bulk::{bulk_warm, Progress};
+pub use expected::{expected_value, Expected};
 pub use resume::resumable_warm;
 pub use values::{RawValue, TextArg};
 pub use warmer::{wait_visible, Warmer, QUEUE};

@@ -359,6 +359,16 @@ impl Worker {
             health::watch(Targets::open(&config)?, status.clone(), shutdown.clone()),
         );
         tasks.spawn(
+            "consistency probe",
+            crate::monitor::probe::run(
+                config.clone(),
+                live.clone(),
+                Targets::open(&config)?,
+                status.clone(),
+                shutdown.clone(),
+            ),
+        );
+        tasks.spawn(
             "source watch",
             crate::monitor::source_watch::run(config.clone(), status.clone(), shutdown.clone()),
         );

@@ -422,6 +422,8 @@ impl Pipeline {
                 add(&c.redis_us, done.cache_time.as_micros() as u64);
                 self.status.redis_connected.store(true, Ordering::Relaxed);
                 add(&c.keys_removed, done.report.removed);
+                add(&c.tags, done.report.tags);
+                add(&c.bumps, done.report.bumps);
                 self.status.clear_dependency_error(Dependency::Redis);
                 self.status.clear_dependency_error(Dependency::Journal);
                 Ok(done.at)

@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 
-use super::{CacheError, CacheStats, CacheTarget, ExecReport, VersionedWrite};
+use super::{CacheError, CacheStats, CacheTarget, Cached, ExecReport, VersionedWrite};
 use crate::action::Target;
 use crate::fence::Version;
 use crate::monitor::families::{Estimate, Families, SampleLimits};
@@ -177,6 +177,34 @@ impl CacheTarget for RedisTarget {
 
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>> {
         RedisTarget::stats(self).boxed()
+    }
+
+    fn read<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Cached>, CacheError>> {
+        async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut c = self.connection().await?;
+            let mut pipe = redis::pipe();
+            for k in keys {
+                pipe.cmd("GET").arg(k);
+            }
+            let r: Result<Vec<redis::RedisResult<Option<Vec<u8>>>>, _> =
+                pipe.ignore_errors().query_async(&mut c).await;
+            Ok(self
+                .forget_on_error(r)?
+                .into_iter()
+                .map(|v| match v {
+                    Ok(Some(v)) => Cached::Value(v),
+                    Ok(None) => Cached::Absent,
+                    Err(_) => Cached::Other,
+                })
+                .collect())
+        }
+        .boxed()
     }
 
     fn sample_families<'a>(
