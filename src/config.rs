@@ -103,6 +103,10 @@ pub struct MonitorConfig {
     /// How often the consistency probe compares cached values with the database (`"10s"`).
     #[serde(default = "default_probe_interval")]
     pub probe_interval: String,
+    /// Count misses and evictions per rule from Redis keyspace notifications, enabling them in
+    /// the server's `notify-keyspace-events` (a server-wide setting).
+    #[serde(default)]
+    pub keyspace_events: bool,
     /// Keys compared per probe (0: no probe).
     #[serde(default = "default_probe_sample")]
     pub probe_sample: usize,
@@ -118,6 +122,7 @@ impl Default for MonitorConfig {
             interval: default_monitor_interval(),
             sample_budget: default_sample_budget(),
             sample_max_keys: default_sample_max_keys(),
+            keyspace_events: false,
             probe_interval: default_probe_interval(),
             probe_sample: default_probe_sample(),
         }

@@ -311,3 +311,103 @@ async fn the_probe_finds_a_correct_cache_consistent_and_a_planted_value_stale() 
     w.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_count_misses_and_evictions_per_rule() {
+    let env = TestEnv::new("monitor_events", SCHEMA).await;
+    env.write_rules("r.toml", RULES);
+    // Notifications change a server-wide setting: a Redis of the test's own, small enough to
+    // evict.
+    let (redis, mut r) =
+        OwnRedis::start(&["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-random"]).await;
+    let path = env.dir.join("cachewarden.toml");
+    std::fs::write(
+        &path,
+        env.config_text(
+            "127.0.0.1:0",
+            "[monitor]\ninterval = \"1s\"\nkeyspace_events = true\n",
+        )
+        .replace(REDIS_URL, &redis.url),
+    )
+    .unwrap();
+    let w = env.start_worker_with(env.config_with_file(&path)).await;
+    let flags: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(
+        flags[1].contains('E') && flags[1].contains('m') && flags[1].contains('e'),
+        "{flags:?}"
+    );
+    // Once a row counts misses, the subscription holds for whole intervals.
+    let counted =
+        "SELECT count(*) FROM cache_metrics m JOIN cache_configs c ON c.id = m.config_id \
+                   WHERE c.name = 'course' AND m.miss_count IS NOT NULL";
+    common::eventually("a per-rule row with counted misses", WAIT, || async {
+        env.db
+            .query_one(counted, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+    })
+    .await;
+    let p = &env.prefix;
+    for key in ["course:1", "course:2", "course:3", "lesson:1", "other:1"] {
+        let _: Option<String> = redis::cmd("GET")
+            .arg(format!("{p}{key}"))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    // About 6 MB of course pages into 3 MB: Redis evicts.
+    let value = "x".repeat(10_000);
+    for i in 0..600 {
+        let _: Result<(), _> = redis::cmd("SET")
+            .arg(format!("{p}course:{i}"))
+            .arg(&value)
+            .query_async(&mut r)
+            .await;
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let evicted: i64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(evicted > 0, "{info}");
+    let sums = "SELECT c.name, coalesce(sum(m.miss_count), 0)::int8, \
+                       coalesce(sum(m.eviction_count), 0)::int8 \
+                FROM cache_metrics m JOIN cache_configs c ON c.id = m.config_id \
+                GROUP BY c.name ORDER BY c.name";
+    let start = Instant::now();
+    loop {
+        let rows: Vec<(String, i64, i64)> = env
+            .db
+            .query(sums, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let want = vec![
+            ("course".to_string(), 3, evicted),
+            ("empty".to_string(), 0, 0),
+            ("lesson".to_string(), 1, 0),
+        ];
+        if rows == want {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{rows:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.stop().await;
+    drop(redis);
+    env.cleanup().await;
+}

@@ -7,10 +7,12 @@
 //! * [`families`] — per-rule key families and the estimates a keyspace sample gives (pure).
 //! * [`samples`] — every `[monitor] interval`, the `cache_metrics` rows: a whole-instance row of
 //!   per-interval deltas and a row per active rule.
+//! * [`keyspace_events`] — per-rule misses and evictions from Redis keyspace notifications.
 //! * [`probe`] — the consistency probe: cached values compared with the database.
 //! * [`source_watch`] — the slot's retained WAL and lag, or the Kafka consumer group's lag.
 
 pub mod families;
+pub mod keyspace_events;
 pub mod probe;
 pub mod retention;
 pub mod samples;

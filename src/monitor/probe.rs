@@ -248,10 +248,12 @@ impl Probe<'_> {
     ) -> Result<Vec<Cached>, MonitorError> {
         let mut own = self.status.own_reads.lock().await;
         let values = target.read(keys).await?;
+        // Absent keys were not read (see `CacheTarget::read`).
         for v in &values {
             match v {
-                Cached::Absent => own.misses += 1,
-                _ => own.hits += 1,
+                Cached::Absent => {}
+                Cached::Vanished => own.misses += 1,
+                Cached::Value(_) | Cached::Other => own.hits += 1,
             }
         }
         Ok(values)

@@ -11,8 +11,9 @@
 //!   `key_count_error`, the standard error; 0 when the scan was complete) and `memory_usage`,
 //!   from one `SCAN` of the keyspace within `[monitor] sample_budget` and `sample_max_keys`
 //!   ([`super::families`] documents the estimate). Hits per rule cannot be seen outside the
-//!   application, and misses and evictions per rule need Redis' keyspace notifications, which
-//!   are off: those columns are NULL.
+//!   application: NULL. Misses and evictions per rule come from Redis' keyspace notifications
+//!   when `[monitor] keyspace_events` is on and the subscription held for the whole interval
+//!   ([`super::keyspace_events`]); otherwise they are NULL.
 //!
 //! Every NULL figure's reason is in `/status` (`monitor.unmeasured`).
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use super::families::Families;
+use super::keyspace_events::SharedTally;
 use super::MonitorError;
 use crate::config::Config;
 use crate::control::Live;
@@ -73,6 +75,7 @@ pub async fn run(
     live: Arc<Live>,
     mut targets: Targets,
     status: Arc<Status>,
+    events: SharedTally,
     mut shutdown: Shutdown,
 ) {
     let Some(interval) = config.metrics_interval() else {
@@ -82,6 +85,7 @@ pub async fn run(
         config,
         live,
         status,
+        events,
         db: None,
         before: None,
     };
@@ -101,6 +105,8 @@ struct Sampler {
     config: Config,
     live: Arc<Live>,
     status: Arc<Status>,
+    /// Per-rule misses and evictions from keyspace notifications.
+    events: SharedTally,
     db: Option<Client>,
     /// The previous `INFO` sample.
     before: Option<CacheStats>,
@@ -147,9 +153,24 @@ impl Sampler {
         unmeasured.push(
             "per-rule hits: only the application sees which rule a hit belongs to".to_string(),
         );
-        unmeasured.push(
-            "per-rule misses and evictions: they need Redis keyspace notifications".to_string(),
-        );
+        let events = if self.config.monitor.keyspace_events {
+            let counts = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if counts.is_none() {
+                unmeasured.push(
+                    "per-rule misses and evictions of this interval: the keyspace notification \
+                     subscription did not hold for all of it"
+                        .to_string(),
+                );
+            }
+            counts
+        } else {
+            unmeasured.push(
+                "per-rule misses and evictions: [monitor] keyspace_events is off (they need \
+                 Redis keyspace notifications)"
+                    .to_string(),
+            );
+            None
+        };
         let names: Vec<String> = families.rules().map(str::to_string).collect();
         let client = self.client().await?;
         let ids: std::collections::HashMap<String, String> = client
@@ -175,8 +196,11 @@ impl Sampler {
             let Some(id) = ids.get(name) else { continue };
             config_ids.push(Some(id.clone()));
             hits.push(None);
-            misses.push(None);
-            evictions.push(None);
+            let counted = events
+                .as_ref()
+                .map(|c| c.get(name).copied().unwrap_or_default());
+            misses.push(counted.map(|c| v(c.0)));
+            evictions.push(counted.map(|c| v(c.1)));
             memory.push(Some(v(e.memory_bytes)));
             key_counts.push(Some(v(e.key_count)));
             key_errors.push(Some(e.key_count_error));

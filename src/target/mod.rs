@@ -82,6 +82,9 @@ pub enum Cached {
     Value(Vec<u8>),
     /// No such key.
     Absent,
+    /// Deleted between the check that it exists and the read (which the server counted as
+    /// a miss).
+    Vanished,
     /// A key of another type (a hash, a set, …).
     Other,
 }
@@ -146,8 +149,9 @@ pub trait CacheTarget: Send {
     /// Reads hit, miss, eviction and memory figures.
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>>;
 
-    /// Reads `keys` (for the consistency probe; a read counts in the server's hits and
-    /// misses, which the caller accounts for).
+    /// Reads `keys` (for the consistency probe). Only keys that exist are read, so the reads
+    /// count as the server's hits (a miss only in a race with a delete); the caller accounts
+    /// for them.
     fn read<'a>(&'a mut self, keys: &'a [String])
         -> BoxFuture<'a, Result<Vec<Cached>, CacheError>>;
 

@@ -372,6 +372,16 @@ impl Worker {
             "source watch",
             crate::monitor::source_watch::run(config.clone(), status.clone(), shutdown.clone()),
         );
+        let events = crate::monitor::keyspace_events::SharedTally::default();
+        tasks.spawn(
+            "keyspace notifications",
+            crate::monitor::keyspace_events::run(
+                config.clone(),
+                live.clone(),
+                events.clone(),
+                shutdown.clone(),
+            ),
+        );
         tasks.spawn(
             "cache_metrics",
             crate::monitor::samples::run(
@@ -379,6 +389,7 @@ impl Worker {
                 live.clone(),
                 Targets::open(&config)?,
                 status.clone(),
+                events,
                 shutdown.clone(),
             ),
         );
