@@ -684,3 +684,55 @@ async fn check_and_explain_with_a_kafka_config() {
     assert!(err.contains("error: [kafka] brokers 127.0.0.1:"), "{err}");
     env.cleanup().await;
 }
+
+/// The consumer group's lag per partition: what is in the topic before the worker reads it,
+/// then nothing once it has committed; `/status` names the source `kafka`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_measured_per_partition() {
+    let Items {
+        env,
+        broker,
+        group,
+        kafka,
+    } = items("kafka_lag", 2, "").await;
+    for i in 0..10 {
+        let (k, v) = update_event("items", i, i, 2000 + i as u64);
+        broker
+            .send(ITEMS, Some((i % 2) as i32), Some(&k), Some(&v))
+            .await;
+    }
+    let config = config(&env, "127.0.0.1:0", &kafka);
+    let k = config.kafka.clone().unwrap();
+    let before = cachewarden::source::kafka::consumer_lag(&k, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        before,
+        [(format!("{ITEMS}/0"), 5), (format!("{ITEMS}/1"), 5)].into(),
+        "nothing committed yet: every record is lag"
+    );
+    let w = env.start_worker_with(config).await;
+    broker.wait_committed(&group, ITEMS, 2).await;
+    let start = Instant::now();
+    loop {
+        let lag = w.status.source_figures().consumer_lag;
+        if lag
+            .as_ref()
+            .is_some_and(|l| l.len() == 2 && l.values().all(|n| *n == 0))
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "consumer lag in /status: {lag:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.status.snapshot().source, "kafka");
+    let metrics = cachewarden::metrics::render(&w.status);
+    assert!(
+        metrics.contains(&format!(
+            "cachewarden_kafka_consumer_lag_messages{{topic=\"{ITEMS}\",partition=\"0\"}} 0"
+        )),
+        "{metrics}"
+    );
+    w.stop().await;
+    env.cleanup().await;
+}

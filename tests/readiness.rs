@@ -100,3 +100,79 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_journal_writes_fail() {
+    let env = TestEnv::new(
+        "readiness_journal",
+        "CREATE TABLE courses (id bigint PRIMARY KEY);",
+    )
+    .await;
+    env.write_rules(
+        "courses.toml",
+        "[[rule]]\nname='course'\ntable='courses'\nkeys=['course:{id}']\n",
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    let w = env.start_worker().await;
+    let server = tokio::spawn(cachewarden::status::serve(
+        tokio::net::TcpListener::bind(&addr).await.unwrap(),
+        w.status.clone(),
+        std::future::pending(),
+    ));
+    let wait_for = |code: u16, what: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                if let Some((c, body)) = readyz(&addr).await {
+                    if c == code {
+                        return body;
+                    }
+                }
+                assert!(start.elapsed() < WAIT, "{what}: {:?}", readyz(&addr).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(200, "ready").await;
+    // The journal's table gone from under the worker: its writes fail.
+    env.db
+        .batch_execute("ALTER TABLE cache_invalidations RENAME TO cache_invalidations_away")
+        .await
+        .unwrap();
+    env.set_keys(&["course:1"]).await;
+    env.db
+        .execute("INSERT INTO courses VALUES (1)", &[])
+        .await
+        .unwrap();
+    let body = wait_for(503, "not ready while the journal cannot be written").await;
+    assert!(
+        body["reasons"]
+            .to_string()
+            .contains("journal writes are failing"),
+        "{body}"
+    );
+    let s = w.status.snapshot();
+    assert!(
+        s.failing
+            .contains_key(&cachewarden::status::Dependency::Journal),
+        "{s:?}"
+    );
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("journal: ")),
+        "{s:?}"
+    );
+    env.db
+        .batch_execute("ALTER TABLE cache_invalidations_away RENAME TO cache_invalidations")
+        .await
+        .unwrap();
+    wait_for(200, "ready again once the journal is written").await;
+    env.wait_gone(&["course:1"], WAIT).await;
+    env.wait_caught_up(WAIT).await;
+    assert!(w.status.snapshot().failing.is_empty());
+    server.abort();
+    w.stop().await;
+    env.cleanup().await;
+}
