@@ -13,6 +13,25 @@ async fn readyz(addr: &str) -> Option<(u16, serde_json::Value)> {
     Some((code, serde_json::from_str(&body).ok()?))
 }
 
+/// Waits until `/readyz` answers `code`; returns its body. `log` is shown on failure.
+async fn wait_readyz(addr: &str, code: u16, what: &str, log: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some((c, body)) = readyz(addr).await {
+            if c == code {
+                return body;
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{what}: {:?}; log: {}",
+            readyz(addr).await,
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
     let env = TestEnv::new("readiness", "CREATE TABLE courses (id bigint PRIMARY KEY);").await;
@@ -33,27 +52,8 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
     .unwrap();
     let log = env.dir.join("worker.log");
     let mut child = spawn_run(&cfg, &log);
-    let wait_for = |code: u16, what: &'static str| {
-        let addr = addr.clone();
-        let log = log.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                if let Some((c, body)) = readyz(&addr).await {
-                    if c == code {
-                        return body;
-                    }
-                }
-                assert!(
-                    start.elapsed() < WAIT,
-                    "{what}: {:?}; log: {}",
-                    readyz(&addr).await,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let log_path = log.display().to_string();
+    let wait_for = |code: u16, what: &'static str| wait_readyz(&addr, code, what, &log_path);
     let body = wait_for(200, "ready with an empty Redis").await;
     assert_eq!(body, serde_json::json!({"ready": true, "reasons": []}));
 
@@ -119,21 +119,7 @@ async fn readyz_turns_503_while_journal_writes_fail() {
         w.status.clone(),
         std::future::pending(),
     ));
-    let wait_for = |code: u16, what: &'static str| {
-        let addr = addr.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                if let Some((c, body)) = readyz(&addr).await {
-                    if c == code {
-                        return body;
-                    }
-                }
-                assert!(start.elapsed() < WAIT, "{what}: {:?}", readyz(&addr).await);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let wait_for = |code: u16, what: &'static str| wait_readyz(&addr, code, what, "");
     wait_for(200, "ready").await;
     // The journal's table gone from under the worker: its writes fail.
     env.db
