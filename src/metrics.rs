@@ -410,4 +410,84 @@ mod tests {
             "{text}"
         );
     }
+
+    /// Every metric the shipped Grafana dashboard and alert rules query is one the worker
+    /// exports (with every optional figure present).
+    #[test]
+    fn the_deploy_files_query_only_exported_metrics() {
+        let status = Status::default();
+        status.set_redis_stats(crate::target::CacheStats {
+            used_memory: 1,
+            maxmemory: 2,
+            ..Default::default()
+        });
+        status.set_source_figures(crate::status::SourceFigures {
+            slot_retained_wal_bytes: Some(1),
+            source_lag_bytes: Some(1),
+            consumer_lag: Some([("t/0".to_string(), 1)].into()),
+        });
+        status.set_monitor(crate::status::MonitorSnapshot {
+            rules: [("r".to_string(), Default::default())].into(),
+            ..Default::default()
+        });
+        status.set_consistency(crate::status::ConsistencySnapshot {
+            ratio: Some(1.0),
+            ..Default::default()
+        });
+        let relation = std::sync::Arc::new(crate::source::Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: b'd',
+            columns: Vec::new(),
+        });
+        status.count_changes(&[crate::source::Change {
+            relation,
+            op: crate::source::Op::Insert,
+            old: None,
+            new: None,
+            undecodable: None,
+        }]);
+        let text = render(&status);
+        let families: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let exported = |name: &str| {
+            families.contains(name)
+                || ["_total", "_bucket", "_count", "_sum"].iter().any(|s| {
+                    name.strip_suffix(s)
+                        .is_some_and(|base| families.contains(base))
+                })
+        };
+        for (file, body) in [
+            (
+                "deploy/grafana/cachewarden-dashboard.json",
+                include_str!("../deploy/grafana/cachewarden-dashboard.json"),
+            ),
+            (
+                "deploy/prometheus/cachewarden-alerts.yml",
+                include_str!("../deploy/prometheus/cachewarden-alerts.yml"),
+            ),
+        ] {
+            let mut names = 0;
+            for (at, _) in body.match_indices("cachewarden_") {
+                let name: String = body[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                assert!(
+                    exported(&name),
+                    "{file} queries {name}, which /metrics does not export"
+                );
+                names += 1;
+            }
+            assert!(names > 10, "{file}: {names} metric references");
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/cachewarden-dashboard.json"))
+                .expect("the dashboard is JSON");
+        assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
+    }
 }
