@@ -470,9 +470,9 @@ impl Status {
         let mut i = self.inner();
         for (l, changes) in lags_ms {
             let l = l.max(0.0);
-            for _ in 0..changes {
-                self.histograms.lag_seconds.observe(l / 1000.0);
-            }
+            self.histograms
+                .lag_seconds
+                .observe_n(l / 1000.0, changes as u64);
             if i.lag_ms.len() == LAG_WINDOW {
                 i.lag_ms.pop_front();
             }

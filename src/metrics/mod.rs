@@ -5,7 +5,10 @@
 //! (its counters and the last Redis `INFO` sample), so a scrape costs one pass over a few
 //! dozen atomics and nothing on the hot path. Names follow Prometheus' conventions: prefix
 //! `cachewarden_`, base units (`_seconds`, `_bytes`), counters end in `_total`. The encoding
-//! is the maintained `prometheus-client` crate's.
+//! is the maintained `prometheus-client` crate's; `histogram` adds [`Weighted`], a histogram
+//! that records a transaction's lag once for all its changes.
+
+mod histogram;
 
 use std::sync::atomic::Ordering;
 
@@ -13,7 +16,9 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
+
+pub use histogram::Weighted;
 use prometheus_client::registry::Registry;
 
 use crate::status::Status;
@@ -25,18 +30,18 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug, Clone)]
 pub struct Histograms {
     /// Source commit → the change's cache actions done, in seconds (one observation per change).
-    pub lag_seconds: Histogram,
+    pub lag_seconds: Weighted,
     /// Changes per executed batch.
-    pub batch_changes: Histogram,
+    pub batch_changes: Weighted,
 }
 
 impl Default for Histograms {
     fn default() -> Self {
         Histograms {
             // 0.5 ms … about 16 s.
-            lag_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            lag_seconds: Weighted::new(exponential_buckets(0.0005, 2.0, 16)),
             // 1 … 65,536 changes.
-            batch_changes: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            batch_changes: Weighted::new(exponential_buckets(1.0, 4.0, 9)),
         }
     }
 }
@@ -464,11 +469,11 @@ mod tests {
         for (file, body) in [
             (
                 "deploy/grafana/cachewarden-dashboard.json",
-                include_str!("../deploy/grafana/cachewarden-dashboard.json"),
+                include_str!("../../deploy/grafana/cachewarden-dashboard.json"),
             ),
             (
                 "deploy/prometheus/cachewarden-alerts.yml",
-                include_str!("../deploy/prometheus/cachewarden-alerts.yml"),
+                include_str!("../../deploy/prometheus/cachewarden-alerts.yml"),
             ),
         ] {
             let mut names = 0;
@@ -485,9 +490,10 @@ mod tests {
             }
             assert!(names > 10, "{file}: {names} metric references");
         }
-        let dashboard: serde_json::Value =
-            serde_json::from_str(include_str!("../deploy/grafana/cachewarden-dashboard.json"))
-                .expect("the dashboard is JSON");
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+            "../../deploy/grafana/cachewarden-dashboard.json"
+        ))
+        .expect("the dashboard is JSON");
         assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
     }
 }
