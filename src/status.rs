@@ -91,6 +91,8 @@ struct Inner {
     schema_drift: Vec<String>,
     /// Commit-to-invalidated latencies in milliseconds, newest last.
     lag_ms: VecDeque<f64>,
+    /// The oldest commit of the batch being worked on, until it is done.
+    in_flight: Option<chrono::DateTime<chrono::Utc>>,
     /// Readiness thresholds (`[monitor]`): memory ratio and lag in milliseconds.
     max_memory_ratio: Option<f64>,
     max_lag_ms: Option<f64>,
@@ -463,6 +465,12 @@ impl Status {
         self.inner().consistency.clone()
     }
 
+    /// A batch whose oldest transaction committed at `oldest` is being worked on: while it
+    /// runs, its age counts as lag (a batch stuck in retries is not a lag of zero).
+    pub fn batch_started(&self, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+        self.inner().in_flight = oldest;
+    }
+
     /// Records commit-to-invalidated latencies for one batch: `(milliseconds, changes)` per
     /// transaction. `/status` keeps a window of them per transaction; the `/metrics`
     /// histogram counts each change.
@@ -478,6 +486,7 @@ impl Status {
             }
             i.lag_ms.push_back(l);
         }
+        i.in_flight = None;
         i.last_batch_at = Some(chrono::Utc::now());
     }
 
@@ -545,8 +554,15 @@ impl Status {
                 ));
             }
         }
-        if let (Some(max), Some(last)) = (i.max_lag_ms, i.lag_ms.back()) {
-            if *last > max {
+        let in_flight_ms = i
+            .in_flight
+            .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64);
+        let current = match (i.lag_ms.back().copied(), in_flight_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let (Some(max), Some(last)) = (i.max_lag_ms, current) {
+            if last > max {
                 reasons.push(format!(
                     "lag {:.1} s, above [monitor] max_lag {:.1} s",
                     last / 1000.0,
@@ -704,4 +720,49 @@ pub async fn serve(
     axum::serve(listener, router(status))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag_reasons(s: &Status) -> Vec<String> {
+        s.not_ready_reasons()
+            .into_iter()
+            .filter(|r| r.starts_with("lag "))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_stuck_in_retries_counts_its_age_as_lag() {
+        let s = Status::default();
+        s.set_thresholds(0.7, std::time::Duration::from_secs(1), 1 << 30);
+        s.record_lags([(5.0, 1)]);
+        assert!(lag_reasons(&s).is_empty());
+        // A batch committed 5 s ago, still not done (Redis down, say).
+        s.batch_started(Some(chrono::Utc::now() - chrono::Duration::seconds(5)));
+        let r = lag_reasons(&s);
+        assert!(r.len() == 1 && r[0].contains("max_lag"), "{r:?}");
+        // Done: the lag is what it measured.
+        s.record_lags([(20.0, 3)]);
+        assert!(lag_reasons(&s).is_empty());
+    }
+
+    #[test]
+    fn a_failing_dependency_is_named_until_it_works_again() {
+        let s = Status::default();
+        s.set_dependency_error(Dependency::Journal, "relation does not exist");
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.last_error.as_deref(),
+            Some("journal: relation does not exist")
+        );
+        assert!(s
+            .not_ready_reasons()
+            .iter()
+            .any(|r| r == "journal writes are failing: relation does not exist"));
+        s.clear_dependency_error(Dependency::Journal);
+        assert!(s.snapshot().failing.is_empty());
+        assert_eq!(s.snapshot().last_error, None);
+    }
 }

@@ -176,6 +176,8 @@ impl Pipeline {
                 }
             }
         }
+        self.status
+            .batch_started(batch.transactions.iter().map(|t| t.commit_time).min());
         self.hint_catalog(batch);
         // Each transaction is planned with the rules in force when it committed (a reload
         // applies from a position; see `control::Live`).
