@@ -220,7 +220,9 @@ async fn check(
                 }
             }
             Err(e) => {
-                eprintln!("warning: schema checks skipped: cannot connect to PostgreSQL: {e} (use --offline to check syntax only)");
+                // Not checked is not ok: a CI step running `check` must not pass.
+                eprintln!("error: cannot connect to PostgreSQL to check the rules against its schema: {e} (use --offline to check syntax only)");
+                return Ok(ExitCode::from(2));
             }
         }
     }
@@ -241,8 +243,11 @@ async fn check(
                 }
             }
             Err(e) => {
-                errors += 1;
-                eprintln!("error: [kafka] brokers {}: {e}", k.brokers);
+                eprintln!(
+                    "error: cannot reach the [kafka] brokers {} to check the topics: {e} (use --offline to check syntax only)",
+                    k.brokers
+                );
+                return Ok(ExitCode::from(2));
             }
         }
     }

@@ -170,6 +170,49 @@ async fn bad_rule_files_are_refused_with_file_and_line() {
     env.cleanup().await;
 }
 
+/// Issue 17: `check` printed a warning and `ok` with exit 0 when it could not reach the
+/// database, so a CI step running it passed without checking anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_when_it_cannot_check_against_the_database() {
+    let env = TestEnv::new("cli_check_unreachable", SCHEMA).await;
+    env.write_rules(
+        "courses.toml",
+        "[[rule]]\nname='course'\ntable='courses'\nkeys=['course:{id}']\n",
+    );
+    let cfg = env.write_config("127.0.0.1:0", "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for (what, url) in [
+        (
+            "no server",
+            format!("postgres://postgres@127.0.0.1:{}/x", free_port()),
+        ),
+        (
+            "no such database",
+            format!("{}/cwt_does_not_exist", common::PG_BASE),
+        ),
+    ] {
+        let path = env.dir.join("unreachable.toml");
+        std::fs::write(
+            &path,
+            text.replace(&format!("{}/{}", common::PG_BASE, env.name), &url),
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let (code, out, err) = run_bin(&["--config", path, "check"], None);
+        assert_eq!(code, 2, "{what}: {out}{err}");
+        assert!(!out.contains("ok:"), "{what}: {out}");
+        assert!(
+            err.contains("cannot connect to PostgreSQL"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("--offline"), "{what}: {err}");
+        // Syntax only, on purpose: fine.
+        let (code, out, err) = run_bin(&["--config", path, "check", "--offline"], None);
+        assert_eq!(code, 0, "{what}: {out}{err}");
+    }
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_status_and_shuts_down_gracefully() {
     let env = TestEnv::new("cli_run", SCHEMA).await;
@@ -179,7 +222,7 @@ async fn run_serves_status_and_shuts_down_gracefully() {
     let cfg = env.dir.join("cachewarden.toml");
     std::fs::write(
         &cfg,
-        env.config_text(&addr, "")
+        env.config_text(&addr, "[monitor]\ninterval = \"1s\"\n")
             .replace("postgres://postgres@", "postgres://postgres:s3cret-Pw@"),
     )
     .unwrap();
@@ -217,18 +260,21 @@ async fn run_serves_status_and_shuts_down_gracefully() {
     assert!(s["counters"]["keys"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["lag_ms_p50"].as_f64().is_some(), "{s}");
     assert!(s["confirmed_lsn"].as_str().unwrap().contains('/'), "{s}");
-    // Redis INFO is sampled at start into /status and cache_metrics.
+    // Redis INFO is sampled into /status, and into cache_metrics every [monitor] interval.
     assert!(s["redis"]["used_memory"].as_u64().unwrap() > 0, "{s}");
-    let samples: i64 = env
-        .db
-        .query_one(
-            "SELECT count(*) FROM cache_metrics WHERE config_id IS NULL AND memory_usage > 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(samples >= 1);
+    common::eventually("a whole-instance cache_metrics row", WAIT, || async {
+        let n: i64 = env
+            .db
+            .query_one(
+                "SELECT count(*) FROM cache_metrics WHERE config_id IS NULL AND memory_usage > 0",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n >= 1
+    })
+    .await;
 
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait())

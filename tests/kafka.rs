@@ -680,8 +680,11 @@ async fn check_and_explain_with_a_kafka_config() {
 
     drop(broker);
     let (code, _, err) = common::run_bin(&["--config", cfg, "check"], None);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("error: [kafka] brokers 127.0.0.1:"), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("error: cannot reach the [kafka] brokers 127.0.0.1:"),
+        "{err}"
+    );
     env.cleanup().await;
 }
 

@@ -139,17 +139,22 @@ async fn whole_instance_rows_hold_exact_deltas() {
         let db = &env.db;
         async move { db.query_one(sql, &[]).await.unwrap() }
     };
-    // The first row has no interval: NULL deltas, the memory level.
+    // The first row's interval starts at the baseline taken at start: exact deltas (none
+    // yet), and the memory level.
     let start = Instant::now();
     loop {
         let row = global(
-            "SELECT count(*), count(*) FILTER (WHERE hit_count IS NULL AND memory_usage > 0) \
+            "SELECT count(*), count(*) FILTER (WHERE hit_count = 0 AND miss_count = 0 \
+                                               AND eviction_count = 0 AND memory_usage > 0) \
              FROM cache_metrics WHERE config_id IS NULL",
         )
         .await;
         let (rows, first): (i64, i64) = (row.get(0), row.get(1));
         if rows >= 1 {
-            assert_eq!(first, 1, "the first row's deltas are NULL");
+            assert_eq!(
+                first, rows,
+                "exact deltas of an idle Redis from the first row on"
+            );
             break;
         }
         assert!(start.elapsed() < WAIT, "no whole-instance row");

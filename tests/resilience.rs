@@ -101,15 +101,20 @@ async fn redis_stall_is_retried_and_the_position_waits() {
     tx.commit().await.unwrap();
     let before_commit: u64 = before_commit.parse().unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(
-        paused_at.elapsed() < Duration::from_millis(3800),
-        "test machine too slow to observe the stall"
-    );
+    // The health watch pings every second with a 300 ms timeout: on a loaded machine the
+    // stall shows within about 1.3 s of the pause, not always by 1.2 s.
+    while w.status.is_ready() && paused_at.elapsed() < Duration::from_millis(3000) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!w.status.is_ready(), "readyz reports Redis as down");
     assert!(
         env.confirmed().await <= before_commit,
         "the position must not pass a change whose keys are not yet deleted"
     );
-    assert!(!w.status.is_ready(), "readyz reports Redis as down");
+    assert!(
+        paused_at.elapsed() < Duration::from_millis(3800),
+        "test machine too slow to observe the stall"
+    );
 
     // After the stall the same batch is retried to completion.
     let start = Instant::now();

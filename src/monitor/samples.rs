@@ -1,11 +1,12 @@
-//! The `cache_metrics` rows: at start and then every `[monitor] interval` (60 s), one
-//! whole-instance row and one row per active rule, written together with one timestamp.
+//! The `cache_metrics` rows: every `[monitor] interval` (60 s) from start, one whole-instance
+//! row and one row per active rule, written together with one timestamp. At start only the
+//! `INFO` baseline is taken (a start often drains a backlog: the keyspace sample waits).
 //!
 //! * The whole-instance row (`config_id` NULL) holds the exact per-interval deltas of Redis'
 //!   `keyspace_hits`, `keyspace_misses` and `evicted_keys` (the `INFO` counters of the sample
 //!   minus those of the one before) and `used_memory` at the sample (a level). A delta that
-//!   cannot be exact is NULL: the first sample after start has no interval, and a server that
-//!   restarted or had its statistics reset (uptime or a counter went backwards) lost part of
+//!   cannot be exact is NULL: a server unreachable at start leaves the first interval without
+//!   a baseline, and a server that restarted or had its statistics reset (uptime or a counter went backwards) lost part of
 //!   its interval.
 //! * Each active rule's row (its `cache_configs` row) holds its key family's `key_count` (with
 //!   `key_count_error`, the standard error; 0 when the scan was complete) and `memory_usage`,
@@ -89,14 +90,17 @@ pub async fn run(
         db: None,
         before: None,
     };
+    // At start only the baseline of the first interval's deltas: a start often drains a
+    // backlog, and the keyspace sample would compete with it for Redis.
+    sampler.baseline(&mut targets).await;
     loop {
-        if let Err(e) = sampler.sample(&mut targets).await {
-            tracing::warn!(error = %e, "cache_metrics: sample failed; trying again next interval");
-            sampler.db = None;
-        }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.recv() => return,
+        }
+        if let Err(e) = sampler.sample(&mut targets).await {
+            tracing::warn!(error = %e, "cache_metrics: sample failed; trying again next interval");
+            sampler.db = None;
         }
     }
 }
@@ -121,6 +125,15 @@ impl Sampler {
             Some(c) => Ok(c),
             None => unreachable!("connected above"),
         }
+    }
+
+    /// Takes the `INFO` figures the first interval's deltas start from.
+    async fn baseline(&mut self, targets: &mut Targets) {
+        let mut own = self.status.own_reads.lock().await;
+        if let Ok(stats) = targets.stats().await {
+            self.before = Some(stats);
+        }
+        *own = OwnReads::default();
     }
 
     /// Takes one sample and writes its rows.
