@@ -512,6 +512,8 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
+        crate::tls::PgTls::from_url(&cfg.postgres.url)
+            .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
         cfg.postgres_config()
             .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
         if let Some(brokers) = env("CACHEWARDEN_KAFKA_BROKERS") {
@@ -637,8 +639,27 @@ impl Config {
         }
     }
 
-    pub fn postgres_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-        self.postgres.url.parse()
+    pub fn postgres_config(&self) -> Result<crate::db::PgConfig, tokio_postgres::Error> {
+        // The TLS parameters were checked at load (`from_toml`); a URL that fails here fails
+        // in tokio-postgres' own parsing.
+        let (url, tls) = match crate::tls::PgTls::from_url(&self.postgres.url) {
+            Ok(split) => split,
+            Err(e) => {
+                // A certificate file gone since start: fail closed, never fall back to less.
+                tracing::error!(error = %e, "[postgres] url: the TLS settings no longer load; not connecting without them");
+                (
+                    crate::tls::strip_params(&self.postgres.url),
+                    crate::tls::PgTls::unusable(),
+                )
+            }
+        };
+        let mut pg: tokio_postgres::Config = url.parse()?;
+        pg.ssl_mode(match tls.mode {
+            crate::tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            crate::tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        Ok(crate::db::PgConfig { pg, tls })
     }
 }
 

@@ -26,9 +26,11 @@
 //!
 //! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),
 //! [`status`] (HTTP health, readiness and status), [`metrics`] (Prometheus `/metrics`),
-//! [`monitor`] (retention of the product's tables), [`config`] (`cachewarden.toml`),
-//! [`cli`] (commands), [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`]
-//! (dry runs), [`runtime`] (shutdown, task sets, backoff), [`db`] (connections) and
+//! [`monitor`] (`cache_metrics` rows, the consistency probe, the source's figures, keyspace
+//! notifications, retention), [`config`] (`cachewarden.toml`), [`cli`] (commands),
+//! [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`] (dry runs),
+//! [`runtime`] (shutdown, task sets, backoff), [`db`] (connections), [`tls`] (libpq's
+//! `sslmode` on rustls) and
 //! `failpoints` (named crash points for the fault-injection tests). Pure logic — decoding,
 //! matching, rendering, planning, fencing, journal grouping, globs, SQL quoting — does no I/O.
 
@@ -55,6 +57,7 @@ mod span;
 mod sql;
 pub mod status;
 pub mod target;
+pub mod tls;
 mod version;
 pub mod warm;
 pub mod worker;

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tokio_postgres::{Client, Config, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::trail::Item;
 use super::{entries, JournalError, JournalStore, OpenRow};
@@ -27,7 +27,7 @@ struct Prepared {
 /// The PostgreSQL journal: `cache_invalidations` in the database of `[postgres] url`, on a
 /// connection of its own with prepared statements, reopened after a failure.
 pub struct PgJournal {
-    config: Config,
+    config: crate::db::PgConfig,
     conn: Option<Prepared>,
 }
 
@@ -68,7 +68,7 @@ const REOPEN: &str = "UPDATE cache_invalidations SET status = 'pending', error =
 
 impl PgJournal {
     /// Creates a journal; the connection is opened on first use.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: crate::db::PgConfig) -> Self {
         PgJournal { config, conn: None }
     }
 

@@ -30,7 +30,7 @@ impl Lease {
     /// Takes the lease for `slot`, waiting as a standby while another instance holds it.
     /// `None` when shutdown was asked first.
     pub(crate) async fn acquire(
-        config: &tokio_postgres::Config,
+        config: &crate::db::PgConfig,
         slot: &str,
         status: &Arc<Status>,
         shutdown: &mut Shutdown,

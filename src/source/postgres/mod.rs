@@ -30,7 +30,7 @@ use stream::ReplicationStream;
 
 /// Logical replication from one slot of one database.
 pub struct PostgresSource {
-    config: tokio_postgres::Config,
+    config: crate::db::PgConfig,
     slot: String,
     publication: String,
     limits: BatchLimits,
@@ -46,7 +46,7 @@ impl PostgresSource {
     /// returned source resumes at the slot's confirmed position.
     pub async fn prepare(
         client: &tokio_postgres::Client,
-        config: tokio_postgres::Config,
+        config: crate::db::PgConfig,
         slot: &str,
         publication: &str,
         tables: &[String],

@@ -30,6 +30,8 @@ pub enum ReplError {
     Auth(String),
     #[error("replication stream ended by the server")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ReplError {
@@ -137,11 +139,61 @@ fn be_u64(b: &[u8], at: usize) -> Result<u64, ReplError> {
         .ok_or_else(|| ReplError::Protocol("short replication frame".into()))
 }
 
+/// A socket before TLS is negotiated.
+enum Connected {
+    Tcp(tokio::net::TcpStream, String),
+    Plain(Box<dyn Io>),
+}
+
+/// PostgreSQL's `SSLRequest` code.
+const SSL_REQUEST: u32 = 80_877_103;
+
+/// Asks the server for TLS as `tls` says (libpq's `sslmode`): encrypts when it agrees, goes on
+/// in the clear only when TLS is not required.
+async fn negotiate_tls(
+    mut tcp: tokio::net::TcpStream,
+    host: &str,
+    tls: &crate::tls::PgTls,
+) -> Result<Box<dyn Io>, ReplError> {
+    let Some(config) = &tls.config else {
+        if tls.mode.required() {
+            return Err(ReplError::Tls(
+                "TLS is required and its settings did not load".into(),
+            ));
+        }
+        return Ok(Box::new(tcp));
+    };
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8u32.to_be_bytes());
+    request[4..].copy_from_slice(&SSL_REQUEST.to_be_bytes());
+    tcp.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| ReplError::Tls(format!("host name {host:?}: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ReplError::Tls(e.to_string()))?;
+            Ok(Box::new(stream))
+        }
+        b'N' if !tls.mode.required() => Ok(Box::new(tcp)),
+        b'N' => Err(ReplError::Tls(
+            "the server does not accept TLS connections, and the URL's sslmode requires TLS".into(),
+        )),
+        other => Err(ReplError::Protocol(format!(
+            "unexpected answer {other:#x} to the TLS request"
+        ))),
+    }
+}
+
 impl ReplicationConnection {
     /// Connects and authenticates with `replication=database` using the parameters of a
     /// libpq-style URL already parsed by tokio-postgres.
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        config: &crate::db::PgConfig,
         timeout: Duration,
     ) -> Result<Self, ReplError> {
         let user = config
@@ -153,7 +205,7 @@ impl ReplicationConnection {
         let mut last_err = None;
         for (i, host) in config.get_hosts().iter().enumerate() {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            let io: std::io::Result<Box<dyn Io>> = match host {
+            let io: std::io::Result<Connected> = match host {
                 tokio_postgres::config::Host::Tcp(h) => tokio::time::timeout(
                     timeout,
                     tokio::net::TcpStream::connect((h.as_str(), port)),
@@ -169,14 +221,20 @@ impl ReplicationConnection {
                         .with_interval(Duration::from_secs(5))
                         .with_retries(3);
                     let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
-                    Box::new(s) as Box<dyn Io>
+                    Connected::Tcp(s, h.clone())
                 }),
                 tokio_postgres::config::Host::Unix(dir) => {
+                    // No TLS over a Unix socket (as libpq).
                     let path = dir.join(format!(".s.PGSQL.{port}"));
                     tokio::net::UnixStream::connect(path)
                         .await
-                        .map(|s| Box::new(s) as Box<dyn Io>)
+                        .map(|s| Connected::Plain(Box::new(s)))
                 }
+            };
+            let io = match io {
+                Ok(Connected::Tcp(tcp, host)) => negotiate_tls(tcp, &host, &config.tls).await,
+                Ok(Connected::Plain(io)) => Ok(io),
+                Err(e) => Err(ReplError::Io(e)),
             };
             match io {
                 Ok(io) => {
@@ -192,7 +250,6 @@ impl ReplicationConnection {
             }
         }
         Err(last_err
-            .map(ReplError::Io)
             .unwrap_or_else(|| ReplError::Protocol("the PostgreSQL URL names no host".into())))
     }
 

@@ -45,7 +45,7 @@ fn draining_backlog(batch: &Batch) -> bool {
 impl ReplicationStream {
     /// Opens the replication connection and starts streaming from the slot.
     pub(super) async fn start(
-        config: &tokio_postgres::Config,
+        config: &crate::db::PgConfig,
         slot: &str,
         publication: &str,
         confirmed: Lsn,

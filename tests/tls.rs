@@ -1,0 +1,349 @@
+//! TLS to PostgreSQL end to end (issue 17), against a throwaway PostgreSQL cluster the test
+//! starts on a free port with `ssl=on`, a certificate authority and a server certificate for
+//! `localhost` made by the test (openssl), and `pg_hba.conf` refusing every connection that is
+//! not TLS — so a worker that streams and invalidates there did both of its connections (the
+//! regular ones and the replication one) over TLS.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachewarden::config::Config;
+use cachewarden::runtime::ShutdownSender;
+use cachewarden::status::Status;
+use cachewarden::worker::Worker;
+use common::{free_port, REDIS_URL, WAIT};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// As the `postgres` user (PostgreSQL refuses to run as root).
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--", program]);
+    c
+}
+
+/// A self-signed certificate authority: `<name>.pem` and `<name>.key` in `dir`.
+fn self_signed_ca(dir: &Path, name: &str, subject: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={subject}"),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", &subj, "-keyout", &key, "-out", &pem])
+        .current_dir(dir));
+}
+
+/// A certificate authority and a server certificate for `localhost` only.
+fn certificates(dir: &Path) {
+    let ssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
+    self_signed_ca(dir, "ca", "cachewarden test CA");
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+/// A PostgreSQL cluster of the test's own that accepts TLS connections only.
+struct TlsPostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl TlsPostgres {
+    fn start(name: &str) -> TlsPostgres {
+        let dir = std::env::temp_dir().join(format!("cachewarden-tls-{name}"));
+        if dir.exists() {
+            let _ = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+                .args([
+                    "-D",
+                    dir.join("data").to_str().unwrap(),
+                    "stop",
+                    "-m",
+                    "immediate",
+                ])
+                .output();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        certificates(&dir);
+        run(Command::new("chown").args(["-R", "postgres:postgres", dir.to_str().unwrap()]));
+        run(Command::new("chmod").args(["0600", dir.join("server.key").to_str().unwrap()]));
+        let data = dir.join("data");
+        run(as_postgres(&format!("{PG_BIN}/initdb")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]));
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{d}'\n\
+             ssl = on\nssl_cert_file = '{d}/server.pem'\nssl_key_file = '{d}/server.key'\n\
+             wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\n",
+            d = dir.display()
+        );
+        let mut pgconf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        pgconf.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), pgconf).unwrap();
+        // Local (socket) set-up by the test; over TCP, TLS or nothing.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
+             hostssl replication all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n\
+             hostnossl replication all 0.0.0.0/0 reject\n",
+        )
+        .unwrap();
+        run(Command::new("chown").args(["-R", "postgres:postgres", dir.to_str().unwrap()]));
+        run(as_postgres(&format!("{PG_BIN}/pg_ctl")).args([
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            dir.join("server.log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]));
+        TlsPostgres { dir, port }
+    }
+
+    /// SQL over the local socket (no TLS there: the test's own set-up).
+    fn psql(&self, sql: &str) -> String {
+        let out = as_postgres("psql")
+            .args([
+                "-h",
+                self.dir.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn url(&self, host: &str, params: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{params}", self.port)
+    }
+
+    fn ca(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .args([
+                "-D",
+                self.dir.join("data").to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(dir: &Path, url: &str, prefix: &str) -> Config {
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/items.toml"),
+        "[[rule]]\nname='item'\ntable='items'\nkeys=['item:{id}']\n",
+    )
+    .unwrap();
+    let path = dir.join("cachewarden.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "rules_dir = \"rules\"\n[postgres]\nurl = \"{url}\"\nslot = \"cw_tls\"\npublication = \"cw_tls\"\n\
+             [redis]\nurl = \"{REDIS_URL}\"\nkey_prefix = \"{prefix}\"\n[status]\nlisten = \"127.0.0.1:0\"\n\
+             [worker]\nstatus_interval_ms = 200\nmax_backoff_ms = 500\n"
+        ),
+    )
+    .unwrap();
+    Config::load(&path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_streams_and_invalidates_over_tls_and_verify_full_checks_the_name() {
+    let pg = TlsPostgres::start("stream");
+    pg.psql("CREATE TABLE items (id bigint PRIMARY KEY, v int)");
+    let work = std::env::temp_dir().join("cachewarden-tests/tls_stream");
+    let _ = std::fs::remove_dir_all(&work);
+    let prefix = "cwt:tls:";
+
+    // verify-full against the name the certificate carries: the worker runs, over TLS only.
+    let good = pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", pg.ca()),
+    );
+    let cfg = config(&work, &good, prefix);
+    let client = cachewarden::db::connect(&cfg.postgres_config().unwrap())
+        .await
+        .expect("a verify-full connection to localhost");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+    let stop = ShutdownSender::new();
+    let status = Arc::new(Status::default());
+    let rules = cachewarden::rules::load_dir(&cfg.rules_dir).unwrap();
+    let worker = Worker::start(cfg.clone(), rules, status.clone(), stop.subscribe())
+        .await
+        .expect("the worker starts over TLS");
+    let handle = tokio::spawn(worker.run());
+    common::eventually("the stream is up", WAIT, || async {
+        status
+            .source_connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    let mut r = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{prefix}item:7");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("cached")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    pg.psql("INSERT INTO items VALUES (7, 1)");
+    let start = Instant::now();
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the key was not invalidated over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both of the worker's kinds of connection are TLS (pg_hba refuses anything else).
+    let walsender_ssl = pg.psql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.backend_type = 'walsender'",
+    );
+    assert_eq!(walsender_ssl, "t");
+    stop.trigger();
+    tokio::time::timeout(Duration::from_secs(20), handle)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+
+    // verify-full against 127.0.0.1, a name the certificate does not carry: refused.
+    let wrong = pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={}", pg.ca()),
+    );
+    let e = cachewarden::db::connect(&config(&work, &wrong, prefix).postgres_config().unwrap())
+        .await
+        .expect_err("verify-full refuses a host name the certificate does not name");
+    let chain = format!("{e:?}");
+    assert!(chain.contains("NotValidForName"), "{chain}");
+    // verify-ca checks the chain only; require checks nothing: both connect.
+    for params in [
+        format!("sslmode=verify-ca&sslrootcert={}", pg.ca()),
+        "sslmode=require".into(),
+    ] {
+        let url = pg.url("127.0.0.1", &params);
+        cachewarden::db::connect(&config(&work, &url, prefix).postgres_config().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{params}: {e}"));
+    }
+    // A CA that did not sign the server's certificate: refused.
+    self_signed_ca(&work, "other-ca", "other");
+    let other = work.join("other-ca.pem");
+    let url = pg.url(
+        "localhost",
+        &format!("sslmode=verify-ca&sslrootcert={}", other.display()),
+    );
+    assert!(
+        cachewarden::db::connect(&config(&work, &url, prefix).postgres_config().unwrap())
+            .await
+            .is_err()
+    );
+    // Without TLS the server refuses (the test's pg_hba): what `disable` gets.
+    let url = pg.url("localhost", "sslmode=disable");
+    assert!(
+        cachewarden::db::connect(&config(&work, &url, prefix).postgres_config().unwrap())
+            .await
+            .is_err()
+    );
+    pg.psql("SELECT pg_drop_replication_slot('cw_tls')");
+}
