@@ -305,6 +305,16 @@ pub struct RedisConfig {
     pub scan_count: usize,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// With a `rediss://` URL: the PEM certificate authority to verify the server with (the
+    /// system's trusted roots when absent).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With a `rediss://` URL: a client certificate and its key (PEM), for servers that
+    /// require them (`tls-auth-clients yes`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_unlink_chunk() -> usize {
@@ -560,8 +570,20 @@ impl Config {
                 cfg.monitor.max_memory_ratio
             )));
         }
-        redis::Client::open(cfg.redis.url.as_str())
-            .map_err(|e| invalid(format!("[redis] url: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for f in [
+            &mut cfg.redis.tls_ca_file,
+            &mut cfg.redis.tls_cert_file,
+            &mut cfg.redis.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        crate::target::redis::client(&cfg.redis).map_err(|e| invalid(format!("[redis] {e}")))?;
         cfg.status
             .listen
             .parse::<SocketAddr>()

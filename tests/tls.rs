@@ -15,76 +15,16 @@ use cachewarden::config::Config;
 use cachewarden::runtime::ShutdownSender;
 use cachewarden::status::Status;
 use cachewarden::worker::Worker;
+use common::certs::{run, self_signed_ca, signed};
 use common::{free_port, REDIS_URL, WAIT};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// As the `postgres` user (PostgreSQL refuses to run as root).
 fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--", program]);
     c
-}
-
-/// A self-signed certificate authority: `<name>.pem` and `<name>.key` in `dir`.
-fn self_signed_ca(dir: &Path, name: &str, subject: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN={subject}"),
-    );
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", &subj, "-keyout", &key, "-out", &pem])
-        .current_dir(dir));
-}
-
-/// A certificate authority and a server certificate for `localhost` only.
-fn certificates(dir: &Path) {
-    let ssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
-    self_signed_ca(dir, "ca", "cachewarden test CA");
-    ssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    ssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-    ]);
 }
 
 /// A PostgreSQL cluster of the test's own that accepts TLS connections only.
@@ -109,7 +49,8 @@ impl TlsPostgres {
             std::fs::remove_dir_all(&dir).unwrap();
         }
         std::fs::create_dir_all(&dir).unwrap();
-        certificates(&dir);
+        self_signed_ca(&dir, "ca", "cachewarden test CA");
+        signed(&dir, "ca", "server", "localhost");
         run(Command::new("chown").args(["-R", "postgres:postgres", dir.to_str().unwrap()]));
         run(Command::new("chmod").args(["0600", dir.join("server.key").to_str().unwrap()]));
         let data = dir.join("data");
@@ -346,4 +287,169 @@ async fn the_worker_streams_and_invalidates_over_tls_and_verify_full_checks_the_
             .is_err()
     );
     pg.psql("SELECT pg_drop_replication_slot('cw_tls')");
+}
+
+/// A redis-server of the test's own that speaks TLS only and requires a client certificate.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_redis(dir: &Path) -> TlsRedis {
+    let port = free_port();
+    let file = |f: &str| dir.join(f).display().to_string();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "yes",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    TlsRedis { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_invalidates_a_redis_it_reaches_over_tls_with_a_client_certificate() {
+    let env =
+        common::TestEnv::new("tls_redis", "CREATE TABLE items (id bigint PRIMARY KEY);").await;
+    env.write_rules(
+        "items.toml",
+        "[[rule]]\nname='item'\ntable='items'\nkeys=['item:{id}']\n",
+    );
+    let certs = env.dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    self_signed_ca(&certs, "ca", "cachewarden test CA");
+    signed(&certs, "ca", "server", "localhost");
+    signed(&certs, "ca", "client", "cachewarden");
+    let redis = tls_redis(&certs);
+    let file = |f: &str| certs.join(f).display().to_string();
+    let tls = |host: &str, client: bool| {
+        let mut section = format!(
+            "[redis]\nurl = \"rediss://{host}:{}/0\"\nkey_prefix = \"{}\"\ntls_ca_file = \"{}\"\n",
+            redis.port,
+            env.prefix,
+            file("ca.pem")
+        );
+        if client {
+            section.push_str(&format!(
+                "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+                file("client.pem"),
+                file("client.key")
+            ));
+        }
+        let text = env.config_text("127.0.0.1:0", "");
+        let start = text.find("[redis]").unwrap();
+        let end = text.find("[status]").unwrap();
+        let path = env.dir.join(format!("{host}-{client}.toml"));
+        std::fs::write(
+            &path,
+            format!("{}{section}{}", &text[..start], &text[end..]),
+        )
+        .unwrap();
+        path
+    };
+    // The test's own client, over TLS with the client certificate.
+    let client = redis::Client::build_with_tls(
+        format!("rediss://localhost:{}/0", redis.port),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(file("client.pem")).unwrap(),
+                client_key: std::fs::read(file("client.key")).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(file("ca.pem")).unwrap()),
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut r = loop {
+        if let Ok(c) = client.get_multiplexed_async_connection().await {
+            break c;
+        }
+        assert!(start.elapsed() < WAIT, "the TLS redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let key = env.key("item:3");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("cached")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    let w = env
+        .start_worker_with(env.config_with_file(&tls("localhost", true)))
+        .await;
+    env.db
+        .execute("INSERT INTO items VALUES (3)", &[])
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the key was not invalidated over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w
+        .status
+        .redis_connected
+        .load(std::sync::atomic::Ordering::Relaxed));
+    w.stop().await;
+
+    use cachewarden::target::CacheTarget;
+    // A host name the server's certificate does not carry, or no client certificate: refused.
+    for (host, client, what) in [
+        ("127.0.0.1", true, "wrong name"),
+        ("localhost", false, "no client certificate"),
+    ] {
+        let cfg = env.config_with_file(&tls(host, client));
+        let mut targets = cachewarden::target::Targets::open(&cfg).unwrap();
+        assert!(
+            targets.ping().await.is_err(),
+            "{what}: the connection must fail"
+        );
+    }
+    // Certificate files with a plain redis:// URL are a configuration error.
+    let text = std::fs::read_to_string(tls("localhost", true))
+        .unwrap()
+        .replace("rediss://", "redis://");
+    let path = env.dir.join("plain.toml");
+    std::fs::write(&path, text).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("need a rediss:// url"), "{e}");
+    env.cleanup().await;
 }

@@ -98,8 +98,11 @@ async fn write_through_writes_the_new_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_writes_never_replace_newer_values() {
     let env = TestEnv::new("cas", SCHEMA).await;
-    let mut cache =
-        cachewarden::target::RedisTarget::new(common::REDIS_URL, Default::default()).unwrap();
+    let mut cache = cachewarden::target::RedisTarget::new(
+        redis::Client::open(common::REDIS_URL).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     let key = env.key("k");
     let rule_mark = env.key("cw:v:rule:r");
     let write = |v: &'static str, lsn: u64| cachewarden::target::VersionedWrite {

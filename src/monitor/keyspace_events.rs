@@ -108,7 +108,8 @@ async fn subscribe(
     live: &Live,
     tally: &SharedTally,
 ) -> Result<(), redis::RedisError> {
-    let client = redis::Client::open(config.redis.url.as_str())?;
+    let client =
+        crate::target::redis::client(&config.redis).map_err(crate::target::redis::into_redis)?;
     let db = client.get_connection_info().redis_settings().db();
     let mut c = client.get_multiplexed_async_connection().await?;
     let current: Vec<String> = redis::cmd("CONFIG")

@@ -37,6 +37,8 @@ pub enum CacheError {
     Redis(#[from] ::redis::RedisError),
     #[error("redis: connection timed out")]
     Timeout,
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// What executing a plan did.
@@ -178,7 +180,7 @@ impl Targets {
     /// The targets a configuration names.
     pub fn open(config: &Config) -> Result<Self, CacheError> {
         let redis = RedisTarget::new(
-            &config.redis.url,
+            redis::client(&config.redis)?,
             redis::CacheOptions::from_config(&config.redis),
         )?;
         Ok(Targets::new(vec![Box::new(redis)]))

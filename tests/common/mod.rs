@@ -5,6 +5,8 @@
 //! other. Leftovers of an interrupted earlier run are dropped when a test starts.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

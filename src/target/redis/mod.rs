@@ -61,9 +61,55 @@ pub struct RedisTarget {
     opts: CacheOptions,
 }
 
+/// A client for `[redis]`: its URL, and for `rediss://` the certificate authority and client
+/// certificate files (read now: a missing file is an error here, not at the first command).
+pub fn client(config: &crate::config::RedisConfig) -> Result<redis::Client, CacheError> {
+    let files = [
+        &config.tls_ca_file,
+        &config.tls_cert_file,
+        &config.tls_key_file,
+    ];
+    if files.iter().all(|f| f.is_none()) {
+        return Ok(redis::Client::open(config.url.as_str())?);
+    }
+    if !config.url.starts_with("rediss://") {
+        return Err(CacheError::Tls(
+            "tls_ca_file, tls_cert_file and tls_key_file need a rediss:// url".into(),
+        ));
+    }
+    let read = |key: &str, path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| CacheError::Tls(format!("{key} {}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    let client_tls = match (
+        read("tls_cert_file", &config.tls_cert_file)?,
+        read("tls_key_file", &config.tls_key_file)?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(CacheError::Tls(
+                "tls_cert_file and tls_key_file go together".into(),
+            ))
+        }
+    };
+    Ok(redis::Client::build_with_tls(
+        config.url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert: read("tls_ca_file", &config.tls_ca_file)?,
+        },
+    )?)
+}
+
 impl RedisTarget {
-    pub fn new(url: &str, opts: CacheOptions) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
+    pub fn new(client: redis::Client, opts: CacheOptions) -> Result<Self, CacheError> {
         let info = client.get_connection_info();
         let name = format!("redis {}/{}", info.addr(), info.redis_settings().db());
         Ok(RedisTarget {
@@ -130,12 +176,16 @@ pub(super) async fn query_scripted<T: redis::FromRedisValue>(
     }
 }
 
-pub(super) fn into_redis(e: CacheError) -> redis::RedisError {
+pub(crate) fn into_redis(e: CacheError) -> redis::RedisError {
     match e {
         CacheError::Redis(e) => e,
         CacheError::Timeout => {
             redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
         }
+        CacheError::Tls(message) => redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            message,
+        )),
     }
 }
 
