@@ -146,6 +146,19 @@ impl Drop for TlsPostgres {
     }
 }
 
+/// Waits until `key` is gone from the Redis `r` talks to.
+async fn wait_gone(r: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let start = Instant::now();
+    loop {
+        let exists: bool = redis::cmd("EXISTS").arg(key).query_async(r).await.unwrap();
+        if !exists {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "{key} was not invalidated over TLS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn config(dir: &Path, url: &str, prefix: &str) -> Config {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::write(
@@ -218,22 +231,7 @@ async fn the_worker_streams_and_invalidates_over_tls_and_verify_full_checks_the_
         .await
         .unwrap();
     pg.psql("INSERT INTO items VALUES (7, 1)");
-    let start = Instant::now();
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        if !exists {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "the key was not invalidated over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_gone(&mut r, &key).await;
     // Both of the worker's kinds of connection are TLS (pg_hba refuses anything else).
     let walsender_ssl = pg.psql(
         "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
@@ -408,22 +406,7 @@ async fn the_worker_invalidates_a_redis_it_reaches_over_tls_with_a_client_certif
         .execute("INSERT INTO items VALUES (3)", &[])
         .await
         .unwrap();
-    let start = Instant::now();
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        if !exists {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "the key was not invalidated over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_gone(&mut r, &key).await;
     assert!(w
         .status
         .redis_connected
