@@ -92,21 +92,20 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config);
+    // Every command needs the configuration: an invalid or missing one is invalid input.
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
     match cli.command {
         Command::Run => {
-            let config = match config {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::from(1));
-                }
-            };
             init_logging(Some(&config));
             run(config).await
         }
         Command::Migrate => {
-            let config = config?;
             init_logging(Some(&config));
             let pg = config.postgres_config().context("[postgres] url")?;
             let mut client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
@@ -128,7 +127,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             where_sql,
             restart,
         } => {
-            let config = config?;
             init_logging(Some(&config));
             warm(&config, rule.as_deref(), where_sql.as_deref(), restart).await
         }
@@ -137,21 +135,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             raw,
         } => {
-            let config = config?;
             init_logging(Some(&config));
             invalidate(&config, &pattern, &reason, raw).await
         }
         Command::Explain { event, json } => {
-            let config = config?;
-            let text = if event.as_os_str() == "-" {
+            let read = if event.as_os_str() == "-" {
                 let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading standard input")?;
-                s
+                std::io::stdin().read_to_string(&mut s).map(|_| s)
             } else {
                 std::fs::read_to_string(&event)
-                    .with_context(|| format!("reading {}", event.display()))?
+            };
+            let text = match read {
+                Ok(t) => t,
+                Err(e) => {
+                    // The event is input: a file that cannot be read is invalid input.
+                    eprintln!("error: cannot read the event {}: {e}", event.display());
+                    return Ok(ExitCode::from(1));
+                }
             };
             let rules = match rules::load_dir(&config.rules_dir) {
                 Ok(r) => r,
@@ -181,17 +181,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn check(
-    config: Result<Config, cachewarden::config::ConfigError>,
-    offline: bool,
-) -> anyhow::Result<ExitCode> {
-    let config = match config {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(1));
-        }
-    };
+async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
     let rules = match rules::load_dir(&config.rules_dir) {
         Ok(r) => r,
         Err(e) => {

@@ -478,3 +478,85 @@ async fn metrics_move_with_traffic() {
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     env.cleanup().await;
 }
+
+/// Issue 17's configuration stumbles, each as a new user met it: every one is refused (or
+/// accepted) with the file, line, key and accepted values, and the documented exit code.
+#[test]
+fn configuration_mistakes_get_clear_errors_and_the_documented_exit_codes() {
+    let dir = std::env::temp_dir().join("cachewarden-tests/cli_config_mistakes");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/r.toml"),
+        "[[rule]]\nname='c'\ntable='courses'\nkeys=['course:{id}']\n",
+    )
+    .unwrap();
+    let base = "rules_dir = \"rules\"\n[postgres]\nurl = \"postgres://postgres@127.0.0.1:5432/postgres\"\n\
+                [redis]\nurl = \"redis://127.0.0.1:6379/0\"\n";
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    // A host name in [status] listen is fine.
+    let ok = write(
+        "listen.toml",
+        &format!("{base}[status]\nlisten = \"localhost:9187\"\n"),
+    );
+    let (code, out, err) = run_bin(&["--config", &ok, "check", "--offline"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    // An address that cannot be one: named with its line.
+    let bad = write(
+        "listen-bad.toml",
+        &format!("{base}[status]\nlisten = \"localhost\"\n"),
+    );
+    let (code, _, err) = run_bin(&["--config", &bad, "check", "--offline"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("listen-bad.toml:7:"), "{err}");
+    assert!(err.contains("[status] listen"), "{err}");
+    // `verbose` is not a level: refused, with the accepted values and a suggestion.
+    let level = write("level.toml", &format!("{base}[log]\nlevel = \"verbose\"\n"));
+    let (code, _, err) = run_bin(&["--config", &level, "check", "--offline"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("level.toml:7:"), "{err}");
+    assert!(err.contains("error, warn, info, debug, trace"), "{err}");
+    let near = write("near.toml", &format!("{base}[log]\nlevel = \"inf\"\n"));
+    let (_, _, err) = run_bin(&["--config", &near, "check", "--offline"], None);
+    assert!(err.contains("did you mean \"info\""), "{err}");
+    // A duplicate key is named.
+    let dup = write(
+        "dup.toml",
+        &format!("{base}[status]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n"),
+    );
+    let (code, _, err) = run_bin(&["--config", &dup, "check", "--offline"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("duplicate key") && err.contains("listen"),
+        "{err}"
+    );
+    // A missing file says how to name one, once, with exit 1, for every command.
+    let missing = dir.join("missing.toml").display().to_string();
+    for cmd in [
+        vec!["check"],
+        vec!["migrate"],
+        vec!["run"],
+        vec!["explain", "--event", "-"],
+    ] {
+        let mut args = vec!["--config", missing.as_str()];
+        args.extend(cmd.iter().copied());
+        let (code, _, err) = run_bin(&args, Some("{}"));
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(
+            err.contains("--config") && err.contains("CACHEWARDEN_CONFIG"),
+            "{cmd:?}: {err}"
+        );
+        assert_eq!(err.matches("No such file").count(), 1, "{cmd:?}: {err}");
+    }
+    // explain on an event file that does not exist: invalid input, exit 1.
+    let (code, _, err) = run_bin(
+        &["--config", &ok, "explain", "--event", "/nonexistent.json"],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent.json"), "{err}");
+}

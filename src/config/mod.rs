@@ -6,7 +6,8 @@
 //! relative paths (`rules_dir`) are resolved against the config file's directory.
 //! [`redact_url`] keeps passwords out of logs.
 
-use std::net::SocketAddr;
+mod diagnose;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -14,10 +15,10 @@ use serde::Deserialize;
 /// Errors loading configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}; name the file with --config PATH or the CACHEWARDEN_CONFIG variable")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{col}: error: {message}")]
     Parse {
@@ -484,9 +485,9 @@ fn default_level() -> String {
 impl Config {
     /// Loads the file at `path`, applies environment overrides and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text, path, |k| {
             std::env::var(k).ok().filter(|v| !v.is_empty())
@@ -500,12 +501,18 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = crate::span::line_col(text, e.span().map_or(0, |s| s.start));
+            let at = e.span().map_or(0, |s| s.start);
+            let (line, col) = crate::span::line_col(text, at);
+            let mut message = e.message().trim().replace('\n', " ");
+            if message == "duplicate key" {
+                let key = diagnose::leading_key(text.get(at..).unwrap_or(""));
+                message = format!("duplicate key `{key}`: each key may be set once per section");
+            }
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
                 col,
-                message: e.message().trim().replace('\n', " "),
+                message,
             }
         })?;
         if let Some(url) = env("CACHEWARDEN_POSTGRES_URL") {
@@ -522,6 +529,20 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
+        // An error about one key, at its line when the file sets it.
+        let invalid_key = |section: &str, key: &str, message: String| match diagnose::key_position(
+            text, section, key,
+        ) {
+            Some((line, col)) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                col,
+                message,
+            },
+            None => invalid(message),
+        };
+        diagnose::check_log_level(&cfg.log.level)
+            .map_err(|e| invalid_key("log", "level", format!("[log] level: {e}")))?;
         crate::tls::PgTls::from_url(&cfg.postgres.url)
             .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
         cfg.postgres_config()
@@ -584,10 +605,16 @@ impl Config {
             }
         }
         crate::target::redis::client(&cfg.redis).map_err(|e| invalid(format!("[redis] {e}")))?;
-        cfg.status
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid(format!("[status] listen {:?}: {e}", cfg.status.listen)))?;
+        if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(cfg.status.listen.as_str()) {
+            return Err(invalid_key(
+                "status",
+                "listen",
+                format!(
+                    "[status] listen {:?}: {e}: expected host:port, such as \"127.0.0.1:9187\", \"localhost:9187\" or \"0.0.0.0:9187\"",
+                    cfg.status.listen
+                ),
+            ));
+        }
         if cfg.worker.max_batch_changes == 0
             || cfg.redis.unlink_chunk == 0
             || cfg.redis.scan_count == 0
