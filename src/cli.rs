@@ -16,14 +16,10 @@ use clap::{Parser, Subcommand};
     about = "Keeps Redis caches correct from a PostgreSQL change stream"
 )]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        default_value = "cachewarden.toml",
-        env = "CACHEWARDEN_CONFIG"
-    )]
-    pub config: PathBuf,
+    /// Configuration file [default: cachewarden.toml when it exists; without a file every
+    /// key comes from CACHEWARDEN_<SECTION>_<KEY> variables].
+    #[arg(long, global = true, env = "CACHEWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -65,6 +61,9 @@ pub enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// Print the effective configuration: every key, its value and where it came from
+    /// (environment, file line, default), secrets redacted.
+    Config,
     /// Print the keys an event would invalidate, without touching Redis.
     Explain {
         /// Event JSON file, or - for standard input.

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Every command needs the configuration: an invalid or missing one is invalid input.
-    let config = match Config::load(&cli.config) {
+    let config = match Config::load_or_env(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -122,6 +122,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { offline } => check(config, offline).await,
+        Command::Config => {
+            let file = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| cachewarden::config::DEFAULT_FILE.into());
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let name = if text.is_empty() {
+                "(no file)".to_string()
+            } else {
+                file.display().to_string()
+            };
+            print!(
+                "{}",
+                cachewarden::config::show::render(&config, &text, &name)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Warm {
             rule,
             where_sql,

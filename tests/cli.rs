@@ -560,3 +560,74 @@ fn configuration_mistakes_get_clear_errors_and_the_documented_exit_codes() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("/nonexistent.json"), "{err}");
 }
+
+/// Issue 17: every key from the environment, no file needed, and `cachewarden config` shows
+/// what is in effect and where each value came from, without secrets.
+#[test]
+fn the_environment_alone_configures_the_worker_and_config_shows_it() {
+    let dir = std::env::temp_dir().join("cachewarden-tests/cli_env_only");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("my-rules")).unwrap();
+    std::fs::write(
+        dir.join("my-rules/r.toml"),
+        "[[rule]]\nname='c'\ntable='courses'\nkeys=['course:{id}']\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(args)
+            .current_dir(&dir)
+            .env_remove("CACHEWARDEN_CONFIG");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let vars = [
+        (
+            "CACHEWARDEN_POSTGRES_URL",
+            "postgres://cw:s3cret@127.0.0.1:5432/postgres",
+        ),
+        ("CACHEWARDEN_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ("CACHEWARDEN_RULES_DIR", "my-rules"),
+        ("CACHEWARDEN_REDIS_KEY_PREFIX", ":1:"),
+        ("CACHEWARDEN_WORKER_MAX_BATCH_CHANGES", "500"),
+        ("CACHEWARDEN_MONITOR_MAX_LAG", "10s"),
+    ];
+    let (code, out, err) = run(&["check", "--offline"], &vars);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok: 1 rules"), "{out}");
+    let (code, out, err) = run(&["config"], &vars);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "url = \"postgres://cw:***@127.0.0.1:5432/postgres\"  # env CACHEWARDEN_POSTGRES_URL",
+        "key_prefix = \":1:\"  # env CACHEWARDEN_REDIS_KEY_PREFIX",
+        "max_batch_changes = 500  # env CACHEWARDEN_WORKER_MAX_BATCH_CHANGES",
+        "max_lag = \"10s\"  # env CACHEWARDEN_MONITOR_MAX_LAG",
+        "slot = \"cachewarden\"  # default",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    assert!(!out.contains("s3cret"), "{out}");
+    // A misspelt key in a variable is refused like one in a file.
+    let mut typo = vars.to_vec();
+    typo.push(("CACHEWARDEN_REDIS_KEY_PREFX", "x"));
+    let (code, _, err) = run(&["check", "--offline"], &typo);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("key_prefx") && err.contains("CACHEWARDEN_REDIS_KEY_PREFX"),
+        "{err}"
+    );
+    // Without a file and without the required keys: what to do.
+    let (code, _, err) = run(&["check", "--offline"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("CACHEWARDEN_POSTGRES_URL") && err.contains("--config"),
+        "{err}"
+    );
+}

@@ -20,10 +20,12 @@ pub fn key_position(text: &str, section: &str, key: &str) -> Option<(usize, usiz
         if current != section {
             continue;
         }
-        if let Some(after) = trimmed.strip_prefix(key) {
-            if after.trim_start().starts_with('=') {
-                return Some((i + 1, line.len() - trimmed.len() + 1));
-            }
+        let quoted = format!("\"{key}\"");
+        let after = trimmed
+            .strip_prefix(key)
+            .or_else(|| trimmed.strip_prefix(quoted.as_str()));
+        if after.is_some_and(|a| a.trim_start().starts_with('=')) {
+            return Some((i + 1, line.len() - trimmed.len() + 1));
         }
     }
     None

@@ -7,10 +7,12 @@
 //! [`redact_url`] keeps passwords out of logs.
 
 mod diagnose;
+pub mod env;
+pub mod show;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors loading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +33,22 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The file read when none is named.
+pub const DEFAULT_FILE: &str = "cachewarden.toml";
+
+/// The process' `CACHEWARDEN_*` variables.
+fn environment() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("CACHEWARDEN_"))
+        .collect()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The keys the environment set (for `cachewarden config`).
+    #[serde(skip)]
+    pub from_env: Vec<env::Applied>,
     #[serde(default = "default_rules_dir")]
     pub rules_dir: PathBuf,
     #[serde(default)]
@@ -56,7 +71,7 @@ pub struct Config {
 }
 
 /// `[journal]`: how long `cache_invalidations` keeps final rows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
     /// Final (`completed`/`failed`) rows older than this are deleted (`"7d"`, `"12h"`).
@@ -77,7 +92,7 @@ fn default_journal_retention() -> String {
 }
 
 /// `[monitor]`: monitoring tables and checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     /// `cache_metrics` rows older than this are deleted (`"30d"`).
@@ -221,7 +236,7 @@ fn default_rules_dir() -> PathBuf {
     PathBuf::from("rules")
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// Logical replication from `[postgres] url`'s database.
@@ -232,7 +247,7 @@ pub enum SourceKind {
 }
 
 /// `[kafka]`: a consumer group reading Debezium change events.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: `host:port[,host:port…]`.
@@ -263,14 +278,14 @@ fn default_commit_interval() -> u64 {
     1000
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(default)]
     pub kind: SourceKind,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     pub url: String,
@@ -291,7 +306,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
@@ -328,7 +343,7 @@ fn default_timeout_ms() -> u64 {
     5000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusConfig {
     #[serde(default = "default_listen")]
@@ -347,7 +362,7 @@ fn default_listen() -> String {
     "127.0.0.1:9187".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Cut a batch at this many changes.
@@ -451,7 +466,7 @@ fn default_catalog_interval() -> u64 {
     2_000
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -459,7 +474,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
@@ -483,24 +498,51 @@ fn default_level() -> String {
 }
 
 impl Config {
-    /// Loads the file at `path`, applies environment overrides and validates.
+    /// Loads the file at `path`, applies the environment's `CACHEWARDEN_*` settings and
+    /// validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        Self::from_toml(&text, path, |k| {
-            std::env::var(k).ok().filter(|v| !v.is_empty())
-        })
+        Self::from_toml(&text, path, &environment())
     }
 
-    /// Parses config text; `env` supplies overrides (a function so tests stay hermetic).
+    /// Loads `path` when given (it must exist); else `cachewarden.toml` when it exists; else
+    /// the environment alone, which must then set what a file would (at least
+    /// `CACHEWARDEN_POSTGRES_URL` and `CACHEWARDEN_REDIS_URL`).
+    pub fn load_or_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default = Path::new(DEFAULT_FILE);
+        match path {
+            Some(p) => Self::load(p),
+            None if default.exists() => Self::load(default),
+            None => Self::from_toml("", default, &environment()).map_err(|e| match e {
+                ConfigError::Invalid { path, message }
+                | ConfigError::Parse { path, message, .. }
+                    if message.contains("missing field") =>
+                {
+                    ConfigError::Invalid {
+                        path,
+                        message: format!(
+                            "{message}: there is no {DEFAULT_FILE} here; name a file with --config \
+                             PATH or CACHEWARDEN_CONFIG, or set every required key in the \
+                             environment (CACHEWARDEN_POSTGRES_URL, CACHEWARDEN_REDIS_URL)"
+                        ),
+                    }
+                }
+                other => other,
+            }),
+        }
+    }
+
+    /// Parses config text with the configuration variables among `vars` applied over it
+    /// (a list, so tests stay hermetic).
     pub fn from_toml(
         text: &str,
         path: &Path,
-        env: impl Fn(&str) -> Option<String>,
+        vars: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+        let parse_error = |e: toml::de::Error| {
             let at = e.span().map_or(0, |s| s.start);
             let (line, col) = crate::span::line_col(text, at);
             let mut message = e.message().trim().replace('\n', " ");
@@ -514,13 +556,28 @@ impl Config {
                 col,
                 message,
             }
-        })?;
-        if let Some(url) = env("CACHEWARDEN_POSTGRES_URL") {
-            cfg.postgres.url = url;
-        }
-        if let Some(url) = env("CACHEWARDEN_REDIS_URL") {
-            cfg.redis.url = url;
-        }
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let applied = env::overlay(&mut table, vars);
+        let mut cfg: Config = if applied.is_empty() {
+            // Straight from the text: errors point at their line.
+            toml::from_str(text).map_err(parse_error)?
+        } else {
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let message = e.message().trim().replace('\n', " ");
+                    let vars: Vec<&str> = applied.iter().map(|a| a.var.as_str()).collect();
+                    ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "{message} (with {} from the environment)",
+                            vars.join(", ")
+                        ),
+                    }
+                })?
+        };
+        cfg.from_env = applied;
         if cfg.rules_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.rules_dir = base.join(&cfg.rules_dir);
@@ -547,11 +604,6 @@ impl Config {
             .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
         cfg.postgres_config()
             .map_err(|e| invalid(format!("[postgres] url: {e}")))?;
-        if let Some(brokers) = env("CACHEWARDEN_KAFKA_BROKERS") {
-            if let Some(k) = &mut cfg.kafka {
-                k.brokers = brokers;
-            }
-        }
         match (cfg.source.kind, &cfg.kafka) {
             (SourceKind::Kafka, None) => {
                 return Err(invalid(
@@ -752,10 +804,11 @@ listen = "127.0.0.1:9187"
 
     #[test]
     fn parses_the_documented_example_with_env_overrides() {
-        let cfg = Config::from_toml(EXAMPLE, Path::new("/etc/cw/cachewarden.toml"), |k| {
-            (k == "CACHEWARDEN_REDIS_URL").then(|| "redis://10.0.0.1/2".to_string())
-        })
-        .unwrap();
+        let vars = [(
+            "CACHEWARDEN_REDIS_URL".to_string(),
+            "redis://10.0.0.1/2".to_string(),
+        )];
+        let cfg = Config::from_toml(EXAMPLE, Path::new("/etc/cw/cachewarden.toml"), &vars).unwrap();
         assert_eq!(cfg.redis.url, "redis://10.0.0.1/2");
         assert_eq!(cfg.rules_dir, Path::new("/etc/cw/rules"));
         assert_eq!(cfg.postgres.slot, "cachewarden");
@@ -765,7 +818,7 @@ listen = "127.0.0.1:9187"
     #[test]
     fn unknown_keys_are_refused_with_position() {
         let text = EXAMPLE.replace("key_prefix", "key_prefx");
-        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        let e = Config::from_toml(&text, Path::new("c.toml"), &[]).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("c.toml:11:1: error: unknown field `key_prefx`"),
@@ -785,7 +838,7 @@ listen = "127.0.0.1:9187"
         assert_eq!(format_size(1 << 30), "1.0 GB");
         assert_eq!(format_size(1000), "1000 B");
         let text = format!("{EXAMPLE}[monitor]\nmax_slot_wal = \"lots\"\n");
-        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        let e = Config::from_toml(&text, Path::new("c.toml"), &[]).unwrap_err();
         assert!(e.to_string().contains("max_slot_wal"), "{e}");
     }
 
@@ -807,7 +860,7 @@ listen = "127.0.0.1:9187"
             assert_eq!(parse_period(bad), None, "{bad}");
         }
         let text = format!("{EXAMPLE}[journal]\nretention = \"a week\"\n");
-        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        let e = Config::from_toml(&text, Path::new("c.toml"), &[]).unwrap_err();
         assert!(
             e.to_string().contains("[journal] retention \"a week\""),
             "{e}"
@@ -817,16 +870,17 @@ listen = "127.0.0.1:9187"
     #[test]
     fn kafka_sources_need_their_section() {
         let text = EXAMPLE.replace("kind = \"postgres\"", "kind = \"kafka\"");
-        let e = Config::from_toml(&text, Path::new("c.toml"), |_| None).unwrap_err();
+        let e = Config::from_toml(&text, Path::new("c.toml"), &[]).unwrap_err();
         assert!(e.to_string().contains("needs a [kafka] section"), "{e}");
         let text = format!(
             "{text}[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"^cw\\\\..*\"]\n\
              [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
         );
-        let cfg = Config::from_toml(&text, Path::new("c.toml"), |k| {
-            (k == "CACHEWARDEN_KAFKA_BROKERS").then(|| "10.0.0.9:9092".to_string())
-        })
-        .unwrap();
+        let vars = [(
+            "CACHEWARDEN_KAFKA_BROKERS".to_string(),
+            "10.0.0.9:9092".to_string(),
+        )];
+        let cfg = Config::from_toml(&text, Path::new("c.toml"), &vars).unwrap();
         let k = cfg.kafka.unwrap();
         assert_eq!(cfg.source.kind, SourceKind::Kafka);
         assert_eq!(
