@@ -64,6 +64,13 @@ pub enum Command {
     /// Print the effective configuration: every key, its value and where it came from
     /// (environment, file line, default), secrets redacted.
     Config,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    Man,
     /// Print the keys an event would invalidate, without touching Redis.
     Explain {
         /// Event JSON file, or - for standard input.

@@ -57,7 +57,19 @@ fn bounded_malloc_cache() {}
 
 fn main() -> ExitCode {
     bounded_malloc_cache();
-    let cli = Cli::parse();
+    // A bad command line is invalid input (exit 1, as README documents); help and version
+    // are answers (exit 0).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,6 +104,20 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // What needs no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "cachewarden", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     // Every command needs the configuration: an invalid or missing one is invalid input.
     let config = match Config::load_or_env(cli.config.as_deref()) {
         Ok(c) => c,
@@ -121,6 +147,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
         Command::Check { offline } => check(config, offline).await,
         Command::Config => {
             let file = cli

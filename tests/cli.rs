@@ -631,3 +631,34 @@ fn the_environment_alone_configures_the_worker_and_config_shows_it() {
         "{err}"
     );
 }
+
+/// Issue 17: shell completions and a man page, generated from the CLI definition, with no
+/// configuration needed.
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    for (shell, marker) in [
+        ("bash", "complete -F _cachewarden"),
+        ("zsh", "#compdef cachewarden"),
+        ("fish", "complete -c cachewarden"),
+    ] {
+        let (code, out, err) = run_bin(
+            &["--config", "/nonexistent.toml", "completions", shell],
+            None,
+        );
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: {out}");
+        for sub in ["run", "check", "warm", "explain", "config"] {
+            assert!(out.contains(sub), "{shell} completes {sub}");
+        }
+    }
+    let (code, out, err) = run_bin(&["man"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH cachewarden"),
+        "{out}"
+    );
+    assert!(out.contains("CACHEWARDEN_CONFIG"), "{out}");
+    let (code, _, err) = run_bin(&["completions", "tcsh"], None);
+    assert_eq!(code, 1, "an unknown shell is invalid input: {err}");
+    assert!(err.contains("bash"), "{err}");
+}
