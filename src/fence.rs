@@ -6,7 +6,8 @@
 //! Every warmed value carries a [`Version`]: the commit position of the change that asked for
 //! it (or, for bulk warming, a position taken before the read's snapshot). Before any key of a
 //! `refresh`/`write-through` rule is unlinked, the worker raises the key's *mark*
-//! ([`mark_key`], `cw:v:<key>`) to the invalidating change's version, and a whole-family
+//! ([`mark_key`], `<key_prefix>cw:v:<key without the prefix>`: every key the worker writes
+//! lives under `key_prefix`, so a Redis ACL limited to the application's prefix is enough) to the invalidating change's version, and a whole-family
 //! invalidation (TRUNCATE, an undecodable change, an overlapping pattern) raises the rule's mark
 //! ([`rule_mark_key`]). A warm write is a compare-and-set on the cache target: it lands only if
 //! its version is not older than both marks. (A write need not raise marks itself: two refetches
@@ -37,8 +38,15 @@ pub use crate::version::Version;
 /// How long marks live: long enough to outlast any in-flight warm write.
 pub const MARK_TTL_SECS: u64 = 86_400;
 
-/// The mark key recording the newest invalidation of `key`.
-pub fn mark_key(key: &str) -> String {
+/// The mark key recording the newest invalidation of `key` (a full key, under `key_prefix`).
+pub fn mark_key(key_prefix: &str, key: &str) -> String {
+    let rest = key.strip_prefix(key_prefix).unwrap_or(key);
+    format!("{key_prefix}cw:v:{rest}")
+}
+
+/// Where versions before 0.2 kept a key's mark (outside `key_prefix`); moved at start
+/// ([`crate::target::redis`]'s migration).
+pub fn legacy_mark_key(key: &str) -> String {
     format!("cw:v:{key}")
 }
 
@@ -84,7 +92,7 @@ pub fn fences<'a>(
         for (family, rule) in &families {
             match target {
                 Target::Key(k) if glob_match(family, k) => {
-                    raise(mark_key(k), lsn);
+                    raise(mark_key(key_prefix, k), lsn);
                     raise(rule_max_mark_key(key_prefix, rule), lsn);
                 }
                 Target::Pattern(p) if may_overlap(p, family) => {
@@ -132,7 +140,7 @@ mod tests {
         assert_eq!(
             f,
             [
-                ("cw:v:p:course:9".to_string(), Version(5)),
+                ("p:cw:v:course:9".to_string(), Version(5)),
                 ("p:cw:v:max:w".to_string(), Version(5)),
                 ("p:cw:v:rule:w".to_string(), Version(7)),
             ]

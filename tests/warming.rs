@@ -110,13 +110,14 @@ async fn versioned_writes_never_replace_newer_values() {
         value: v.as_bytes(),
         version: cachewarden::fence::Version(lsn),
         ttl: None,
+        key_prefix: Box::leak(env.prefix.clone().into_boxed_str()),
         rule_mark: Box::leak(rule_mark.clone().into_boxed_str()),
     };
     // A change at 200 was invalidated (mark 200): a refetch that started for the change at 100
     // read data that may predate 200, and is refused; the refetch for 200 lands.
     cache
         .set_marks(&[(
-            cachewarden::fence::mark_key(&key),
+            cachewarden::fence::mark_key(&env.prefix, &key),
             cachewarden::fence::Version(200),
         )])
         .await
@@ -133,7 +134,7 @@ async fn versioned_writes_never_replace_newer_values() {
     // An invalidation at 300 raises the mark before unlinking: a refetch versioned 250 is refused.
     cache
         .set_marks(&[(
-            cachewarden::fence::mark_key(&key),
+            cachewarden::fence::mark_key(&env.prefix, &key),
             cachewarden::fence::Version(300),
         )])
         .await
@@ -164,34 +165,46 @@ async fn versioned_writes_never_replace_newer_values() {
     ];
     let lsn = cachewarden::fence::Version;
     let n = cache
-        .write_versioned_bulk(&bulk, lsn(500), None, &env.key("cw:v:rule:r2"), &max)
+        .write_versioned_bulk(
+            &bulk,
+            lsn(500),
+            None,
+            &env.prefix,
+            &env.key("cw:v:rule:r2"),
+            &max,
+        )
         .await
         .unwrap();
     assert_eq!(n, 2);
     cache
         .set_marks(&[
-            (cachewarden::fence::mark_key(&env.key("b1")), lsn(600)),
+            (
+                cachewarden::fence::mark_key(&env.prefix, &env.key("b1")),
+                lsn(600),
+            ),
             (max.clone(), lsn(600)),
         ])
         .await
         .unwrap();
     let n = cache
-        .write_versioned_bulk(&bulk, lsn(550), None, &env.key("cw:v:rule:r2"), &max)
+        .write_versioned_bulk(
+            &bulk,
+            lsn(550),
+            None,
+            &env.prefix,
+            &env.key("cw:v:rule:r2"),
+            &max,
+        )
         .await
         .unwrap();
     assert_eq!(n, 1, "b1 was invalidated after the bulk read; b2 was not");
     let mut r = env.redis.clone();
     let _: () = r
-        .del(&[
-            max,
-            format!("cw:v:{}", env.key("b1")),
-            env.key("b1"),
-            env.key("b2"),
-        ])
+        .del(&[max, env.key("cw:v:b1"), env.key("b1"), env.key("b2")])
         .await
         .unwrap();
     let _: () = r.del(&[env.key("cw:v:rule:r")]).await.unwrap();
-    let _: () = r.del(&[format!("cw:v:{key}")]).await.unwrap();
+    let _: () = r.del(&[env.key("cw:v:k")]).await.unwrap();
     env.cleanup().await;
 }
 

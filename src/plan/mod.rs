@@ -287,7 +287,7 @@ impl Builder<'_> {
             }
             return;
         };
-        self.mark(mark_key(&key), tx.commit_lsn.into());
+        self.mark(mark_key(prefix, &key), tx.commit_lsn.into());
         self.mark(rule_max_mark_key(prefix, &rule.name), tx.commit_lsn.into());
         let fill = match (rule.strategy, change.op) {
             (_, Op::Delete) => None,

@@ -173,8 +173,8 @@ fn refresh_plans_marks_and_one_warm_job_per_key() {
     assert_eq!(
         plan.marks,
         [
-            (":1:cw:v:max:w".to_string(), Version(30)),
-            ("cw:v::1:course:1".to_string(), Version(30))
+            (":1:cw:v:course:1".to_string(), Version(30)),
+            (":1:cw:v:max:w".to_string(), Version(30))
         ]
     );
     assert_eq!(plan.warms.len(), 1);

@@ -124,7 +124,7 @@ impl CacheTarget for MemoryTarget {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 let newer = |k: &str| s.marks.get(k).is_some_and(|m| *m > w.version);
-                let refused = newer(&mark_key(w.key)) || newer(w.rule_mark);
+                let refused = newer(&mark_key(w.key_prefix, w.key)) || newer(w.rule_mark);
                 if !refused {
                     s.values.insert(w.key.to_string(), w.value.to_vec());
                 }
@@ -140,6 +140,7 @@ impl CacheTarget for MemoryTarget {
         writes: &'a [(String, Vec<u8>)],
         version: Version,
         ttl: Option<u64>,
+        key_prefix: &'a str,
         rule_mark: &'a str,
         _rule_max_mark: &'a str,
     ) -> BoxFuture<'a, Result<u64, CacheError>> {
@@ -151,6 +152,7 @@ impl CacheTarget for MemoryTarget {
                     value: v,
                     version,
                     ttl,
+                    key_prefix,
                     rule_mark,
                 })
                 .collect();
@@ -220,7 +222,7 @@ mod tests {
     async fn marks_refuse_older_writes_and_failures_do_nothing() {
         let mut t = MemoryTarget::new();
         let key = Target::Key("k".into());
-        t.execute(&[(mark_key("k"), Version(5))], &[&key])
+        t.execute(&[(mark_key("", "k"), Version(5))], &[&key])
             .await
             .unwrap();
         let w = |v| VersionedWrite {
@@ -228,6 +230,7 @@ mod tests {
             value: b"x",
             version: Version(v),
             ttl: None,
+            key_prefix: "",
             rule_mark: "r",
         };
         assert_eq!(

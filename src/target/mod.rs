@@ -74,6 +74,8 @@ pub struct VersionedWrite<'a> {
     pub value: &'a [u8],
     pub version: Version,
     pub ttl: Option<u64>,
+    /// The configured `key_prefix` (the key's mark lives under it).
+    pub key_prefix: &'a str,
     pub rule_mark: &'a str,
 }
 
@@ -141,6 +143,7 @@ pub trait CacheTarget: Send {
         writes: &'a [(String, Vec<u8>)],
         version: Version,
         ttl: Option<u64>,
+        key_prefix: &'a str,
         rule_mark: &'a str,
         rule_max_mark: &'a str,
     ) -> BoxFuture<'a, Result<u64, CacheError>>;
@@ -150,6 +153,15 @@ pub trait CacheTarget: Send {
 
     /// Reads hit, miss, eviction and memory figures.
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>>;
+
+    /// Moves marks earlier versions kept outside `key_prefix` under it; returns how many
+    /// moved (nothing to move by default).
+    fn migrate_legacy_marks<'a>(
+        &'a mut self,
+        _key_prefix: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CacheError>> {
+        async { Ok(0) }.boxed()
+    }
 
     /// Reads `keys` (for the consistency probe). Only keys that exist are read, so the reads
     /// count as the server's hits (a miss only in a race with a delete); the caller accounts
@@ -245,6 +257,7 @@ impl CacheTarget for Targets {
         writes: &'a [(String, Vec<u8>)],
         version: Version,
         ttl: Option<u64>,
+        key_prefix: &'a str,
         rule_mark: &'a str,
         rule_max_mark: &'a str,
     ) -> BoxFuture<'a, Result<u64, CacheError>> {
@@ -252,7 +265,14 @@ impl CacheTarget for Targets {
             let mut landed: Option<u64> = None;
             for t in &mut self.targets {
                 let n = t
-                    .write_versioned_bulk(writes, version, ttl, rule_mark, rule_max_mark)
+                    .write_versioned_bulk(
+                        writes,
+                        version,
+                        ttl,
+                        key_prefix,
+                        rule_mark,
+                        rule_max_mark,
+                    )
                     .await?;
                 landed = Some(landed.map_or(n, |l| l.min(n)));
             }
@@ -287,6 +307,20 @@ impl CacheTarget for Targets {
                 };
             }
             Ok(total)
+        }
+        .boxed()
+    }
+
+    fn migrate_legacy_marks<'a>(
+        &'a mut self,
+        key_prefix: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CacheError>> {
+        async move {
+            let mut moved = 0;
+            for t in &mut self.targets {
+                moved += t.migrate_legacy_marks(key_prefix).await?;
+            }
+            Ok(moved)
         }
         .boxed()
     }

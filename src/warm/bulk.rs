@@ -138,7 +138,14 @@ pub async fn bulk_warm(
     let writer = async {
         while let Some((buf, read, last)) = rx.recv().await {
             p.written += cache
-                .write_versioned_bulk(&buf, version, rule.ttl, &rule_mark, &rule_max_mark)
+                .write_versioned_bulk(
+                    &buf,
+                    version,
+                    rule.ttl,
+                    key_prefix,
+                    &rule_mark,
+                    &rule_max_mark,
+                )
                 .await?;
             p.done += read;
             p.elapsed = started.elapsed();

@@ -233,6 +233,7 @@ impl Warmer {
                     value: v,
                     version: job.version,
                     ttl: job.ttl,
+                    key_prefix: &prefix,
                     rule_mark: &marks[i],
                 }),
                 None => empty += 1,

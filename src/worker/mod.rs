@@ -356,7 +356,12 @@ impl Worker {
         );
         tasks.spawn(
             "health",
-            health::watch(Targets::open(&config)?, status.clone(), shutdown.clone()),
+            health::watch(
+                Targets::open(&config)?,
+                config.redis.key_prefix.clone(),
+                status.clone(),
+                shutdown.clone(),
+            ),
         );
         tasks.spawn(
             "consistency probe",

@@ -7,6 +7,7 @@
 //! `INFO` figures (`stats`) and per-rule keyspace samples (`sample`).
 
 mod invalidate;
+mod legacy;
 mod sample;
 mod stats;
 mod versioned;
@@ -214,11 +215,20 @@ impl CacheTarget for RedisTarget {
         writes: &'a [(String, Vec<u8>)],
         version: Version,
         ttl: Option<u64>,
+        key_prefix: &'a str,
         rule_mark: &'a str,
         rule_max_mark: &'a str,
     ) -> BoxFuture<'a, Result<u64, CacheError>> {
-        RedisTarget::write_versioned_bulk(self, writes, version, ttl, rule_mark, rule_max_mark)
-            .boxed()
+        RedisTarget::write_versioned_bulk(
+            self,
+            writes,
+            version,
+            ttl,
+            key_prefix,
+            rule_mark,
+            rule_max_mark,
+        )
+        .boxed()
     }
 
     fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>> {
@@ -227,6 +237,13 @@ impl CacheTarget for RedisTarget {
 
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>> {
         RedisTarget::stats(self).boxed()
+    }
+
+    fn migrate_legacy_marks<'a>(
+        &'a mut self,
+        key_prefix: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CacheError>> {
+        RedisTarget::migrate_legacy_marks(self, key_prefix).boxed()
     }
 
     fn read<'a>(

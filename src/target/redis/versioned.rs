@@ -109,7 +109,7 @@ impl RedisTarget {
             let mut inv = script.prepare_invoke();
             for w in chunk {
                 inv.key(w.key)
-                    .key(mark_key(w.key))
+                    .key(mark_key(w.key_prefix, w.key))
                     .key(w.rule_mark)
                     .arg(w.version.text())
                     .arg(w.value)
@@ -136,6 +136,7 @@ impl RedisTarget {
         writes: &[(String, Vec<u8>)],
         version: Version,
         ttl: Option<u64>,
+        key_prefix: &str,
         rule_mark: &str,
         rule_max_mark: &str,
     ) -> Result<u64, CacheError> {
@@ -167,7 +168,9 @@ impl RedisTarget {
                     if newer(0) {
                         break; // the whole family was invalidated after the read
                     }
-                    written += self.bulk_script(chunk, &v, ttl, rule_mark).await?;
+                    written += self
+                        .bulk_script(chunk, &v, ttl, key_prefix, rule_mark)
+                        .await?;
                     break;
                 }
                 let mut tx = redis::pipe();
@@ -195,6 +198,7 @@ impl RedisTarget {
         chunk: &[(String, Vec<u8>)],
         version: &str,
         ttl: Option<u64>,
+        key_prefix: &str,
         rule_mark: &str,
     ) -> Result<u64, CacheError> {
         let mut conn = self.connection().await?;
@@ -205,7 +209,7 @@ impl RedisTarget {
             inv.key(k);
         }
         for (k, v) in chunk {
-            inv.key(mark_key(k)).arg(v);
+            inv.key(mark_key(key_prefix, k)).arg(v);
         }
         let r: Result<u64, _> = inv.invoke_async(&mut conn).await;
         self.forget_on_error(r)
