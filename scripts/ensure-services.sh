@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Makes local PostgreSQL and Redis ready for cachewarden, idempotently:
-# installs them when missing (Debian), starts them when stopped, and sets
-# wal_level = logical (restarting PostgreSQL once) when it is not.
+# installs them when missing (Debian), starts them when stopped, and changes the LOCAL
+# server's settings with ALTER SYSTEM when needed — wal_level = logical,
+# max_replication_slots and max_wal_senders >= 32 (the parallel tests), and
+# max_slot_wal_keep_size = 10GB — restarting PostgreSQL once for them.
+# CACHEWARDEN_NO_SERVER_CHANGES=1 changes nothing and only checks.
 set -euo pipefail
 
 PGHOST=${PGHOST:-127.0.0.1}
@@ -34,9 +37,21 @@ if ! pg_isready -q; then
 fi
 
 setting() { psql -d postgres -Atqc "SHOW $1"; }
+# CACHEWARDEN_NO_SERVER_CHANGES=1: change nothing on the server; only say what is missing.
+if [ "${CACHEWARDEN_NO_SERVER_CHANGES:-0}" = 1 ]; then
+  [ "$(setting wal_level)" = "logical" ] || {
+    log "wal_level is $(setting wal_level), and cachewarden needs logical: run"
+    log "  ALTER SYSTEM SET wal_level = logical;  and restart PostgreSQL"
+    log "(CACHEWARDEN_NO_SERVER_CHANGES=1 is set, so this script does not change it)"
+    exit 1
+  }
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 || { log "Redis does not answer on port $REDIS_PORT"; exit 1; }
+  log "PostgreSQL (wal_level=logical) and Redis are ready (nothing changed)"
+  exit 0
+fi
 restart=0
 if [ "$(setting wal_level)" != "logical" ]; then
-  log "setting wal_level = logical"
+  log "setting wal_level = logical on the local server (CACHEWARDEN_NO_SERVER_CHANGES=1 to check only)"
   psql -d postgres -qc "ALTER SYSTEM SET wal_level = logical"
   restart=1
 fi

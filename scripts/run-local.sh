@@ -2,6 +2,9 @@
 # Runs the worker against local PostgreSQL and Redis with the example rules in rules/:
 # starts the services (wal_level = logical), creates the `edurise` database with the example
 # schema, builds cachewarden and runs it in the foreground (Ctrl-C stops it gracefully).
+# It changes the local PostgreSQL server's settings when they do not fit (wal_level = logical
+# and more, with ALTER SYSTEM and one restart; see scripts/ensure-services.sh);
+# CACHEWARDEN_NO_SERVER_CHANGES=1 makes it only check them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
