@@ -102,6 +102,30 @@ pub async fn run(config: Config, live: Arc<Live>, tally: SharedTally, mut shutdo
     }
 }
 
+/// Adds the worker's flags to the server's `notify-keyspace-events`; `(before, now)` when it
+/// changed it.
+async fn enable(
+    c: &mut redis::aio::MultiplexedConnection,
+) -> Result<Option<(String, String)>, redis::RedisError> {
+    let current: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(c)
+        .await?;
+    let current = current.get(1).cloned().unwrap_or_default();
+    let wanted = with_flags(&current);
+    if wanted == current {
+        return Ok(None);
+    }
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&wanted)
+        .query_async(c)
+        .await?;
+    Ok(Some((current, wanted)))
+}
+
 /// Enables the notifications, subscribes and counts until the connection ends.
 async fn subscribe(
     config: &Config,
@@ -112,21 +136,16 @@ async fn subscribe(
         crate::target::redis::client(&config.redis).map_err(crate::target::redis::into_redis)?;
     let db = client.get_connection_info().redis_settings().db();
     let mut c = client.get_multiplexed_async_connection().await?;
-    let current: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut c)
-        .await?;
-    let current = current.get(1).cloned().unwrap_or_default();
-    let wanted = with_flags(&current);
-    if wanted != current {
-        let () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("notify-keyspace-events")
-            .arg(&wanted)
-            .query_async(&mut c)
-            .await?;
-        tracing::info!(before = %current, now = %wanted, "keyspace notifications: enabled key misses and evictions ([monitor] keyspace_events)");
+    // Managed Redis often refuses CONFIG: then the flags must come from the service's
+    // parameters (notify-keyspace-events containing E, m and e), and the worker subscribes.
+    match enable(&mut c).await {
+        Ok(Some((before, now))) => {
+            tracing::info!(before = %before, now = %now, "keyspace notifications: enabled key misses and evictions ([monitor] keyspace_events)");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "keyspace notifications: cannot set notify-keyspace-events (CONFIG refused); subscribing anyway — set it to include E, m and e in the server's parameters");
+        }
     }
     let mut pubsub = client.get_async_pubsub().await?;
     let miss = format!("__keyevent@{db}__:keymiss");

@@ -40,7 +40,11 @@ pub(crate) async fn prepare(
         .await?
         .is_some();
     if exists {
-        client.batch_execute(&alter).await?;
+        // Only when it differs: an administrator may keep the publication, and a worker
+        // role that does not own the tables then never needs to change it.
+        if !publication_matches(client, publication, tables).await? {
+            client.batch_execute(&alter).await?;
+        }
     } else {
         // Changes to partitions are published under the partitioned table the rules name.
         let create = format!(
@@ -94,6 +98,30 @@ pub(crate) async fn prepare(
 }
 
 /// Whether an error says the object was created meanwhile (by another instance).
+/// Whether `publication` publishes exactly `tables` (`schema.table`), via the partition root.
+async fn publication_matches(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    tables: &[String],
+) -> Result<bool, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT p.pubviaroot, \
+                    ARRAY(SELECT t.schemaname || '.' || t.tablename FROM pg_publication_tables t \
+                          WHERE t.pubname = p.pubname ORDER BY 1), \
+                    p.puballtables \
+             FROM pg_publication p WHERE p.pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    let (via_root, published, all): (bool, Vec<String>, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    let mut wanted: Vec<String> = tables.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    Ok(via_root && !all && published == wanted)
+}
+
 fn is_duplicate(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code()
