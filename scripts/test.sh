@@ -8,6 +8,9 @@ scripts/ensure-build-tools.sh
 # The Kafka source's tests start their own tansu brokers.
 CACHEWARDEN_TANSU="$(scripts/ensure-tansu.sh)"
 export CACHEWARDEN_TANSU
+# README's Django snippet runs in a real Django (a virtualenv outside the clone).
+CACHEWARDEN_PYTHON="$(scripts/ensure-python.sh)"
+export CACHEWARDEN_PYTHON
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
