@@ -523,6 +523,15 @@ fn configuration_mistakes_get_clear_errors_and_the_documented_exit_codes() {
     let near = write("near.toml", &format!("{base}[log]\nlevel = \"inf\"\n"));
     let (_, _, err) = run_bin(&["--config", &near, "check", "--offline"], None);
     assert!(err.contains("did you mean \"info\""), "{err}");
+    // A misspelt key: its line, the accepted keys and the near miss.
+    let typo = write(
+        "typo.toml",
+        &base.replace("[redis]\n", "[redis]\nkey_prefx = \":1:\"\n"),
+    );
+    let (code, _, err) = run_bin(&["--config", &typo, "check", "--offline"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("typo.toml:5:1"), "{err}");
+    assert!(err.contains("did you mean `key_prefix`?"), "{err}");
     // A duplicate key is named.
     let dup = write(
         "dup.toml",

@@ -85,6 +85,17 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant"), the
+/// accepted value closest to `x`, when it is a near miss.
+pub fn suggestion(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (word, rest) = rest.split_once('`')?;
+    let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    did_you_mean(word, &candidates).map(str::to_string)
+}
+
 /// The identifier at the start of `text` (a TOML bare key).
 pub fn leading_key(text: &str) -> &str {
     let end = text
@@ -119,6 +130,23 @@ mod tests {
             did_you_mean("key_prefx", &["key_prefix", "url"]),
             Some("key_prefix")
         );
+    }
+
+    #[test]
+    fn serde_messages_get_the_near_miss() {
+        assert_eq!(
+            suggestion(
+                "unknown field `key_prefx`, expected one of `url`, `key_prefix`, `scan_count`"
+            )
+            .as_deref(),
+            Some("key_prefix")
+        );
+        assert_eq!(
+            suggestion("unknown variant `postgress`, expected `postgres` or `kafka`").as_deref(),
+            Some("postgres")
+        );
+        assert_eq!(suggestion("unknown field `zzz`, expected `url`"), None);
+        assert_eq!(suggestion("missing field `url`"), None);
     }
 
     #[test]

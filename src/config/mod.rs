@@ -550,6 +550,9 @@ impl Config {
                 let key = diagnose::leading_key(text.get(at..).unwrap_or(""));
                 message = format!("duplicate key `{key}`: each key may be set once per section");
             }
+            if let Some(hint) = diagnose::suggestion(&message) {
+                message = format!("{message} (did you mean `{hint}`?)");
+            }
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -566,7 +569,10 @@ impl Config {
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| {
-                    let message = e.message().trim().replace('\n', " ");
+                    let mut message = e.message().trim().replace('\n', " ");
+                    if let Some(hint) = diagnose::suggestion(&message) {
+                        message = format!("{message} (did you mean `{hint}`?)");
+                    }
                     let vars: Vec<&str> = applied.iter().map(|a| a.var.as_str()).collect();
                     ConfigError::Invalid {
                         path: path.to_path_buf(),
