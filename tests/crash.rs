@@ -27,10 +27,143 @@ keys = ["gone:{id}"]
 const ROWS: i32 = 4000;
 const DELETED: i32 = 2000;
 
+/// What one crash run needs: the worker's configuration and status address, a database
+/// client for the writer and one for checks (where the table, the slot and the journal live),
+/// the slot's name, and the cache with the rules' key prefix.
+struct Crash {
+    cfg: std::path::PathBuf,
+    addr: String,
+    log: std::path::PathBuf,
+    writer: tokio_postgres::Client,
+    db: tokio_postgres::Client,
+    slot: String,
+    redis: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_kill9_during_10000_changes_loses_nothing() {
     let env = TestEnv::new("crash", SCHEMA).await;
     env.write_rules("items.toml", RULES);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = env.write_config(&addr, "");
+    crash_run(Crash {
+        cfg,
+        addr,
+        log: env.dir.join("worker.log"),
+        writer: common::pg(&env.name).await,
+        db: common::pg(&env.name).await,
+        slot: env.name.clone(),
+        redis: env.redis.clone(),
+        prefix: env.prefix.clone(),
+    })
+    .await;
+    env.cleanup().await;
+}
+
+/// Issue 17: the same crash test with both of the worker's PostgreSQL connections and its
+/// Redis connection over TLS (`verify-full`, a client certificate for Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_kill9_over_tls_loses_nothing() {
+    use common::certs::{self_signed_ca, signed};
+    use common::tls_servers::{tls_redis, TlsPostgres};
+    let pg = TlsPostgres::start("crash");
+    pg.psql(SCHEMA);
+    let dir = std::env::temp_dir().join("cachewarden-tests/crash_tls");
+    let _ = std::fs::remove_dir_all(&dir);
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(dir.join("rules/items.toml"), RULES).unwrap();
+    self_signed_ca(&certs, "ca", "cachewarden test CA");
+    signed(&certs, "ca", "server", "localhost");
+    signed(&certs, "ca", "client", "cachewarden");
+    let redis_server = tls_redis(&certs);
+    let file = |f: &str| certs.join(f).display().to_string();
+    let prefix = "cwt:crash-tls:";
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", pg.ca()),
+    );
+    let cfg = dir.join("cachewarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rules_dir = \"rules\"\n[postgres]\nurl = \"{url}\"\nslot = \"cw_crash\"\npublication = \"cw_crash\"\n\
+             [redis]\nurl = \"rediss://localhost:{port}/0\"\nkey_prefix = \"{prefix}\"\n\
+             tls_ca_file = \"{ca}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n\
+             [status]\nlisten = \"{addr}\"\n[worker]\nstatus_interval_ms = 200\nmax_backoff_ms = 500\n\
+             control_interval_ms = 100\n",
+            port = redis_server.port,
+            ca = file("ca.pem"),
+            cert = file("client.pem"),
+            key = file("client.key"),
+        ),
+    )
+    .unwrap();
+    let client = redis::Client::build_with_tls(
+        format!("rediss://localhost:{}/0", redis_server.port),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(file("client.pem")).unwrap(),
+                client_key: std::fs::read(file("client.key")).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(file("ca.pem")).unwrap()),
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    let redis = loop {
+        if let Ok(c) = client.get_multiplexed_async_connection().await {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "TLS Redis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    crash_run(Crash {
+        cfg,
+        addr,
+        log: dir.join("worker.log"),
+        writer: pg.client().await,
+        db: pg.client().await,
+        slot: "cw_crash".into(),
+        redis,
+        prefix: prefix.into(),
+    })
+    .await;
+}
+
+/// The slot's confirmed position, and the server's, as numbers.
+async fn positions(db: &tokio_postgres::Client, slot: &str) -> (u64, u64) {
+    let row = db
+        .query_one(
+            "SELECT coalesce((SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots \
+                              WHERE slot_name = $1), '0'), (pg_current_wal_lsn() - '0/0')::text",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    let n = |i: usize| row.get::<_, String>(i).parse::<u64>().unwrap_or(0);
+    (n(0), n(1))
+}
+
+/// 10,000 changes while the worker is SIGKILLed and restarted; then nothing is lost.
+async fn crash_run(c: Crash) {
+    let Crash {
+        cfg,
+        addr,
+        log,
+        writer: mut db_writer,
+        db,
+        slot,
+        redis,
+        prefix,
+    } = c;
+    let key = |k: &str| format!("{prefix}{k}");
     let mut keys = Vec::new();
     for id in 1..=ROWS {
         keys.push(format!("item:{id}:v0"));
@@ -40,12 +173,15 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
         }
     }
     assert_eq!(keys.len(), 10_000);
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    env.set_keys(&key_refs).await;
+    {
+        let mut r = redis.clone();
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.set(key(k), "cached").ignore();
+        }
+        let () = pipe.query_async(&mut r).await.unwrap();
+    }
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let cfg = env.write_config(&addr, "");
-    let log = env.dir.join("worker.log");
     let mut worker = spawn_run(&cfg, &log);
     // The slot is created by the first start: changes before it exist for nobody.
     let start = Instant::now();
@@ -58,12 +194,8 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
     }
 
     // The writer: 10,000 changes in transactions of 1..=37 statements.
-    let url = format!("{}/{}", common::PG_BASE, env.name);
     let writer = tokio::spawn(async move {
-        let (mut db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let db = &mut db_writer;
         let mut stmts = Vec::new();
         for id in 1..=ROWS {
             stmts.push(format!("INSERT INTO items VALUES ({id}, 0)"));
@@ -107,16 +239,24 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
     writer.await.unwrap();
 
     // Let the last instance catch up, then stop it politely.
-    env.wait_caught_up(Duration::from_secs(60)).await;
+    let target = positions(&db, &slot).await.1;
+    let start = Instant::now();
+    while positions(&db, &slot).await.0 < target {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the slot never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let start = Instant::now();
     let mut alive = Vec::new();
     while start.elapsed() < Duration::from_secs(30) {
         alive.clear();
-        let mut r = env.redis.clone();
+        let mut r = redis.clone();
         let exists: Vec<bool> = {
             let mut pipe = redis::pipe();
             for k in &keys {
-                pipe.exists(env.key(k));
+                pipe.exists(key(k));
             }
             pipe.query_async(&mut r).await.unwrap()
         };
@@ -141,8 +281,7 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
     // Every journal row is final once the last instance has recovered what a kill left open.
     let start = Instant::now();
     loop {
-        let open: i64 = env
-            .db
+        let open: i64 = db
             .query_one(
                 "SELECT count(*) FROM cache_invalidations WHERE status IN ('pending', 'running')",
                 &[],
@@ -159,8 +298,7 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let completed_keys: i64 = env
-        .db
+    let completed_keys: i64 = db
         .query_one(
             "SELECT count(DISTINCT k) FROM cache_invalidations, \
                     unnest(CASE WHEN kind = 'keys' THEN keys ELSE ARRAY[key_pattern] END) k \
@@ -191,7 +329,6 @@ async fn crash_kill9_during_10000_changes_loses_nothing() {
         "crash test: {kills} SIGKILLs ({kills_while_writing} while writing 10000 changes), \
          {recoveries} restarts recovered open journal rows; nothing lost"
     );
-    env.cleanup().await;
 }
 
 /// `reinvalidate_after` passes are journaled when their batch is done: a worker killed before

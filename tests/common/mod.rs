@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod tls_servers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
