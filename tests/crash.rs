@@ -102,28 +102,7 @@ async fn crash_kill9_over_tls_loses_nothing() {
         ),
     )
     .unwrap();
-    let client = redis::Client::build_with_tls(
-        format!("rediss://localhost:{}/0", redis_server.port),
-        redis::TlsCertificates {
-            client_tls: Some(redis::ClientTlsConfig {
-                client_cert: std::fs::read(file("client.pem")).unwrap(),
-                client_key: std::fs::read(file("client.key")).unwrap(),
-            }),
-            root_cert: Some(std::fs::read(file("ca.pem")).unwrap()),
-        },
-    )
-    .unwrap();
-    let start = Instant::now();
-    let redis = loop {
-        if let Ok(c) = client.get_multiplexed_async_connection().await {
-            break c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "TLS Redis did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let redis = redis_server.connect(&certs).await;
     crash_run(Crash {
         cfg,
         addr,

@@ -200,25 +200,7 @@ async fn the_worker_invalidates_a_redis_it_reaches_over_tls_with_a_client_certif
         path
     };
     // The test's own client, over TLS with the client certificate.
-    let client = redis::Client::build_with_tls(
-        format!("rediss://localhost:{}/0", redis.port),
-        redis::TlsCertificates {
-            client_tls: Some(redis::ClientTlsConfig {
-                client_cert: std::fs::read(file("client.pem")).unwrap(),
-                client_key: std::fs::read(file("client.key")).unwrap(),
-            }),
-            root_cert: Some(std::fs::read(file("ca.pem")).unwrap()),
-        },
-    )
-    .unwrap();
-    let start = Instant::now();
-    let mut r = loop {
-        if let Ok(c) = client.get_multiplexed_async_connection().await {
-            break c;
-        }
-        assert!(start.elapsed() < WAIT, "the TLS redis-server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut r = redis.connect(&certs).await;
     let key = env.key("item:3");
     let () = redis::cmd("SET")
         .arg(&key)

@@ -193,3 +193,33 @@ pub fn tls_redis(dir: &Path) -> TlsRedis {
         .expect("redis-server");
     TlsRedis { child, port }
 }
+
+impl TlsRedis {
+    /// A connection of the test's own, over TLS with the client certificate `client.pem` of
+    /// `certs` (waits for the server to start).
+    pub async fn connect(&self, certs: &Path) -> redis::aio::MultiplexedConnection {
+        let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
+        let client = redis::Client::build_with_tls(
+            format!("rediss://localhost:{}/0", self.port),
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read("client.pem"),
+                    client_key: read("client.key"),
+                }),
+                root_cert: Some(read("ca.pem")),
+            },
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(c) = client.get_multiplexed_async_connection().await {
+                return c;
+            }
+            assert!(
+                start.elapsed() < super::WAIT,
+                "the TLS redis-server did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
