@@ -25,7 +25,8 @@
 //! * [`warm`] — refills keys after invalidation (`refresh`, `write-through`, bulk `warm`).
 //!
 //! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),
-//! [`status`] (HTTP health, readiness and status), [`metrics`] (Prometheus `/metrics`),
+//! [`status`] (the shared state, readiness), [`api`] (HTTP: health, readiness, status,
+//! metrics), [`metrics`] (Prometheus `/metrics`),
 //! [`monitor`] (`cache_metrics` rows, the consistency probe, the source's figures, keyspace
 //! notifications, retention), [`config`] (`cachewarden.toml`), [`cli`] (commands),
 //! [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`] (dry runs),
@@ -35,6 +36,7 @@
 //! matching, rendering, planning, fencing, journal grouping, globs, SQL quoting — does no I/O.
 
 pub mod action;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;

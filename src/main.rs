@@ -321,7 +321,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding the status endpoint on {}", config.status.listen))?;
     tracing::info!(listen = %config.status.listen, "status endpoint up");
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(cachewarden::status::serve(
+    let http = tokio::spawn(cachewarden::api::serve(
         listener,
         status.clone(),
         async move {

@@ -1,20 +1,15 @@
-//! The HTTP status endpoint: `/healthz`, `/readyz` and `/status`.
+//! The worker's shared state, as `/status` and `/readyz` show it.
 //!
 //! [`Status`] is the worker's shared, lock-light state (atomics for counters, one mutex for the
-//! few strings and the lag window). The HTTP side only reads it. `/healthz` answers while the
-//! process runs; `/readyz` is 200 only while both the replication source and Redis are
-//! connected; `/status` is a JSON snapshot for humans and dashboards.
+//! few strings and the lag window): the pipeline and the tasks beside it write it, the HTTP
+//! endpoints ([`crate::api`]) and `/metrics` ([`crate::metrics`]) only read it. It decides
+//! readiness ([`Status::not_ready_reasons`]) and makes the `/status` [`Snapshot`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::source::{Op, Progress};
@@ -191,7 +186,7 @@ pub struct Status {
     pub passes_waiting: AtomicU64,
     /// Source positions waiting for the journal or a pass before they are confirmed.
     pub positions_waiting: AtomicU64,
-    histograms: crate::metrics::Histograms,
+    histograms: crate::metrics::histogram::Histograms,
     /// Reads of cached keys the worker itself made (the consistency probe), which Redis counts
     /// in its hits and misses: the `cache_metrics` deltas leave them out. Held while the reads
     /// run and while `INFO` is taken, so each read is counted on the right side of a sample.
@@ -211,7 +206,7 @@ impl Default for Status {
             journal_trailing: AtomicU64::new(0),
             passes_waiting: AtomicU64::new(0),
             positions_waiting: AtomicU64::new(0),
-            histograms: crate::metrics::Histograms::default(),
+            histograms: crate::metrics::histogram::Histograms::default(),
             own_reads: tokio::sync::Mutex::default(),
             changes_by_table: Mutex::default(),
             inner: Mutex::new(Inner::default()),
@@ -418,7 +413,7 @@ impl Status {
     }
 
     /// The distributions `/metrics` exposes.
-    pub fn histograms(&self) -> &crate::metrics::Histograms {
+    pub fn histograms(&self) -> &crate::metrics::histogram::Histograms {
         &self.histograms
     }
 
@@ -658,68 +653,6 @@ impl Status {
             drift: i.drift.iter().chain(&i.schema_drift).cloned().collect(),
         }
     }
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-/// `/readyz`'s body: whether the worker is ready, and why not.
-#[derive(Debug, Serialize)]
-struct Readiness {
-    ready: bool,
-    reasons: Vec<String>,
-}
-
-async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {
-    let reasons = s.not_ready_reasons();
-    let code = if reasons.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(Readiness {
-            ready: reasons.is_empty(),
-            reasons,
-        }),
-    )
-}
-
-async fn status_json(State(s): State<Arc<Status>>) -> Json<Snapshot> {
-    Json(s.snapshot())
-}
-
-async fn metrics(State(s): State<Arc<Status>>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
-        )],
-        crate::metrics::render(&s),
-    )
-}
-
-/// The status routes.
-pub fn router(status: Arc<Status>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/status", get(status_json))
-        .route("/metrics", get(metrics))
-        .with_state(status)
-}
-
-/// Serves the status endpoint until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    status: Arc<Status>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(status))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 #[cfg(test)]

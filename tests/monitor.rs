@@ -208,7 +208,7 @@ async fn the_slots_retained_wal_is_measured_and_limits_readiness() {
     let path = env.write_config(&addr, "[monitor]\nmax_slot_wal = \"1B\"\n");
     let config = env.config_with_file(&path);
     let w = env.start_worker_with(config).await;
-    let server = tokio::spawn(cachewarden::status::serve(
+    let server = tokio::spawn(cachewarden::api::serve(
         tokio::net::TcpListener::bind(&addr).await.unwrap(),
         w.status.clone(),
         std::future::pending(),

@@ -114,7 +114,7 @@ async fn readyz_turns_503_while_journal_writes_fail() {
     );
     let addr = format!("127.0.0.1:{}", free_port());
     let w = env.start_worker().await;
-    let server = tokio::spawn(cachewarden::status::serve(
+    let server = tokio::spawn(cachewarden::api::serve(
         tokio::net::TcpListener::bind(&addr).await.unwrap(),
         w.status.clone(),
         std::future::pending(),

@@ -33,6 +33,16 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// How far one per-rule keyspace sample may scan (`[monitor] sample_budget`,
+/// `sample_max_keys`).
+#[derive(Debug, Clone, Copy)]
+pub struct SampleLimits {
+    /// Stop scanning after this long.
+    pub budget: std::time::Duration,
+    /// Stop after this many distinct keys.
+    pub max_keys: usize,
+}
+
 /// The file read when none is named.
 pub const DEFAULT_FILE: &str = "cachewarden.toml";
 
@@ -718,8 +728,8 @@ impl Config {
     }
 
     /// How far one per-rule keyspace sample may scan.
-    pub fn sample_limits(&self) -> crate::monitor::families::SampleLimits {
-        crate::monitor::families::SampleLimits {
+    pub fn sample_limits(&self) -> SampleLimits {
+        SampleLimits {
             budget: parse_period(&self.monitor.sample_budget)
                 .unwrap_or(std::time::Duration::from_secs(1)),
             max_keys: self.monitor.sample_max_keys.max(1),

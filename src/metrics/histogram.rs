@@ -6,7 +6,28 @@
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::MetricType;
+
+/// Distributions observed by the worker.
+#[derive(Debug, Clone)]
+pub struct Histograms {
+    /// Source commit → the change's cache actions done, in seconds (one observation per change).
+    pub lag_seconds: Weighted,
+    /// Changes per executed batch.
+    pub batch_changes: Weighted,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            // 0.5 ms … about 16 s.
+            lag_seconds: Weighted::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 1 … 65,536 changes.
+            batch_changes: Weighted::new(exponential_buckets(1.0, 4.0, 9)),
+        }
+    }
+}
 
 /// Bucketed counts and their sum; clones share them.
 #[derive(Debug, Clone)]

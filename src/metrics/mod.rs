@@ -8,7 +8,7 @@
 //! is the maintained `prometheus-client` crate's; `histogram` adds [`Weighted`], a histogram
 //! that records a transaction's lag once for all its changes.
 
-mod histogram;
+pub mod histogram;
 
 use std::sync::atomic::Ordering;
 
@@ -16,35 +16,14 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::exponential_buckets;
 
-pub use histogram::Weighted;
+pub use histogram::{Histograms, Weighted};
 use prometheus_client::registry::Registry;
 
 use crate::status::Status;
 
 /// The media type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Distributions observed by the worker.
-#[derive(Debug, Clone)]
-pub struct Histograms {
-    /// Source commit → the change's cache actions done, in seconds (one observation per change).
-    pub lag_seconds: Weighted,
-    /// Changes per executed batch.
-    pub batch_changes: Weighted,
-}
-
-impl Default for Histograms {
-    fn default() -> Self {
-        Histograms {
-            // 0.5 ms … about 16 s.
-            lag_seconds: Weighted::new(exponential_buckets(0.0005, 2.0, 16)),
-            // 1 … 65,536 changes.
-            batch_changes: Weighted::new(exponential_buckets(1.0, 4.0, 9)),
-        }
-    }
-}
 
 type Labels = Vec<(&'static str, &'static str)>;
 type OwnedLabels = Vec<(&'static str, String)>;

@@ -82,14 +82,7 @@ impl Families {
     }
 }
 
-/// How far one sample may scan.
-#[derive(Debug, Clone, Copy)]
-pub struct SampleLimits {
-    /// Stop scanning after this long.
-    pub budget: std::time::Duration,
-    /// Stop after this many distinct keys.
-    pub max_keys: usize,
-}
+pub use crate::config::SampleLimits;
 
 /// What one scan saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
