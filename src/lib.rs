@@ -30,13 +30,14 @@
 //! [`monitor`] (`cache_metrics` rows, the consistency probe, the source's figures, keyspace
 //! notifications, retention), [`config`] (`cachewarden.toml`), [`cli`] (commands),
 //! [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`] (dry runs),
-//! [`runtime`] (shutdown, task sets, backoff), [`db`] (connections), [`tls`] (libpq's
-//! `sslmode` on rustls) and
+//! [`runtime`] (shutdown, task sets, backoff), [`db`] (connections), [`catalog`] (the rule
+//! tables' shape), [`tls`] (libpq's `sslmode` on rustls) and
 //! `failpoints` (named crash points for the fault-injection tests). Pure logic — decoding,
 //! matching, rendering, planning, fencing, journal grouping, globs, SQL quoting — does no I/O.
 
 pub mod action;
 pub mod api;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -242,7 +242,7 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
         let pg = config.postgres_config().context("[postgres] url")?;
         match db::connect(&pg).await {
             Ok(client) => {
-                let catalog = rules::check::load_catalog(&client, &rules.tables()).await?;
+                let catalog = cachewarden::catalog::load_catalog(&client, &rules.tables()).await?;
                 let mut diags = rules::check::check_with(&rules, &catalog, config.is_kafka());
                 diags.extend(rules::check::check_queries(&client, &rules).await);
                 diags.extend(rules::check::check_pattern_costs(&client, &rules).await);

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::MonitorError;
+use crate::catalog::TableInfo;
 use crate::config::Config;
 use crate::control::Live;
-use crate::rules::check::TableInfo;
 use crate::rules::Rule;
 use crate::runtime::Shutdown;
 use crate::source::Lsn;
@@ -159,7 +159,7 @@ impl Probe<'_> {
         };
         let names: Vec<String> = rules.keys().map(|n| n.to_string()).collect();
         let tables: Vec<String> = rules.values().map(|r| r.table.clone()).collect();
-        let catalog = crate::rules::check::load_catalog(client, &tables).await?;
+        let catalog = crate::catalog::load_catalog(client, &tables).await?;
         let sample = self.config.monitor.probe_sample;
         let recent = recent_keys(client, &names, sample as i64 * CANDIDATES_PER_KEY).await?;
         let mut findings = Findings::default();

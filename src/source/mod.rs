@@ -297,7 +297,7 @@ pub async fn open(
     filter: SharedFilter,
 ) -> Result<Box<dyn Source>, SourceError> {
     if let (crate::config::SourceKind::Kafka, Some(k)) = (config.source.kind, &config.kafka) {
-        let catalog = crate::rules::check::load_catalog(client, tables).await?;
+        let catalog = crate::catalog::load_catalog(client, tables).await?;
         return Ok(Box::new(kafka::KafkaSource::new(
             k.clone(),
             BatchLimits::from_config(&config.worker),

@@ -44,8 +44,7 @@ pub async fn bulk_warm(
     chunk: usize,
     mut progress: impl FnMut(Progress, &[String]),
 ) -> Result<Progress, WarmError> {
-    let catalog =
-        crate::rules::check::load_catalog(client, std::slice::from_ref(&rule.table)).await?;
+    let catalog = crate::catalog::load_catalog(client, std::slice::from_ref(&rule.table)).await?;
     let info = catalog
         .get(&rule.table)
         .ok_or_else(|| WarmError::NoTable(rule.table.clone()))?;
@@ -174,7 +173,7 @@ impl<'a> RowRender<'a> {
     /// For `rule`'s rows of the table `info` describes, key columns `key_cols` first.
     pub(super) fn new(
         rule: &'a Rule,
-        info: &crate::rules::check::TableInfo,
+        info: &crate::catalog::TableInfo,
         key_cols: &[String],
     ) -> Result<Self, WarmError> {
         let type_of = |c: &str| {

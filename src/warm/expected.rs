@@ -10,7 +10,7 @@ use super::bulk::RowRender;
 use super::bulk_sql::bulk_sql;
 use super::values::TextArg;
 use super::WarmError;
-use crate::rules::check::TableInfo;
+use crate::catalog::TableInfo;
 use crate::rules::Rule;
 use crate::sql::quote_ident;
 

@@ -551,9 +551,7 @@ fn kafka_error(e: KafkaError) -> SourceError {
 
 /// The catalog knowledge of `tables` that the worker's database has (tables it does not have
 /// are simply absent: their events' own schemas must do).
-pub fn hints(
-    catalog: &std::collections::HashMap<String, crate::rules::check::TableInfo>,
-) -> Catalog {
+pub fn hints(catalog: &std::collections::HashMap<String, crate::catalog::TableInfo>) -> Catalog {
     catalog
         .iter()
         .map(|(table, info)| {
