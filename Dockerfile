@@ -10,16 +10,16 @@ COPY bench bench
 RUN cargo build --release --locked --bin cachewarden
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/cachewarden /usr/local/bin/cachewarden
 # An unprivileged user of its own; the worker needs no file it writes.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cachewarden
 USER 10001:10001
 EXPOSE 9187
-# Ready = streaming, Redis reachable, lag and memory within [monitor] (the status endpoint
-# must listen where this looks: [status] listen = "0.0.0.0:9187" in the image's config).
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD curl -fs http://127.0.0.1:9187/readyz >/dev/null || exit 1
+# Ready = streaming, Redis reachable, lag and memory within [monitor]: `cachewarden ready`
+# asks the worker's own /readyz (no curl in the image).
+HEALTHCHECK --interval=10s --timeout=6s --start-period=30s --retries=3 \
+    CMD ["cachewarden", "--config", "/etc/cachewarden/cachewarden.toml", "ready"]
 ENTRYPOINT ["cachewarden"]
 CMD ["--config", "/etc/cachewarden/cachewarden.toml", "run"]

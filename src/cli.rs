@@ -64,6 +64,10 @@ pub enum Command {
     /// Print the effective configuration: every key, its value and where it came from
     /// (environment, file line, default), secrets redacted.
     Config,
+    /// Ask the running worker whether it is ready (GET /readyz on [status] listen): exit 0
+    /// when ready, 1 when not (the reasons are printed), 2 when it does not answer. For
+    /// container health checks.
+    Ready,
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
     Completions {
         /// The shell.

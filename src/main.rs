@@ -148,6 +148,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::Ready => ready(&config.status.listen).await,
         Command::Check { offline } => check(config, offline).await,
         Command::Config => {
             let file = cli
@@ -295,6 +296,44 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
         rules.tables().len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cachewarden ready`: GET /readyz from the worker's own status endpoint (a wildcard listen
+/// address is asked on loopback).
+async fn ready(listen: &str) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = listen
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await;
+    match answer {
+        Ok(Ok(text)) => {
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+            if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+                println!("{body}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("not ready: {body}");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: the status endpoint {addr} does not answer: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(_) => {
+            eprintln!("error: the status endpoint {addr} did not answer within 5 s");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<ExitCode> {

@@ -56,6 +56,10 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
     let wait_for = |code: u16, what: &'static str| wait_readyz(&addr, code, what, &log_path);
     let body = wait_for(200, "ready with an empty Redis").await;
     assert_eq!(body, serde_json::json!({"ready": true, "reasons": []}));
+    // The container health check's command agrees.
+    let cfg_path = cfg.to_str().unwrap().to_string();
+    let (code, _, err) = common::run_bin(&["--config", &cfg_path, "ready"], None);
+    assert_eq!(code, 0, "{err}");
 
     // About 3 MB of values in a Redis of 4 MB: past 70%.
     let value = "x".repeat(100_000);
@@ -64,6 +68,9 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
     }
     let body = wait_for(503, "not ready past the memory ceiling").await;
     assert_eq!(body["ready"], false);
+    let (code, _, err) = common::run_bin(&["--config", &cfg_path, "ready"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Redis memory at"), "{err}");
     let reasons = body["reasons"].to_string();
     assert!(reasons.contains("Redis memory at"), "{body}");
     assert!(reasons.contains("max_memory_ratio"), "{body}");
@@ -98,6 +105,8 @@ async fn readyz_turns_503_past_the_memory_ceiling_and_back() {
     );
     sigterm(&child);
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    let (code, _, err) = common::run_bin(&["--config", &cfg_path, "ready"], None);
+    assert_eq!(code, 2, "no worker, no answer: {err}");
     env.cleanup().await;
 }
 
