@@ -62,6 +62,7 @@ async fn a_redis_user_limited_to_the_prefix_is_enough() {
         .arg("+scard")
         .arg("+spop")
         .arg("+pttl")
+        .arg("+getdel")
         .arg("+memory|usage")
         .arg("+evalsha")
         .arg("+eval")

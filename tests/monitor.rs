@@ -68,6 +68,13 @@ async fn sampled(
     env.write_rules("r.toml", RULES);
     let (redis, mut r) = OwnRedis::start(&[]).await;
     fill(&mut r, &env.prefix).await;
+    // The application reports 5 hits of the course rule (README's convention).
+    let () = redis::cmd("INCRBY")
+        .arg(format!("{}cw:hits:course", env.prefix))
+        .arg(5)
+        .query_async(&mut r)
+        .await
+        .unwrap();
     let path = env.dir.join("cachewarden.toml");
     std::fs::write(
         &path,
@@ -97,7 +104,8 @@ async fn a_complete_scan_counts_each_rules_keys_exactly() {
     let (_, course, err, memory, hits) = by("course");
     assert_eq!((course, err), (20_000, 0.0));
     assert!(memory > 20_000, "MEMORY USAGE of 20,000 keys: {memory}");
-    assert_eq!(hits, None, "per-rule hits cannot be measured: NULL, not 0");
+    assert_eq!(hits, Some(5), "the hits the application reported");
+    assert_eq!(by("lesson").4, None, "no report: NULL, not 0");
     assert_eq!((by("lesson").1, by("lesson").2), (5_000, 0.0));
     assert_eq!((by("empty").1, by("empty").3), (0, 0));
     env.cleanup().await;

@@ -12,7 +12,8 @@
 //!   `key_count_error`, the standard error; 0 when the scan was complete) and `memory_usage`,
 //!   from one `SCAN` of the keyspace within `[monitor] sample_budget` and `sample_max_keys`
 //!   ([`super::families`] documents the estimate). Hits per rule cannot be seen outside the
-//!   application: NULL. Misses and evictions per rule come from Redis' keyspace notifications
+//!   application: they are what applications report by `INCR <key_prefix>cw:hits:<rule>`
+//!   ([`hits_key`]), taken and reset at each sample, and NULL for a rule nobody reported. Misses and evictions per rule come from Redis' keyspace notifications
 //!   when `[monitor] keyspace_events` is on and the subscription held for the whole interval
 //!   ([`super::keyspace_events`]); otherwise they are NULL.
 //!
@@ -30,6 +31,13 @@ use crate::control::Live;
 use crate::runtime::Shutdown;
 use crate::status::{MonitorSnapshot, OwnReads, Status};
 use crate::target::{CacheStats, CacheTarget, Targets};
+
+/// The counter an application increments for each cache hit of a rule's keys
+/// (`<key_prefix>cw:hits:<rule>`); each sample takes and resets it (`GETDEL`), so a row holds
+/// the hits of its interval exactly.
+pub fn hits_key(key_prefix: &str, rule: &str) -> String {
+    format!("{key_prefix}cw:hits:{rule}")
+}
 
 /// Per-interval deltas of the `INFO` counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +171,27 @@ impl Sampler {
         let estimates = targets
             .sample_families(&families, self.config.sample_limits())
             .await?;
-        unmeasured.push(
-            "per-rule hits: only the application sees which rule a hit belongs to".to_string(),
-        );
+        // Hits per rule exist only where applications report them (INCR of hits_key).
+        let hit_keys: Vec<String> = families
+            .rules()
+            .map(|r| hits_key(&snap.cx.key_prefix, r))
+            .collect();
+        let reported = {
+            // Redis counts these reads in its hits and misses: the worker's own, left out of the
+            // next interval's deltas.
+            let mut own = self.status.own_reads.lock().await;
+            let reported = targets.take_counters(&hit_keys).await?;
+            own.hits += reported.iter().filter(|r| r.is_some()).count() as u64;
+            own.misses += reported.iter().filter(|r| r.is_none()).count() as u64;
+            reported
+        };
+        if reported.iter().any(Option::is_none) {
+            unmeasured.push(format!(
+                "per-rule hits of rules no application reported this interval (INCR {}<rule>): \
+                 only the application sees which rule a hit belongs to",
+                hits_key(&snap.cx.key_prefix, "")
+            ));
+        }
         let events = if self.config.monitor.keyspace_events {
             let counts = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
             if counts.is_none() {
@@ -204,11 +230,11 @@ impl Sampler {
         let mut key_counts: Vec<Option<i64>> = vec![None];
         let mut key_errors: Vec<Option<f64>> = vec![None];
         let mut rules = std::collections::BTreeMap::new();
-        for (name, e) in names.iter().zip(&estimates) {
+        for ((name, e), reported) in names.iter().zip(&estimates).zip(&reported) {
             rules.insert(name.clone(), *e);
             let Some(id) = ids.get(name) else { continue };
             config_ids.push(Some(id.clone()));
-            hits.push(None);
+            hits.push(reported.map(v));
             let counted = events
                 .as_ref()
                 .map(|c| c.get(name).copied().unwrap_or_default());

@@ -8,9 +8,10 @@
 use super::{Diagnostic, RuleSet, Severity};
 use crate::glob::{literal_prefix, may_overlap};
 
-/// The globs of cachewarden's own keys under `key_prefix`.
+/// The globs of cachewarden's own keys: marks and reported hit counters under `key_prefix`
+/// (and the marks of versions before 0.2, outside it).
 fn own_keys(key_prefix: &str) -> [String; 2] {
-    ["cw:v:*".to_string(), format!("{key_prefix}cw:v:*")]
+    ["cw:v:*".to_string(), format!("{key_prefix}cw:*")]
 }
 
 /// Errors for every template whose family matches everything or may match cachewarden's own

@@ -177,6 +177,24 @@ impl CacheTarget for MemoryTarget {
         .boxed()
     }
 
+    fn take_counters<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, CacheError>> {
+        async move {
+            let mut s = self.check()?;
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    s.values
+                        .remove(k)
+                        .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
     fn read<'a>(
         &'a mut self,
         keys: &'a [String],

@@ -163,6 +163,13 @@ pub trait CacheTarget: Send {
         async { Ok(0) }.boxed()
     }
 
+    /// Reads and deletes counters (`GETDEL`): each one's value, `None` where it did not exist.
+    /// Applications report per-rule hits this way ([`crate::monitor::samples`]).
+    fn take_counters<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, CacheError>>;
+
     /// Reads `keys` (for the consistency probe). Only keys that exist are read, so the reads
     /// count as the server's hits (a miss only in a race with a delete); the caller accounts
     /// for them.
@@ -321,6 +328,25 @@ impl CacheTarget for Targets {
                 moved += t.migrate_legacy_marks(key_prefix).await?;
             }
             Ok(moved)
+        }
+        .boxed()
+    }
+
+    /// Summed over the targets (`None` where none had the counter).
+    fn take_counters<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, CacheError>> {
+        async move {
+            let mut total: Vec<Option<u64>> = vec![None; keys.len()];
+            for t in &mut self.targets {
+                for (sum, v) in total.iter_mut().zip(t.take_counters(keys).await?) {
+                    if let Some(v) = v {
+                        *sum = Some(sum.unwrap_or(0) + v);
+                    }
+                }
+            }
+            Ok(total)
         }
         .boxed()
     }

@@ -239,6 +239,31 @@ impl CacheTarget for RedisTarget {
         RedisTarget::stats(self).boxed()
     }
 
+    fn take_counters<'a>(
+        &'a mut self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, CacheError>> {
+        async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut c = self.connection().await?;
+            let mut pipe = redis::pipe();
+            for k in keys {
+                pipe.cmd("GETDEL").arg(k);
+            }
+            let r: Result<Vec<redis::RedisResult<Option<u64>>>, _> =
+                pipe.ignore_errors().query_async(&mut c).await;
+            // A counter that is not a number is not a report: None.
+            Ok(self
+                .forget_on_error(r)?
+                .into_iter()
+                .map(|v| v.ok().flatten())
+                .collect())
+        }
+        .boxed()
+    }
+
     fn migrate_legacy_marks<'a>(
         &'a mut self,
         key_prefix: &'a str,
