@@ -326,6 +326,11 @@ impl Status {
         i.rules_loaded = rules;
     }
 
+    /// The source's last confirmed position, as the source writes it (empty before one).
+    pub fn confirmed_position(&self) -> String {
+        self.inner().progress.confirmed.clone()
+    }
+
     /// Which kind of source feeds the worker (`postgres`, `kafka`).
     pub fn set_source_kind(&self, kind: &'static str) {
         self.inner().source_kind = kind;

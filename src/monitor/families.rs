@@ -63,6 +63,11 @@ impl Families {
         self.rules.iter().map(|f| f.rule.as_str())
     }
 
+    /// The name of the rule at `index` (as [`Families::matching`] yields it).
+    pub fn rule(&self, index: usize) -> &str {
+        self.rules[index].rule.as_str()
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

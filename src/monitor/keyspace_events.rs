@@ -154,14 +154,15 @@ async fn subscribe(
     pubsub.subscribe(&evicted).await?;
     lock(tally).subscribed(true);
     let mut messages = pubsub.into_on_message();
-    let mut families: Option<(Arc<crate::rules::RuleSet>, Families)> = None;
+    // The families of the rules in force, rebuilt when a reload or a switch replaces them.
+    let mut families: Option<(crate::control::Snapshot, Families)> = None;
     while let Some(msg) = messages.next().await {
         let Ok(key) = msg.get_payload::<String>() else {
             continue;
         };
         let snap = live.snapshot();
         let current = match &families {
-            Some((rules, f)) if Arc::ptr_eq(rules, &snap.rules) => f,
+            Some((s, f)) if Arc::ptr_eq(&s.rules, &snap.rules) && Arc::ptr_eq(&s.cx, &snap.cx) => f,
             _ => {
                 let f = Families::of(
                     snap.rules
@@ -170,14 +171,17 @@ async fn subscribe(
                         .filter(|r| !snap.cx.disabled.contains(&r.name)),
                     &snap.cx.key_prefix,
                 );
-                &families.insert((snap.rules.clone(), f)).1
+                &families.insert((snap, f)).1
             }
         };
-        let names: Vec<&str> = current.rules().collect();
         let is_miss = msg.get_channel_name() == miss;
         let mut t = lock(tally);
         for i in current.matching(&key) {
-            let entry = t.counts.entry(names[i].to_string()).or_default();
+            let rule = current.rule(i);
+            let entry = match t.counts.get_mut(rule) {
+                Some(e) => e,
+                None => t.counts.entry(rule.to_string()).or_default(),
+            };
             if is_miss {
                 entry.0 += 1;
             } else {

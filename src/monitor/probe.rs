@@ -279,7 +279,7 @@ impl Probe<'_> {
         let start = Instant::now();
         loop {
             // The worker's own confirmed position is the freshest; the slot's is the server's.
-            let ours = self.status.snapshot().confirmed_lsn.parse::<Lsn>().ok();
+            let ours = self.status.confirmed_position().parse::<Lsn>().ok();
             let slot: Option<String> = client
                 .query_opt(
                     "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",

@@ -371,18 +371,15 @@ impl CacheTarget for Targets {
         limits: SampleLimits,
     ) -> BoxFuture<'a, Result<Vec<Estimate>, CacheError>> {
         async move {
-            let mut total = vec![Estimate::default(); families.len()];
-            let mut first = true;
+            let mut total: Option<Vec<Estimate>> = None;
             for t in &mut self.targets {
                 let each = t.sample_families(families, limits).await?;
-                total = total
-                    .into_iter()
-                    .zip(each)
-                    .map(|(a, b)| if first { b } else { a.merge(b) })
-                    .collect();
-                first = false;
+                total = Some(match total {
+                    None => each,
+                    Some(sum) => sum.into_iter().zip(each).map(|(a, b)| a.merge(b)).collect(),
+                });
             }
-            Ok(total)
+            Ok(total.unwrap_or_else(|| vec![Estimate::default(); families.len()]))
         }
         .boxed()
     }
