@@ -362,7 +362,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(cachewarden::api::serve(
         listener,
-        status.clone(),
+        cachewarden::api::app(status.clone(), Arc::new(config.clone())),
         async move {
             http_stop.recv().await;
         },
@@ -528,64 +528,56 @@ async fn warm(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cachewarden invalidate`: journal a request as `running`, execute it through the
-/// invalidation lifecycle, which completes or fails the row.
+/// `cachewarden invalidate`: one journaled, fenced invalidation through the same path as
+/// the API's ([`cachewarden::control::manual`]).
 async fn invalidate(
     config: &Config,
     pattern: &str,
     reason: &str,
     raw: bool,
 ) -> anyhow::Result<ExitCode> {
-    use cachewarden::action::Target;
-    use cachewarden::journal::{self, InvalidationError, OnFailure, PgJournal};
+    use cachewarden::control::manual::{self, ManualError};
+    use cachewarden::journal::PgJournal;
     let full = if raw {
         pattern.to_string()
     } else {
         format!("{}{pattern}", config.redis.key_prefix)
     };
-    let target = if full.chars().any(|c| matches!(c, '*' | '?' | '[')) {
-        Target::Pattern(full.clone())
-    } else {
-        Target::Key(full.clone())
-    };
+    let target = manual::key_or_pattern(full.clone());
     let pg = config.postgres_config().context("[postgres] url")?;
     let client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
     let mut journal = PgJournal::new(pg);
-    let id = journal
-        .insert_request(&target, reason)
-        .await
-        .context("journaling the request (has `cachewarden migrate` run?)")?;
     let mut cache = Targets::open(config)?;
-    // Fence warmed keys first, so no refetch in flight lands after this invalidation.
-    let fences = match rules::load_dir(&config.rules_dir) {
-        Ok(rules) => {
-            let lsn = cachewarden::control::current_lsn(&client).await?;
-            cachewarden::fence::fences(&rules, &config.redis.key_prefix, [(&target, lsn.into())])
-        }
-        Err(_) => Vec::new(),
-    };
-    let r = journal::invalidate(
+    let rules = rules::load_dir(&config.rules_dir).ok();
+    let r = manual::invalidate_now(
         &mut journal,
+        &client,
+        rules.as_ref(),
+        &config.redis.key_prefix,
         &mut cache,
-        vec![id.clone()],
-        &fences,
-        &[&target],
-        OnFailure::Fail,
+        std::slice::from_ref(&target),
+        reason,
     )
     .await;
     match r {
         Ok(done) => {
             println!(
-                "invalidated {full}: {} keys removed (journal {id})",
-                done.report.removed
+                "invalidated {full}: {} keys removed (journal {})",
+                done.report.removed,
+                done.ids.join(", ")
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(InvalidationError::Journal(e)) => Err(e.into()),
-        Err(InvalidationError::Cache(e)) => {
-            eprintln!("error: invalidating {full} failed: {e} (journal {id})");
+        Err(ManualError::Cache { ids, error }) => {
+            eprintln!(
+                "error: invalidating {full} failed: {error} (journal {})",
+                ids.join(", ")
+            );
             Ok(ExitCode::from(2))
         }
+        Err(ManualError::Journal(e)) => Err(anyhow::Error::new(e)
+            .context("journaling the request (has `cachewarden migrate` run?)")),
+        Err(e) => Err(e.into()),
     }
 }
 

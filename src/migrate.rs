@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "metrics_per_rule",
         sql: include_str!("../migrations/0010_metrics_per_rule.sql"),
     },
+    Migration {
+        version: 11,
+        name: "config_changes",
+        sql: include_str!("../migrations/0011_config_changes.sql"),
+    },
 ];
 
 /// Errors applying migrations.

@@ -40,7 +40,7 @@ pub async fn sync(client: &Client, rules: &RuleSet) -> Result<u64, tokio_postgre
              ON CONFLICT (name) DO UPDATE SET \
                  table_name = EXCLUDED.table_name, key_pattern = EXCLUDED.key_pattern, \
                  ttl = EXCLUDED.ttl, strategy = EXCLUDED.strategy, rule_file = EXCLUDED.rule_file, \
-                 updated_at = now() \
+                 updated_at = now(), updated_by = 'rule file' \
              WHERE (cache_configs.table_name, cache_configs.key_pattern, cache_configs.ttl, \
                     cache_configs.strategy, cache_configs.rule_file) \
                    IS DISTINCT FROM (EXCLUDED.table_name, EXCLUDED.key_pattern, EXCLUDED.ttl, \

@@ -69,6 +69,8 @@ pub struct Counters {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The newest rules in force (what the operator API matches keys against).
+    rule_set: Option<std::sync::Arc<crate::rules::RuleSet>>,
     /// `postgres` or `kafka`.
     source_kind: &'static str,
     slot: String,
@@ -324,6 +326,26 @@ impl Status {
         i.publication = publication.into();
         i.tables = tables;
         i.rules_loaded = rules;
+    }
+
+    /// Records the newest rules in force.
+    pub fn set_rule_set(&self, rules: std::sync::Arc<crate::rules::RuleSet>) {
+        self.inner().rule_set = Some(rules);
+    }
+
+    /// The newest rules in force, once a worker started.
+    pub fn rule_set(&self) -> Option<std::sync::Arc<crate::rules::RuleSet>> {
+        self.inner().rule_set.clone()
+    }
+
+    /// Rules switched off in `cache_configs`.
+    pub fn disabled(&self) -> Vec<String> {
+        self.inner().disabled_rules.clone()
+    }
+
+    /// `cache_configs` values that differ from the rule files.
+    pub fn drift(&self) -> Vec<String> {
+        self.inner().drift.clone()
     }
 
     /// The source's last confirmed position, as the source writes it (empty before one).

@@ -218,7 +218,7 @@ async fn the_slots_retained_wal_is_measured_and_limits_readiness() {
     let w = env.start_worker_with(config).await;
     let server = tokio::spawn(cachewarden::api::serve(
         tokio::net::TcpListener::bind(&addr).await.unwrap(),
-        w.status.clone(),
+        cachewarden::api::router(w.status.clone()),
         std::future::pending(),
     ));
     env.db

@@ -125,7 +125,7 @@ async fn readyz_turns_503_while_journal_writes_fail() {
     let w = env.start_worker().await;
     let server = tokio::spawn(cachewarden::api::serve(
         tokio::net::TcpListener::bind(&addr).await.unwrap(),
-        w.status.clone(),
+        cachewarden::api::router(w.status.clone()),
         std::future::pending(),
     ));
     let wait_for = |code: u16, what: &'static str| wait_readyz(&addr, code, what, "");

@@ -6,8 +6,8 @@
 //! (`CACHEWARDEN_CONFIG`) are not configuration keys. Pure.
 
 /// The sections a variable can name.
-pub const SECTIONS: [&str; 9] = [
-    "source", "postgres", "redis", "status", "worker", "journal", "monitor", "log", "kafka",
+pub const SECTIONS: [&str; 10] = [
+    "source", "postgres", "redis", "status", "api", "worker", "journal", "monitor", "log", "kafka",
 ];
 
 /// Top-level keys.

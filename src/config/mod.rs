@@ -68,6 +68,8 @@ pub struct Config {
     #[serde(default)]
     pub status: StatusConfig,
     #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
     pub worker: WorkerConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -366,6 +368,40 @@ impl Default for StatusConfig {
             listen: default_listen(),
         }
     }
+}
+
+/// `[api]`: the operator API (`/api/v1`) and console on the `[status] listen` address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The bearer token state-changing calls need (and, when `[status] listen` is not a
+    /// loopback address, read calls too). Without one, state-changing calls are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The longest key, pattern or tag accepted, in bytes.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            max_body_bytes: default_max_body_bytes(),
+            max_key_bytes: default_max_key_bytes(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_max_key_bytes() -> usize {
+    1024
 }
 
 fn default_listen() -> String {

@@ -1,7 +1,7 @@
 //! `cachewarden config`: the effective configuration — every key, with the value the worker
 //! uses and where it came from (the environment, the file and its line, or the default) —
-//! with secrets redacted: passwords in URLs, and Kafka properties that hold passwords, secrets
-//! or keys. Pure.
+//! with secrets redacted: passwords in URLs, `[api] token`, and Kafka properties that hold
+//! passwords, secrets or keys. Pure.
 
 use super::{diagnose, redact_url, Config};
 
@@ -43,6 +43,7 @@ pub fn render(cfg: &Config, text: &str, file: &str) -> String {
             toml::Value::String(_) if section == "kafka.properties" && is_secret_property(key) => {
                 "\"***\"".to_string()
             }
+            toml::Value::String(_) if section == "api" && key == "token" => "\"***\"".to_string(),
             other => other.to_string(),
         }
     };

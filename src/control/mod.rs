@@ -16,6 +16,7 @@
 //!   cancelled batch, a request whose executor failed) are re-executed and completed.
 //! * **Requests** — rows applications insert into `cache_invalidations` with status `pending`
 //!   (and no rule) are claimed (`running`), executed on Redis and completed or failed.
+//! * **Operator invalidations** — the CLI's and the API's, journaled and fenced ([`manual`]).
 //!
 //! * `live` — the swappable rule set.
 //! * `checked` — loading and checking rules against the schema.
@@ -26,6 +27,7 @@
 mod catalog;
 mod checked;
 mod live;
+pub mod manual;
 mod requests;
 mod switches;
 
@@ -271,6 +273,7 @@ impl Controller {
                         }
                     }
                     self.live.install(at, snapshot);
+                    self.status.set_rule_set(self.live.snapshot().rules);
                     let files = crate::registry::rule_files(&self.config.rules_dir);
                     if let Err(e) =
                         crate::registry::swap_slot_rules(client, &self.config.stream_name(), &files)

@@ -11,6 +11,7 @@ pub mod check;
 pub mod condition;
 mod families;
 mod parse;
+pub mod reverse;
 pub mod template;
 
 use std::collections::{BTreeSet, HashMap};

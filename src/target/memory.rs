@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{CacheError, CacheStats, CacheTarget, Cached, ExecReport, VersionedWrite};
+use super::{
+    CacheError, CacheStats, CacheTarget, Cached, ExecReport, Inspected, Preview, VersionedWrite,
+};
 use crate::action::Target;
 use crate::fence::{mark_key, Version};
 use crate::glob::glob_match;
@@ -208,6 +210,68 @@ impl CacheTarget for MemoryTarget {
                     None => Cached::Absent,
                 })
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn inspect<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Inspected, CacheError>> {
+        async move {
+            let s = self.check()?;
+            Ok(match s.values.get(key) {
+                Some(v) => Inspected {
+                    kind: "string".into(),
+                    ttl: None,
+                    value: Some(v.clone()),
+                    memory: Some(v.len() as u64),
+                    reads: 1,
+                },
+                None => Inspected {
+                    kind: "none".into(),
+                    ttl: None,
+                    value: None,
+                    memory: None,
+                    reads: 0,
+                },
+            })
+        }
+        .boxed()
+    }
+
+    fn put<'a>(
+        &'a mut self,
+        key: &'a str,
+        value: &'a [u8],
+        _ttl: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        async move {
+            self.check()?.values.insert(key.to_string(), value.to_vec());
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn preview<'a>(
+        &'a mut self,
+        target: &'a Target,
+        sample: usize,
+    ) -> BoxFuture<'a, Result<Preview, CacheError>> {
+        async move {
+            let s = self.check()?;
+            let names: Vec<String> = match target {
+                Target::Key(k) => s.values.keys().filter(|v| *v == k).cloned().collect(),
+                Target::Pattern(p) => s
+                    .values
+                    .keys()
+                    .filter(|k| glob_match(p, k))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok(Preview {
+                count: names.len() as u64,
+                sample: names.into_iter().take(sample).collect(),
+                reads: 0,
+            })
         }
         .boxed()
     }

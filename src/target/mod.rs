@@ -93,6 +93,32 @@ pub enum Cached {
     Other,
 }
 
+/// A key as an operator inspects it ([`CacheTarget::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// Redis' type name (`string`, `hash`, `set`, …; `none` when the key does not exist).
+    pub kind: String,
+    /// Seconds left, `None` without an expiry (or without the key).
+    pub ttl: Option<i64>,
+    /// The value of a string key.
+    pub value: Option<Vec<u8>>,
+    /// Bytes the key takes (`MEMORY USAGE`), when it exists.
+    pub memory: Option<u64>,
+    /// Reads that moved the server's keyspace hit counter (for the monitor to leave out).
+    pub reads: u64,
+}
+
+/// What an invalidation would touch ([`CacheTarget::preview`]), touching nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preview {
+    /// Keys (or tag members, or version keys) the target would remove or bump.
+    pub count: u64,
+    /// Some of them, at most the sample size asked for.
+    pub sample: Vec<String>,
+    /// Reads that moved the server's keyspace hit counter (for the monitor to leave out).
+    pub reads: u64,
+}
+
 /// Figures users judge a cache by (from Redis `INFO`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CacheStats {
@@ -175,6 +201,26 @@ pub trait CacheTarget: Send {
     /// for them.
     fn read<'a>(&'a mut self, keys: &'a [String])
         -> BoxFuture<'a, Result<Vec<Cached>, CacheError>>;
+
+    /// Type, TTL, value (of a string) and memory of one key. The read of the value counts in
+    /// the server's hits and misses; the caller accounts for it.
+    fn inspect<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Inspected, CacheError>>;
+
+    /// Sets a string value (manual warming), with an expiry when `ttl` is given.
+    fn put<'a>(
+        &'a mut self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), CacheError>>;
+
+    /// Counts what executing `target` would touch and returns up to `sample` of the names,
+    /// changing nothing (a pattern is a whole keyspace pass, as executing it is).
+    fn preview<'a>(
+        &'a mut self,
+        target: &'a Target,
+        sample: usize,
+    ) -> BoxFuture<'a, Result<Preview, CacheError>>;
 
     /// Estimates each rule family's keys and memory from a scan within `limits` (see
     /// [`crate::monitor::families`]), in `families`' order.
@@ -380,6 +426,59 @@ impl CacheTarget for Targets {
                 });
             }
             Ok(total.unwrap_or_else(|| vec![Estimate::default(); families.len()]))
+        }
+        .boxed()
+    }
+
+    /// The first cache's view (every cache holds the same keys).
+    fn inspect<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Inspected, CacheError>> {
+        async move {
+            match self.targets.first_mut() {
+                Some(t) => t.inspect(key).await,
+                None => Ok(Inspected {
+                    kind: "none".into(),
+                    ttl: None,
+                    value: None,
+                    memory: None,
+                    reads: 0,
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn put<'a>(
+        &'a mut self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        async move {
+            for t in &mut self.targets {
+                t.put(key, value, ttl).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// The largest count among the caches, with the first cache's sample.
+    fn preview<'a>(
+        &'a mut self,
+        target: &'a Target,
+        sample: usize,
+    ) -> BoxFuture<'a, Result<Preview, CacheError>> {
+        async move {
+            let mut out = Preview::default();
+            for t in &mut self.targets {
+                let p = t.preview(target, sample).await?;
+                if out.sample.is_empty() {
+                    out.sample = p.sample;
+                }
+                out.count = out.count.max(p.count);
+                out.reads += p.reads;
+            }
+            Ok(out)
         }
         .boxed()
     }

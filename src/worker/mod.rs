@@ -267,6 +267,7 @@ impl Worker {
         status.set_progress(source.progress());
         drop(client);
         let live = inherited(previous, rules, plan_cx, start_at);
+        status.set_rule_set(live.snapshot().rules);
         let wake = Arc::new(Notify::new());
         let trail = crate::journal::Trail::spawn(
             Box::new(PgJournal::new(pg.clone())),

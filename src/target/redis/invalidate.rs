@@ -219,7 +219,7 @@ impl RedisTarget {
 
     /// One SCAN page of keys matching `pattern` (optionally of one type): the next cursor
     /// (0 when done) and the keys found.
-    async fn scan_page(
+    pub(super) async fn scan_page(
         &mut self,
         pattern: &str,
         kind: Option<&str>,

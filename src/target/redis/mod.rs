@@ -4,8 +4,10 @@
 //! and implements [`CacheTarget`]: invalidation (`invalidate`: pipelined, chunked `UNLINK`s —
 //! one round trip for a whole batch — and `SCAN MATCH`, never `KEYS`, for patterns, so Redis is
 //! never blocked), versioned writes (`versioned`: the fence protocol's compare-and-set in Lua)
-//! `INFO` figures (`stats`) and per-rule keyspace samples (`sample`).
+//! `INFO` figures (`stats`), per-rule keyspace samples (`sample`) and operator reads, writes
+//! and dry runs (`inspect`).
 
+mod inspect;
 mod invalidate;
 mod legacy;
 mod sample;
@@ -18,7 +20,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 
-use super::{CacheError, CacheStats, CacheTarget, Cached, ExecReport, VersionedWrite};
+use super::{
+    CacheError, CacheStats, CacheTarget, Cached, ExecReport, Inspected, Preview, VersionedWrite,
+};
 use crate::action::Target;
 use crate::fence::Version;
 use crate::monitor::families::{Estimate, Families, SampleLimits};
@@ -233,6 +237,27 @@ impl CacheTarget for RedisTarget {
 
     fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>> {
         RedisTarget::ping(self).boxed()
+    }
+
+    fn inspect<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Inspected, CacheError>> {
+        self.inspect_key(key).boxed()
+    }
+
+    fn put<'a>(
+        &'a mut self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        self.put_value(key, value, ttl).boxed()
+    }
+
+    fn preview<'a>(
+        &'a mut self,
+        target: &'a Target,
+        sample: usize,
+    ) -> BoxFuture<'a, Result<Preview, CacheError>> {
+        self.preview_target(target, sample).boxed()
     }
 
     fn stats(&mut self) -> BoxFuture<'_, Result<CacheStats, CacheError>> {

@@ -1,6 +1,7 @@
-//! The HTTP endpoints: `/healthz` (200 while the process runs), `/readyz` (200 with an empty
+//! The health routes: `/healthz` (200 while the process runs), `/readyz` (200 with an empty
 //! `reasons` list, or 503 with every reason), `/status` (a JSON snapshot for humans and
-//! dashboards) and `/metrics` (Prometheus). They only read [`Status`].
+//! dashboards) and `/metrics` (Prometheus). They only read [`Status`] and need no token:
+//! orchestrators and Prometheus call them.
 
 use std::sync::Arc;
 
@@ -18,10 +19,10 @@ async fn healthz() -> &'static str {
 }
 
 /// `/readyz`'s body: whether the worker is ready, and why not.
-#[derive(Debug, Serialize)]
-struct Readiness {
-    ready: bool,
-    reasons: Vec<String>,
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub reasons: Vec<String>,
 }
 
 async fn readyz(State(s): State<Arc<Status>>) -> impl IntoResponse {
@@ -62,15 +63,4 @@ pub fn router(status: Arc<Status>) -> Router {
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .with_state(status)
-}
-
-/// Serves the status endpoint until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    status: Arc<Status>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(status))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
