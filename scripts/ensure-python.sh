@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Makes the Python environment the Django tests use, idempotently: a virtualenv outside the
 # clone (keyed by scripts/python-requirements.txt, so a change makes a new one) with Django,
-# django-redis and psycopg from PyPI. Prints the interpreter's path.
+# django-redis, psycopg and schemathesis from PyPI. Prints the interpreter's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${CACHEWARDEN_TOOLS:-/var/tmp/cachewarden-tools}"
 key="$(sha256sum scripts/python-requirements.txt | cut -c1-12)"
 venv="$root/venv-$key"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import django, django_redis, psycopg" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import django, django_redis, psycopg, schemathesis" 2>/dev/null; then
   echo "ensure-python: creating $venv" >&2
   rm -rf "$venv"
   mkdir -p "$root"

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, TestEnv};
+use common::{http, TestEnv};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
@@ -24,13 +23,7 @@ async fn start(env: &TestEnv, token: Option<&str>) -> (common::RunningWorker, St
     let mut config = env.config();
     config.api.token = token.map(str::to_string);
     let w = env.start_worker_with(config.clone()).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
-    tokio::spawn(cachewarden::api::serve(
-        listener,
-        cachewarden::api::app(w.status.clone(), Arc::new(config)),
-        std::future::pending(),
-    ));
+    let addr = common::serve_api(w.status.clone(), config).await;
     (w, addr)
 }
 
@@ -102,8 +95,44 @@ async fn keys_are_inspected_set_and_deleted_through_the_journal() {
     );
     assert_eq!(k["ttl"], Value::Null);
     let (code, body) = http(&addr, "GET", "/api/v1/keys/course:404", None, None).await;
-    assert_eq!(code, 200);
-    assert_eq!(parse(&body)["exists"], false);
+    assert_eq!(code, 404);
+    let k = parse(&body);
+    assert_eq!(k["exists"], false);
+    assert_eq!(
+        k["rules"][0]["rule"], "course",
+        "a missing key still names its rule"
+    );
+    // Bytes go in as base64, a TTL as whole seconds (also written 30.0).
+    let put = json!({"value_base64": "/wAB", "ttl": 30.0}).to_string();
+    let (code, body) = http(
+        &addr,
+        "PUT",
+        "/api/v1/keys/course:3",
+        Some(TOKEN),
+        Some(&put),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v: Vec<u8> = r.get(env.key("course:3")).await.unwrap();
+    assert_eq!(v, [0xff, 0x00, 0x01]);
+    let t: i64 = r.ttl(env.key("course:3")).await.unwrap();
+    assert!((1..=30).contains(&t), "{t}");
+    for bad in [
+        json!({"value": "a", "value_base64": "AA=="}),
+        json!({"value": 1}),
+        json!({"value": "a", "ttl": -1}),
+        json!({"value": "a", "ttl": 1.5}),
+    ] {
+        let (code, body) = http(
+            &addr,
+            "PUT",
+            "/api/v1/keys/course:3",
+            Some(TOKEN),
+            Some(&bad.to_string()),
+        )
+        .await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
     // ?raw=true names the full Redis key.
     let raw = format!("/api/v1/keys/{}?raw=true", env.key("course:1"));
     let (_, body) = http(&addr, "GET", &raw, None, None).await;
@@ -319,10 +348,31 @@ async fn a_rule_switched_off_through_the_api_stops_invalidating_and_shows_who() 
         (code, parse(&body)["error"].as_str()),
         (404, Some("not_found"))
     );
+    let (code, body) = http(
+        &addr,
+        "PATCH",
+        "/api/v1/configs/course",
+        Some(TOKEN),
+        Some(r#"{"strategy":"refresh"}"#),
+    )
+    .await;
+    assert_eq!(code, 409, "refresh needs [rule.warm]: {body}");
+    let (code, body) = http(
+        &addr,
+        "PATCH",
+        "/api/v1/configs/course",
+        Some(TOKEN),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        (code, parse(&body)["ttl"].as_i64()),
+        (200, Some(60)),
+        "an empty patch changes nothing"
+    );
     for bad in [
         json!({"ttl": -5}),
-        json!({"strategy": "refresh"}),
-        json!({}),
+        json!({"strategy": "lazy"}),
         json!({"colour": 1}),
     ] {
         let (code, body) = http(
@@ -389,7 +439,15 @@ async fn bad_input_gets_a_4xx_json_error_and_writes_need_a_configured_token() {
             None,
             400,
         ),
-        ("GET", "/api/v1/stats?window=1s".to_string(), None, 400),
+        ("GET", "/api/v1/stats?window=soon".to_string(), None, 400),
+        ("GET", "/api/v1/stats?window=".to_string(), None, 400),
+        ("GET", "/api/v1/invalidations?since=".to_string(), None, 400),
+        (
+            "GET",
+            "/api/v1/invalidations?cursor=0b8f6f1e-5a4c-4a7e-9d1e-2f3a4b5c6d7e".to_string(),
+            None,
+            404,
+        ),
         ("GET", "/api/v1/keys/x?raw=maybe".to_string(), None, 400),
         ("GET", "/api/v1/nothing-here".to_string(), None, 404),
         (

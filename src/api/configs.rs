@@ -18,9 +18,6 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Body, ErrorBody, Key};
 use super::Ctx;
-use crate::rules::Strategy;
-
-const STRATEGIES: [&str; 3] = ["invalidate", "refresh", "write-through"];
 
 /// One rule's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -54,11 +51,32 @@ pub struct ConfigView {
 pub struct ConfigPatch {
     /// Switch the rule on or off (applied within one control interval).
     pub is_active: Option<bool>,
-    /// Seconds, 0 to 2147483647.
+    /// Seconds.
+    #[serde(default, deserialize_with = "super::input::int_like")]
     #[schema(minimum = 0, maximum = 2147483647)]
     pub ttl: Option<i64>,
-    /// `invalidate`, `refresh` or `write-through` (the last two need the rule's `[rule.warm]`).
-    pub strategy: Option<String>,
+    /// `refresh` and `write-through` need the rule's `[rule.warm]` (409 otherwise).
+    #[schema(inline)]
+    pub strategy: Option<StrategyName>,
+}
+
+/// A strategy's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyName {
+    Invalidate,
+    Refresh,
+    WriteThrough,
+}
+
+impl StrategyName {
+    fn as_str(self) -> &'static str {
+        match self {
+            StrategyName::Invalidate => "invalidate",
+            StrategyName::Refresh => "refresh",
+            StrategyName::WriteThrough => "write-through",
+        }
+    }
 }
 
 /// Who is calling: `X-Cachewarden-Actor` when given (a name, at most 64 printable
@@ -167,11 +185,6 @@ pub async fn list(State(ctx): State<Arc<Ctx>>) -> Result<Json<Vec<ConfigView>>, 
 
 /// Checks a patch against the rule it changes. Pure.
 fn validate(patch: &ConfigPatch, rule: Option<&crate::rules::Rule>) -> Result<(), ApiError> {
-    if patch.is_active.is_none() && patch.ttl.is_none() && patch.strategy.is_none() {
-        return Err(ApiError::bad_request(
-            "nothing to change: give is_active, ttl or strategy",
-        ));
-    }
     if let Some(t) = patch.ttl {
         if !(0..=i64::from(i32::MAX)).contains(&t) {
             return Err(ApiError::bad_request(format!(
@@ -180,17 +193,15 @@ fn validate(patch: &ConfigPatch, rule: Option<&crate::rules::Rule>) -> Result<()
             )));
         }
     }
-    if let Some(s) = &patch.strategy {
-        if !STRATEGIES.contains(&s.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "strategy {s:?}: expected one of {}",
-                STRATEGIES.join(", ")
-            )));
-        }
-        if s != Strategy::Invalidate.as_str() && rule.is_some_and(|r| r.warm.is_none()) {
-            return Err(ApiError::bad_request(format!(
-                "strategy {s:?} needs a [rule.warm] section (key and query) in the rule file"
-            )));
+    if let Some(s) = patch.strategy {
+        if s != StrategyName::Invalidate && rule.is_some_and(|r| r.warm.is_none()) {
+            return Err(ApiError {
+                status: axum::http::StatusCode::CONFLICT,
+                detail: format!(
+                    "strategy {:?} needs a [rule.warm] section (key and query) in the rule file",
+                    s.as_str()
+                ),
+            });
         }
     }
     Ok(())
@@ -201,7 +212,7 @@ fn validate(patch: &ConfigPatch, rule: Option<&crate::rules::Rule>) -> Result<()
     patch,
     path = "/api/v1/configs/{rule}",
     tag = "configs",
-    params(("rule" = String, Path, description = "The rule's name")),
+    params(("rule" = String, Path, description = "The rule's name", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$")),
     request_body = ConfigPatch,
     responses(
         (status = 200, description = "The row after the change", body = ConfigView),
@@ -209,6 +220,9 @@ fn validate(patch: &ConfigPatch, rule: Option<&crate::rules::Rule>) -> Result<()
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 403, description = "Writes are disabled (no [api] token)", body = ErrorBody),
         (status = 404, description = "No such rule", body = ErrorBody),
+        (status = 409, description = "The change conflicts with the rule file (a strategy that needs [rule.warm])", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -218,6 +232,7 @@ pub async fn patch(
     actor: Actor,
     Body(patch): Body<ConfigPatch>,
 ) -> Result<Json<ConfigView>, ApiError> {
+    super::bounded("rule", &rule)?;
     let rules = ctx.status.rule_set();
     validate(
         &patch,
@@ -226,14 +241,25 @@ pub async fn patch(
             .and_then(|s| s.rules.iter().find(|r| r.name == rule)),
     )?;
     let client = ctx.db().await?;
+    if patch.is_active.is_none() && patch.ttl.is_none() && patch.strategy.is_none() {
+        // Nothing to change: the row as it is.
+        return views(&ctx, Some(&rule))
+            .await?
+            .pop()
+            .map(Json)
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no rule named {rule:?} in cache_configs"))
+            });
+    }
     let ttl = patch.ttl.map(|t| t as i32);
+    let strategy = patch.strategy.map(StrategyName::as_str);
     let n = client
         .execute(
             "UPDATE cache_configs SET is_active = COALESCE($2, is_active), \
                  ttl = COALESCE($3, ttl), strategy = COALESCE($4, strategy), \
                  updated_at = now(), updated_by = $5 \
              WHERE name = $1",
-            &[&rule, &patch.is_active, &ttl, &patch.strategy, &actor.0],
+            &[&rule, &patch.is_active, &ttl, &strategy, &actor.0],
         )
         .await
         .map_err(|e| ApiError::unavailable("postgres", e))?;
@@ -265,18 +291,19 @@ mod tests {
             .unwrap(),
         );
         let rule = set.rules.first();
-        let p = |is_active, ttl, strategy: Option<&str>| ConfigPatch {
+        let p = |is_active, ttl, strategy| ConfigPatch {
             is_active,
             ttl,
-            strategy: strategy.map(str::to_string),
+            strategy,
         };
-        assert!(validate(&p(None, None, None), rule).is_err());
+        assert!(validate(&p(None, None, None), rule).is_ok());
         assert!(validate(&p(Some(false), None, None), rule).is_ok());
-        assert!(validate(&p(None, Some(60), Some("invalidate")), rule).is_ok());
+        assert!(validate(&p(None, Some(60), Some(StrategyName::Invalidate)), rule).is_ok());
         assert!(validate(&p(None, Some(-1), None), rule).is_err());
         assert!(validate(&p(None, Some(i64::from(i32::MAX) + 1), None), rule).is_err());
-        assert!(validate(&p(None, None, Some("lazy")), rule).is_err());
-        let e = validate(&p(None, None, Some("refresh")), rule).unwrap_err();
+        let e = validate(&p(None, None, Some(StrategyName::Refresh)), rule).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::CONFLICT);
         assert!(e.detail.contains("[rule.warm]"), "{}", e.detail);
+        assert!(serde_json::from_str::<ConfigPatch>(r#"{"strategy": "lazy"}"#).is_err());
     }
 }

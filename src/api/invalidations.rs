@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -24,19 +23,77 @@ pub const MAX_TARGETS: usize = 1000;
 /// Names a dry run returns.
 const SAMPLE: usize = 20;
 
-/// An invalidation to run: exactly one of `pattern`, `keys` or `tags`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+/// An invalidation to run: a `pattern`, `keys` or `tags`, with an optional `reason`
+/// (recorded in `cache_invalidations.reason`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum NewInvalidation {
+    Pattern(PatternRequest),
+    Keys(KeysRequest),
+    Tags(TagsRequest),
+}
+
+/// Every key matching a pattern.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewInvalidation {
+pub struct PatternRequest {
     /// A key or Redis glob (`course:*`).
-    pub pattern: Option<String>,
-    /// Exact keys (at most 1000).
-    pub keys: Option<Vec<String>>,
-    /// Tag names (`course:42` is the set `tag:course:42`; at most 1000).
-    pub tags: Option<Vec<String>>,
-    /// Why, recorded in `cache_invalidations.reason`.
+    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$")]
+    pub pattern: String,
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
     pub reason: String,
+}
+
+/// Exact keys.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeysRequest {
+    #[schema(min_items = 1, max_items = 1000)]
+    pub keys: Vec<Name>,
+    #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
+    pub reason: String,
+}
+
+/// Tag sets (`course:42` is the set `tag:course:42`), with their members.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagsRequest {
+    #[schema(min_items = 1, max_items = 1000)]
+    pub tags: Vec<Name>,
+    #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000]*$")]
+    pub reason: String,
+}
+
+/// A key or tag name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Name(pub String);
+
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(super::MAX_NAME))
+            .pattern(Some("^[^\\u0000]*$"))
+            .description(Some("A key or tag name, as the application names it"))
+            .into()
+    }
+}
+
+impl ToSchema for Name {}
+
+impl NewInvalidation {
+    fn reason(&self) -> &str {
+        match self {
+            NewInvalidation::Pattern(r) => &r.reason,
+            NewInvalidation::Keys(r) => &r.reason,
+            NewInvalidation::Tags(r) => &r.reason,
+        }
+    }
 }
 
 /// `POST` parameters.
@@ -73,26 +130,16 @@ pub enum CreateResult {
 
 /// The Redis targets a request names.
 fn targets(ctx: &Ctx, req: &NewInvalidation, raw: bool) -> Result<Vec<Target>, ApiError> {
-    let given = [
-        req.pattern.is_some(),
-        req.keys.is_some(),
-        req.tags.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(ApiError::bad_request(
-            "give exactly one of pattern, keys or tags",
-        ));
-    }
-    if let Some(p) = &req.pattern {
-        return Ok(vec![manual::key_or_pattern(
-            ctx.full_name("pattern", p, raw)?,
-        )]);
-    }
-    let (what, names) = match (&req.keys, &req.tags) {
-        (Some(k), _) => ("keys", k),
-        (_, Some(t)) => ("tags", t),
-        _ => return Err(ApiError::bad_request("nothing to invalidate")),
+    let (what, names) = match req {
+        NewInvalidation::Pattern(r) => {
+            return Ok(vec![manual::key_or_pattern(
+                ctx.full_name("pattern", &r.pattern, raw)?,
+            )])
+        }
+        NewInvalidation::Keys(r) => ("keys", &r.keys),
+        NewInvalidation::Tags(r) => ("tags", &r.tags),
     };
+    let names: Vec<&String> = names.iter().map(|n| &n.0).collect();
     if names.is_empty() || names.len() > MAX_TARGETS {
         return Err(ApiError::bad_request(format!(
             "{what}: give 1 to {MAX_TARGETS} names, not {}",
@@ -131,15 +178,23 @@ fn targets(ctx: &Ctx, req: &NewInvalidation, raw: bool) -> Result<Vec<Target>, A
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 403, description = "Writes are disabled (no [api] token)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
     Query(p): Query<CreateParams>,
-    Body(req): Body<NewInvalidation>,
+    Body(req): Body<serde_json::Value>,
 ) -> Result<(StatusCode, Json<CreateResult>), ApiError> {
+    let req: NewInvalidation = serde_json::from_value(req).map_err(|_| {
+        ApiError::bad_request(
+            "expected {\"pattern\": \"...\"}, {\"keys\": [...]} or {\"tags\": [...]} (exactly one; \
+             1 to 1000 names), with an optional \"reason\", and no other field",
+        )
+    })?;
     let targets = targets(&ctx, &req, p.raw)?;
+    super::bounded("reason", req.reason())?;
     if p.dry_run {
         let mut cache = ctx.cache()?;
         let mut total = Preview::default();
@@ -170,27 +225,54 @@ pub async fn create(
             })),
         ));
     }
-    let reason = if req.reason.trim().is_empty() {
+    let reason = if req.reason().trim().is_empty() {
         "invalidation through the API".to_string()
     } else {
-        req.reason.clone()
+        req.reason().to_string()
     };
     let done = super::keys::run(&ctx, &targets, &reason).await?;
     Ok((StatusCode::CREATED, Json(CreateResult::Done(done))))
+}
+
+/// A journal row's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RowStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl RowStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Pending => "pending",
+            RowStatus::Running => "running",
+            RowStatus::Completed => "completed",
+            RowStatus::Failed => "failed",
+        }
+    }
 }
 
 /// Journal filters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// `pending`, `running`, `completed` or `failed`.
-    pub status: Option<String>,
-    /// Only rows triggered at or after this: an RFC 3339 time or a period back from now
-    /// (`15m`, `2h`, `7d`).
+    /// Only rows in this status.
+    #[param(inline)]
+    pub status: Option<RowStatus>,
+    /// Only rows triggered at or after this RFC 3339 time (a period back from now, such as
+    /// `15m` or `7d`, is accepted too).
+    #[param(format = DateTime)]
     pub since: Option<String>,
-    /// Rows per page (1–500, default 50).
+    /// Rows per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -246,11 +328,10 @@ pub(super) fn from_row(r: &tokio_postgres::Row) -> Invalidation {
     }
 }
 
-const STATUSES: [&str; 4] = ["pending", "running", "completed", "failed"];
-
 /// `since` as a time: RFC 3339, or a period back from now.
 pub(super) fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+    // RFC 3339 allows a lowercase `t` and `z`.
+    if let Ok(t) = DateTime::parse_from_rfc3339(&s.to_ascii_uppercase()) {
         return Ok(t.with_timezone(&Utc));
     }
     match crate::config::parse_period(s)
@@ -264,28 +345,7 @@ pub(super) fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, 
     }
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "{}|{id}",
-        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-    ))
-}
-
-fn decode_cursor(c: &str) -> Result<(DateTime<Utc>, String), ApiError> {
-    let bad = || ApiError::bad_request("cursor is not one this API returned");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c.as_bytes())
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
-    if !is_uuid(id) {
-        return Err(bad());
-    }
-    Ok((at.with_timezone(&Utc), id.to_ascii_lowercase()))
-}
-
-/// Whether `s` is a UUID in its text form (the id column is compared as `$n::uuid`).
+/// Whether `s` is a UUID in its text form.
 fn is_uuid(s: &str) -> bool {
     s.len() == 36
         && s.char_indices().all(|(i, c)| match i {
@@ -304,6 +364,7 @@ fn is_uuid(s: &str) -> bool {
         (status = 200, description = "A page, newest first", body = InvalidationPage),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 404, description = "No journal row has the cursor's id (retention removed it)", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]
@@ -317,25 +378,42 @@ pub async fn list(
             "limit {limit}: expected 1 to 500"
         )));
     }
-    if let Some(s) = &p.status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "status {s:?}: expected one of {}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = p.status.map(RowStatus::as_str);
     let since = p
         .since
         .as_deref()
         .map(|s| parse_since(s, Utc::now()))
         .transpose()?;
-    let cursor = p.cursor.as_deref().map(decode_cursor).transpose()?;
+    let client = ctx.db().await?;
+    // The cursor is the id of the last row of the previous page; the page goes on from its
+    // (triggered_at, id).
+    let cursor = match p.cursor.as_deref() {
+        None => None,
+        Some(c) if is_uuid(c) => {
+            let row = client
+                .query_opt(
+                    "SELECT triggered_at, id::text FROM cache_invalidations WHERE id = $1::text::uuid",
+                    &[&c],
+                )
+                .await
+                .map_err(|e| ApiError::unavailable("postgres", e))?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "cursor {c}: no journal row has this id (retention may have removed it)"
+                    ))
+                })?;
+            Some((row.get::<_, DateTime<Utc>>(0), row.get::<_, String>(1)))
+        }
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "cursor {c:?}: expected the next_cursor of a previous page"
+            )))
+        }
+    };
     let (cursor_at, cursor_id) = match cursor {
         Some((at, id)) => (Some(at), Some(id)),
         None => (None, None),
     };
-    let client = ctx.db().await?;
     let rows = client
         .query(
             &format!(
@@ -345,14 +423,14 @@ pub async fn list(
                AND ($3::timestamptz IS NULL OR (triggered_at, id) < ($3, $4::text::uuid)) \
              ORDER BY triggered_at DESC, id DESC LIMIT $5"
             ),
-            &[&p.status, &since, &cursor_at, &cursor_id, &(limit + 1)],
+            &[&status, &since, &cursor_at, &cursor_id, &(limit + 1)],
         )
         .await
         .map_err(|e| ApiError::unavailable("postgres", e))?;
     let mut items: Vec<Invalidation> = rows.iter().map(from_row).collect();
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
-        items.last().map(|l| encode_cursor(l.triggered_at, &l.id))
+        items.last().map(|l| l.id.clone())
     } else {
         None
     };
@@ -364,24 +442,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00.123456Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let id = "0b8f6f1e-5a4c-4a7e-9d1e-2f3a4b5c6d7e";
-        let (a, i) = decode_cursor(&encode_cursor(at, id)).unwrap();
-        assert_eq!((a, i.as_str()), (at, id));
+    fn cursors_are_row_ids() {
+        assert!(is_uuid("0b8f6f1e-5a4c-4a7e-9d1e-2f3a4b5c6d7e"));
         for bad in [
             "",
-            "%%%",
-            "bm90IGEgY3Vyc29y",
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("2026-12-01T10:00:00Z|x"),
+            "x",
+            "0b8f6f1e5a4c4a7e9d1e2f3a4b5c6d7e",
+            "0b8f6f1e-5a4c-4a7e-9d1e-2f3a4b5c6d7g",
         ] {
-            assert_eq!(
-                decode_cursor(bad).unwrap_err().status,
-                StatusCode::BAD_REQUEST,
-                "{bad}"
-            );
+            assert!(!is_uuid(bad), "{bad}");
         }
     }
 
@@ -399,6 +468,12 @@ mod tests {
                 .unwrap()
                 .to_rfc3339(),
             "2026-11-29T23:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2026-11-30t00:00:00z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-30T00:00:00+00:00"
         );
         assert!(parse_since("yesterday", now).is_err());
         assert!(parse_since("99999999999d", now).is_err());

@@ -34,6 +34,7 @@ pub struct DeleteParams {
     #[serde(default)]
     pub raw: bool,
     /// Why, recorded in `cache_invalidations.reason`.
+    #[param(max_length = 1024, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
 }
 
@@ -74,17 +75,78 @@ pub struct KeyInfo {
     pub rules: Vec<KeyRule>,
 }
 
-/// A value to set.
+/// The longest TTL accepted, in seconds (68 years; `cache_configs.ttl` has the same bound).
+pub const MAX_TTL: i64 = i32::MAX as i64;
+
+/// Canonical base64 (padded): every string it matches decodes.
+const BASE64: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
+
+/// A value to set: text (`value`) or bytes (`value_base64`), with an optional TTL.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PutKey {
+    Text(PutText),
+    Bytes(PutBytes),
+}
+
+/// A text value.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PutKey {
-    /// The value: text, or base64 with `"encoding": "base64"`.
+pub struct PutText {
+    /// The value, as text.
     pub value: String,
-    /// Seconds until it expires; none or 0 for no expiry.
-    #[schema(minimum = 0)]
-    pub ttl: Option<u64>,
-    /// `utf8` (default) or `base64`.
-    pub encoding: Option<String>,
+    /// Seconds until it expires; absent, null or 0 for no expiry.
+    #[serde(default, deserialize_with = "super::input::int_like")]
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub ttl: Option<i64>,
+}
+
+/// A value given as bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutBytes {
+    /// The value's bytes, base64 (padded).
+    #[schema(pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
+    pub value_base64: String,
+    /// Seconds until it expires; absent, null or 0 for no expiry.
+    #[serde(default, deserialize_with = "super::input::int_like")]
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub ttl: Option<i64>,
+}
+
+impl PutKey {
+    /// The bytes and the TTL, checked.
+    fn decode(self) -> Result<(Vec<u8>, Option<u64>), ApiError> {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        // Padded, with any trailing bits: what the document's pattern promises decodes.
+        const LENIENT: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new()
+                .with_decode_allow_trailing_bits(true)
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let (bytes, ttl) = match self {
+            PutKey::Text(PutText { value, ttl }) => (value.into_bytes(), ttl),
+            PutKey::Bytes(PutBytes { value_base64, ttl }) => (
+                LENIENT.decode(value_base64.as_bytes()).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "value_base64 is not base64 ({e}); it must match {BASE64}"
+                    ))
+                })?,
+                ttl,
+            ),
+        };
+        let ttl = match ttl {
+            None | Some(0) => None,
+            Some(t) if (1..=MAX_TTL).contains(&t) => Some(t as u64),
+            Some(t) => {
+                return Err(ApiError::bad_request(format!(
+                    "ttl {t}: expected 0 to {MAX_TTL} seconds"
+                )))
+            }
+        };
+        Ok((bytes, ttl))
+    }
 }
 
 /// A key that was set.
@@ -110,9 +172,10 @@ pub struct Invalidated {
     get,
     path = "/api/v1/keys/{key}",
     tag = "keys",
-    params(("key" = String, Path, description = "The application's key (URL-encoded)"), RawParam),
+    params(("key" = String, Path, description = "The application's key (URL-encoded)", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$"), RawParam),
     responses(
-        (status = 200, description = "The key (`exists: false` when Redis does not hold it)", body = KeyInfo),
+        (status = 200, description = "The key", body = KeyInfo),
+        (status = 404, description = "Redis does not hold the key; the body still names the rules that produce such keys", body = KeyInfo),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
     ),
@@ -122,7 +185,7 @@ pub async fn get_key(
     State(ctx): State<Arc<Ctx>>,
     Key(key): Key,
     Query(p): Query<RawParam>,
-) -> Result<Json<KeyInfo>, ApiError> {
+) -> Result<(StatusCode, Json<KeyInfo>), ApiError> {
     let full = ctx.full_name("key", &key, p.raw)?;
     let mut cache = ctx.cache()?;
     // The reads count in Redis' hits; the monitor leaves them out of cache_metrics.
@@ -163,17 +226,26 @@ pub async fn get_key(
         },
         None => (None, None),
     };
-    Ok(Json(KeyInfo {
-        key: ctx.app_name(&full).to_string(),
-        redis_key: full,
-        exists: inspected.kind != "none",
-        kind: inspected.kind,
-        ttl: inspected.ttl,
-        value,
-        encoding,
-        memory_bytes: inspected.memory,
-        rules,
-    }))
+    let exists = inspected.kind != "none";
+    let code = if exists {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    Ok((
+        code,
+        Json(KeyInfo {
+            key: ctx.app_name(&full).to_string(),
+            redis_key: full,
+            exists,
+            kind: inspected.kind,
+            ttl: inspected.ttl,
+            value,
+            encoding,
+            memory_bytes: inspected.memory,
+            rules,
+        }),
+    ))
 }
 
 /// Sets one key (manual warming). Not fenced: a value set by hand is the operator's call.
@@ -181,7 +253,7 @@ pub async fn get_key(
     put,
     path = "/api/v1/keys/{key}",
     tag = "keys",
-    params(("key" = String, Path, description = "The application's key (URL-encoded)"), RawParam),
+    params(("key" = String, Path, description = "The application's key (URL-encoded)", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$"), RawParam),
     request_body = PutKey,
     responses(
         (status = 200, description = "Set", body = PutResult),
@@ -189,6 +261,7 @@ pub async fn get_key(
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 403, description = "Writes are disabled (no [api] token)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -196,36 +269,25 @@ pub async fn put_key(
     State(ctx): State<Arc<Ctx>>,
     Key(key): Key,
     Query(p): Query<RawParam>,
-    Body(body): Body<PutKey>,
+    Body(body): Body<serde_json::Value>,
 ) -> Result<Json<PutResult>, ApiError> {
+    let body: PutKey = serde_json::from_value(body).map_err(|_| {
+        ApiError::bad_request(
+            "expected {\"value\": \"text\"} or {\"value_base64\": \"...\"}, with an optional \
+             \"ttl\" (whole seconds, 0 for none), and no other field",
+        )
+    })?;
     let full = ctx.full_name("key", &key, p.raw)?;
-    let bytes = match body.encoding.as_deref() {
-        None | Some("utf8") => body.value.into_bytes(),
-        Some("base64") => base64::engine::general_purpose::STANDARD
-            .decode(body.value.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("value is not valid base64: {e}")))?,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "encoding {other:?}: expected \"utf8\" or \"base64\""
-            )))
-        }
-    };
-    // Redis' EX takes a positive 64-bit integer within its own bound.
-    if let Some(t) = body.ttl.filter(|t| *t > i64::MAX as u64 / 1000) {
-        return Err(ApiError::bad_request(format!(
-            "ttl {t}: at most {} seconds",
-            i64::MAX / 1000
-        )));
-    }
+    let (bytes, ttl) = body.decode()?;
     ctx.cache()?
-        .put(&full, &bytes, body.ttl)
+        .put(&full, &bytes, ttl)
         .await
         .map_err(|e| ApiError::unavailable("redis", e))?;
-    tracing::info!(key = %full, bytes = bytes.len(), ttl = ?body.ttl, "key set through the API");
+    tracing::info!(key = %full, bytes = bytes.len(), ttl = ?ttl, "key set through the API");
     Ok(Json(PutResult {
         key: ctx.app_name(&full).to_string(),
         redis_key: full,
-        ttl: body.ttl.filter(|t| *t > 0),
+        ttl,
         bytes: bytes.len(),
     }))
 }
@@ -235,7 +297,7 @@ pub async fn put_key(
     delete,
     path = "/api/v1/keys/{key}",
     tag = "keys",
-    params(("key" = String, Path, description = "The application's key (URL-encoded)"), DeleteParams),
+    params(("key" = String, Path, description = "The application's key (URL-encoded)", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$"), DeleteParams),
     responses(
         (status = 200, description = "Invalidated and journaled", body = Invalidated),
         (status = 400, description = "Bad input", body = ErrorBody),
@@ -261,13 +323,7 @@ pub(super) async fn run(
     targets: &[Target],
     reason: &str,
 ) -> Result<Invalidated, ApiError> {
-    if reason.len() > ctx.config.api.max_key_bytes {
-        return Err(ApiError::bad_request(format!(
-            "reason is {} bytes, more than [api] max_key_bytes ({})",
-            reason.len(),
-            ctx.config.api.max_key_bytes
-        )));
-    }
+    super::bounded("reason", reason)?;
     let client = ctx.db().await?;
     let mut journal = ctx.journal()?;
     let mut cache = ctx.cache()?;

@@ -10,7 +10,8 @@
 //!
 //! Every call goes through [`auth::Policy`] (bearer token for writes; for reads too off
 //! loopback). Bad input is a 4xx with a JSON `{error, detail}` ([`error`]), bodies and keys are
-//! bounded (`[api] max_body_bytes`, `max_key_bytes`). Invalidations go through the one
+//! bounded (`[api] max_body_bytes`; keys, patterns, tags and reasons at [`MAX_NAME`]
+//! characters, as the OpenAPI document says). Invalidations go through the one
 //! lifecycle ([`crate::control::manual`]), never a copy of it.
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod health;
+mod input;
 pub mod invalidations;
 pub mod keys;
 pub mod openapi;
@@ -40,6 +42,27 @@ use crate::target::Targets;
 use error::ApiError;
 
 pub use health::router;
+
+/// The longest key, pattern, tag or reason accepted, in characters (the OpenAPI document's
+/// `maxLength`).
+pub const MAX_NAME: usize = 1024;
+
+/// Checks a name's length against [`MAX_NAME`], and that it holds no NUL character (the
+/// journal's `text` columns cannot store one).
+pub fn bounded(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "{what} contains a NUL character, which the journal cannot record"
+        )));
+    }
+    let n = name.chars().count();
+    if n > MAX_NAME {
+        return Err(ApiError::bad_request(format!(
+            "{what} is {n} characters, more than the {MAX_NAME} the API accepts"
+        )));
+    }
+    Ok(())
+}
 
 /// What the operator API's handlers share.
 pub struct Ctx {
@@ -96,18 +119,12 @@ impl Ctx {
     }
 
     /// The full Redis name of what a request names: `key_prefix` applied unless `raw`, and
-    /// bounded by `[api] max_key_bytes`.
+    /// bounded by [`MAX_NAME`].
     pub fn full_name(&self, what: &str, name: &str, raw: bool) -> Result<String, ApiError> {
         if name.is_empty() {
             return Err(ApiError::bad_request(format!("{what} must not be empty")));
         }
-        if name.len() > self.config.api.max_key_bytes {
-            return Err(ApiError::bad_request(format!(
-                "{what} is {} bytes, more than [api] max_key_bytes ({})",
-                name.len(),
-                self.config.api.max_key_bytes
-            )));
-        }
+        bounded(what, name)?;
         Ok(if raw {
             name.to_string()
         } else {

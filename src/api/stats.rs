@@ -24,7 +24,8 @@ const BUCKETS: u64 = 60;
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
-    /// How far back: `5m`, `15m` (default), `1h`, `24h`, `7d` (1 minute to 30 days).
+    /// How far back: `5m`, `15m` (default), `1h`, `24h`, `7d`; clamped to 1 minute .. 30 days.
+    #[param(pattern = "^[1-9][0-9]{0,8}[smhd]$")]
     pub window: Option<String>,
 }
 
@@ -115,13 +116,13 @@ fn ratio(h: Option<i64>, m: Option<i64>) -> Option<f64> {
     }
 }
 
-/// The window in seconds.
+/// The window in seconds, clamped to [`MIN_WINDOW`] .. [`MAX_WINDOW`].
 fn window(p: &StatsParams) -> Result<u64, ApiError> {
     let text = p.window.as_deref().unwrap_or("15m");
     match crate::config::parse_period(text).map(|d| d.as_secs()) {
-        Some(s) if (MIN_WINDOW..=MAX_WINDOW).contains(&s) => Ok(s),
-        _ => Err(ApiError::bad_request(format!(
-            "window {text:?}: expected a period from 1m to 30d, such as \"15m\" or \"24h\""
+        Some(s) => Ok(s.clamp(MIN_WINDOW, MAX_WINDOW)),
+        None => Err(ApiError::bad_request(format!(
+            "window {text:?}: expected a period such as \"15m\", \"24h\" or \"7d\""
         ))),
     }
 }
@@ -280,9 +281,12 @@ mod tests {
         };
         assert_eq!(window(&StatsParams::default()).unwrap(), 900);
         assert_eq!(w("24h").unwrap(), 86400);
-        assert!(w("10s").is_err());
-        assert!(w("31d").is_err());
+        assert!(w("").is_err());
+        assert_eq!(w("10s").unwrap(), 60);
+        assert_eq!(w("31d").unwrap(), 30 * 86400);
+        assert_eq!(w("999999999d").unwrap(), 30 * 86400);
         assert!(w("soon").is_err());
+        assert!(w("1e30d").is_err());
         assert_eq!(ratio(Some(8), Some(2)), Some(0.8));
         assert_eq!(ratio(Some(0), Some(0)), None);
         assert_eq!(ratio(None, Some(2)), None);

@@ -205,7 +205,10 @@ pub fn parse_period(s: &str) -> Option<std::time::Duration> {
         'd' => 86400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 1.0).then(|| std::time::Duration::from_secs_f64(secs))
+    // try_from: a period too long for a Duration is refused, not a panic.
+    (secs.is_finite() && secs >= 1.0)
+        .then(|| std::time::Duration::try_from_secs_f64(secs).ok())
+        .flatten()
 }
 
 /// Parses a size: a number and `B`, `kB`, `MB`, `GB` or `TB` (powers of 1024, as PostgreSQL
@@ -381,9 +384,6 @@ pub struct ApiConfig {
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// The longest key, pattern or tag accepted, in bytes.
-    #[serde(default = "default_max_key_bytes")]
-    pub max_key_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -391,17 +391,12 @@ impl Default for ApiConfig {
         ApiConfig {
             token: None,
             max_body_bytes: default_max_body_bytes(),
-            max_key_bytes: default_max_key_bytes(),
         }
     }
 }
 
 fn default_max_body_bytes() -> usize {
     1024 * 1024
-}
-
-fn default_max_key_bytes() -> usize {
-    1024
 }
 
 fn default_listen() -> String {

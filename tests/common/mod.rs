@@ -331,6 +331,19 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Serves the worker's whole HTTP surface (health, `/api/v1`, the console) for `status` on a
+/// free loopback port; returns the address.
+pub async fn serve_api(status: Arc<Status>, config: Config) -> String {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    tokio::spawn(cachewarden::api::serve(
+        listener,
+        cachewarden::api::app(status, Arc::new(config)),
+        std::future::pending(),
+    ));
+    addr
+}
+
 /// A minimal HTTP/1.0 request: (status code, body). `token` goes as a bearer token; `body` as
 /// JSON.
 pub async fn http(
