@@ -2,7 +2,8 @@
 //! OpenAPI document, against a running worker: no 5xx, every response matches the schema
 //! (status codes, content types, bodies), bad input is rejected, and calls that need the token
 //! are refused without it (`ignored_auth`). The worker gets a Redis of its own: the fuzzer may
-//! invalidate `*` with `raw=true`.
+//! invalidate `*` with `raw=true`. Before fuzzing, the document is validated against the OpenAPI
+//! 3.1 specification (openapi-spec-validator).
 
 mod common;
 
@@ -31,6 +32,23 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     config.api.token = Some("fuzz-token".into());
     let w = env.start_worker_with(config.clone()).await;
     let addr = common::serve_api(w.status.clone(), config).await;
+    // The document validates against the OpenAPI 3.1 specification.
+    let (code, doc) = common::http(&addr, "GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(code, 200);
+    let doc_path = env.dir.join("openapi.json");
+    std::fs::write(&doc_path, &doc).unwrap();
+    let check = tokio::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator", "--schema", "3.1"])
+        .arg(&doc_path)
+        .output()
+        .await
+        .expect("openapi-spec-validator runs");
+    assert!(
+        check.status.success(),
+        "the OpenAPI document does not validate: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     let out = tokio::process::Command::new(&python)
         // Its own files (.schemathesis/) go to the test's directory, not the repository.
         .current_dir(&env.dir)
@@ -40,7 +58,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         // A stream that never ends: tested in tests/api.rs.
         .args(["--exclude-path", "/api/v1/events"])
         .args(["--header", "Authorization: Bearer fuzz-token"])
-        .args(["--max-examples", "60", "--workers", "2"])
+        .args(["--max-examples", "60", "--workers", "1"])
         // A fixed seed keeps CI deterministic; CW_FUZZ_SEED explores others.
         .args([
             "--seed",

@@ -5,13 +5,17 @@
 // Environment: CW_URL (the worker's status address), CW_TOKEN, CW_CHROMIUM (executable),
 // CW_SHOTS (screenshot directory).
 import { chromium } from 'playwright-core'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { createInterface } from 'node:readline'
 
 const url = process.env.CW_URL
 const token = process.env.CW_TOKEN
 const shots = process.env.CW_SHOTS ?? 'target/console-screenshots'
 mkdirSync(shots, { recursive: true })
+
+// axe-core: the accessibility rules (labels, contrast, keyboard, ARIA) checked in each view.
+const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8')
 
 const input = createInterface({ input: process.stdin })
 const replies = input[Symbol.asyncIterator]()
@@ -105,11 +109,18 @@ try {
   await page.waitForURL(/#keys$/)
   for (const view of ['dashboard', 'rules', 'invalidate', 'keys']) {
     await page.goto(`${url}/#${view}`)
-    await page.waitForTimeout(300)
+    await page.waitForTimeout(500)
     const unlabeled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
       .filter((e) => !(e.labels?.length || e.getAttribute('aria-label')))
       .map((e) => e.outerHTML))
     if (unlabeled.length) throw new Error(`controls without a label in ${view}: ${unlabeled.join(' ')}`)
+    await page.addScriptTag({ content: axeSource })
+    const violations = await page.evaluate(async () => {
+      const r = await window.axe.run(document, { runOnly: ['wcag2a', 'wcag2aa'] })
+      return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)
+    })
+    if (violations.length) throw new Error(`accessibility (WCAG 2 A/AA) in ${view}:\n${violations.join('\n')}`)
+    console.log(`${view}: no WCAG 2 A/AA violation found by axe-core`)
   }
   const real = errors.filter((e) => !/the server responded with a status of 4\d\d/.test(e))
   if (real.length) throw new Error(`errors in the page:\n${real.join('\n')}`)

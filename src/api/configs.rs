@@ -172,6 +172,7 @@ async fn views(ctx: &Ctx, only: Option<&str>) -> Result<Vec<ConfigView>, ApiErro
 #[utoipa::path(
     get,
     path = "/api/v1/configs",
+    operation_id = "list_configs",
     tag = "configs",
     responses(
         (status = 200, description = "Every cache_configs row, by name", body = Vec<ConfigView>),
@@ -211,6 +212,7 @@ fn validate(patch: &ConfigPatch, rule: Option<&crate::rules::Rule>) -> Result<()
 #[utoipa::path(
     patch,
     path = "/api/v1/configs/{rule}",
+    operation_id = "patch_config",
     tag = "configs",
     params(("rule" = String, Path, description = "The rule's name", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$")),
     request_body = ConfigPatch,

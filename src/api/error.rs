@@ -15,7 +15,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A short, stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `payload_too_large`, `unavailable`.
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `unavailable`.
     pub error: String,
     /// What was wrong, for a human.
     pub detail: String,
@@ -57,6 +57,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",

@@ -175,6 +175,7 @@ pub fn spawn_watch(ctx: Arc<Ctx>) {
 #[utoipa::path(
     get,
     path = "/api/v1/events",
+    operation_id = "events",
     tag = "events",
     responses(
         (status = 200, description = "Server-sent events: invalidation, health, rules, config; each event's data is the JSON of its type", content_type = "text/event-stream", body = String),

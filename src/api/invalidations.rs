@@ -168,6 +168,7 @@ fn targets(ctx: &Ctx, req: &NewInvalidation, raw: bool) -> Result<Vec<Target>, A
 #[utoipa::path(
     post,
     path = "/api/v1/invalidations",
+    operation_id = "create_invalidation",
     tag = "invalidations",
     params(CreateParams),
     request_body = NewInvalidation,
@@ -358,6 +359,7 @@ fn is_uuid(s: &str) -> bool {
 #[utoipa::path(
     get,
     path = "/api/v1/invalidations",
+    operation_id = "list_invalidations",
     tag = "invalidations",
     params(ListParams),
     responses(

@@ -171,6 +171,7 @@ pub struct Invalidated {
 #[utoipa::path(
     get,
     path = "/api/v1/keys/{key}",
+    operation_id = "get_key",
     tag = "keys",
     params(("key" = String, Path, description = "The application's key (URL-encoded)", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$"), RawParam),
     responses(
@@ -252,6 +253,7 @@ pub async fn get_key(
 #[utoipa::path(
     put,
     path = "/api/v1/keys/{key}",
+    operation_id = "put_key",
     tag = "keys",
     params(("key" = String, Path, description = "The application's key (URL-encoded)", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$"), RawParam),
     request_body = PutKey,
@@ -296,6 +298,7 @@ pub async fn put_key(
 #[utoipa::path(
     delete,
     path = "/api/v1/keys/{key}",
+    operation_id = "delete_key",
     tag = "keys",
     params(("key" = String, Path, description = "The application's key (URL-encoded)", min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$"), DeleteParams),
     responses(

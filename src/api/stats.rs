@@ -131,6 +131,7 @@ fn window(p: &StatsParams) -> Result<u64, ApiError> {
 #[utoipa::path(
     get,
     path = "/api/v1/stats",
+    operation_id = "get_stats",
     tag = "stats",
     params(StatsParams),
     responses(

@@ -86,10 +86,13 @@ mod tests {
         let text = "[postgres]\nurl = \"postgres://cw:s3cret@db/app\"\n[redis]\nurl = \"redis://r\"\n\
                     [source]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b:9092\"\ntopics = [\"t\"]\n\
                     [kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"session.timeout.ms\" = \"6000\"\n";
-        let vars = [(
-            "CACHEWARDEN_REDIS_KEY_PREFIX".to_string(),
-            ":1:".to_string(),
-        )];
+        let vars = [
+            (
+                "CACHEWARDEN_REDIS_KEY_PREFIX".to_string(),
+                ":1:".to_string(),
+            ),
+            ("CACHEWARDEN_API_TOKEN".to_string(), "t0ken-xyz".to_string()),
+        ];
         let cfg = Config::from_toml(text, Path::new("c.toml"), &vars).unwrap();
         let out = render(&cfg, text, "c.toml");
         for line in [
@@ -100,9 +103,14 @@ mod tests {
             "\"session.timeout.ms\" = \"6000\"  # c.toml:12",
             "[monitor]",
             "max_lag = \"30s\"  # default",
+            "token = \"***\"  # env CACHEWARDEN_API_TOKEN",
         ] {
             assert!(out.contains(line), "{line:?} in\n{out}");
         }
-        assert!(!out.contains("s3cret") && !out.contains("hunter2"), "{out}");
+        assert!(
+            !out.contains("s3cret") && !out.contains("hunter2") && !out.contains("t0ken"),
+            "{out}"
+        );
+        assert_eq!(cfg.api.token.as_deref(), Some("t0ken-xyz"));
     }
 }
