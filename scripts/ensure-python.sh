@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 root="${CACHEWARDEN_TOOLS:-/var/tmp/cachewarden-tools}"
 key="$(sha256sum scripts/python-requirements.txt | cut -c1-12)"
 venv="$root/venv-$key"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import django, django_redis, psycopg, schemathesis, openapi_spec_validator" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import django, django_redis, psycopg, schemathesis, openapi_spec_validator, pytest_django" 2>/dev/null; then
   echo "ensure-python: creating $venv" >&2
   rm -rf "$venv"
   mkdir -p "$root"

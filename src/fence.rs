@@ -22,6 +22,26 @@
 //! reads only once the triggering transaction is visible to its snapshot (see
 //! [`crate::warm`]), so a value versioned `V` never predates `V`.
 //!
+//! # Fenced fills
+//!
+//! Applications that fill the cache themselves (cache-aside) race the worker: a reader misses,
+//! reads the old row, the change commits and is invalidated, then the reader SETs the old value,
+//! which stays until the next change. For rules with `fenced_fills = true` the worker raises
+//! *fill marks* with every invalidation of the rule's keys, tags and patterns — the same key
+//! marks ([`mark_key`]; a tag set's mark is the mark of its key `<prefix>tag:<name>`) and, for a
+//! pattern, a *pattern mark* ([`pattern_mark_key`], `<prefix>cw:p:<the pattern's literal
+//! prefix>`) — before anything is unlinked. A cooperating reader
+//! (`clients/django`, [`FILL_TOKEN_SCRIPT`] and [`FILL_SCRIPT`]) takes a *token* before it reads
+//! the database: the newest version among the key's mark, its tags' marks and the pattern marks
+//! of every prefix of the key and of the tag keys. Its fill is a script that recomputes the token
+//! and sets the value (and adds the key to its tag sets) only if the token is unchanged. If the
+//! invalidation's marks were raised after the token was taken, the fill is refused; if before,
+//! the reader's database read began after the mark, so after the commit, and read the new row;
+//! a fill that lands before the marks is unlinked by the invalidation that follows them.
+//! Versions only grow (commit positions in commit order), so "unchanged" is "nothing raised".
+//! Rules without `fenced_fills` pay nothing; a fenced rule pays one mark script per key, tag or
+//! pattern it invalidates, in the same pipeline as the unlinks.
+//!
 //! Planning raises marks for the rules' own firings (`crate::plan`); every other invalidation
 //! — another rule's key, a delayed pass, an application request, the CLI — raises the marks
 //! [`fences`] computes for its targets. The cache target raises marks before it unlinks
@@ -31,7 +51,7 @@
 use std::collections::HashMap;
 
 use crate::action::Target;
-use crate::glob::{glob_match, may_overlap};
+use crate::glob::{glob_match, literal_prefix, may_overlap};
 use crate::rules::RuleSet;
 pub use crate::version::Version;
 
@@ -61,6 +81,81 @@ pub fn rule_mark_key(prefix: &str, rule: &str) -> String {
     format!("{prefix}cw:v:rule:{rule}")
 }
 
+/// The pattern mark of `pattern` (a full glob): `<prefix>cw:p:<its literal prefix under
+/// key_prefix>`, raised when the pattern is invalidated for a fenced rule. `None` when the
+/// pattern cannot match a key under `key_prefix`. A pattern whose literal text stops inside the
+/// prefix (`*`, `:*`) may match any key: its mark is the empty prefix's, which every fill checks.
+pub fn pattern_mark_key(key_prefix: &str, pattern: &str) -> Option<String> {
+    let lit = literal_prefix(pattern);
+    let rest = match lit.strip_prefix(key_prefix) {
+        Some(rest) => rest,
+        None if key_prefix.starts_with(lit) => "",
+        None => return None,
+    };
+    Some(format!("{key_prefix}cw:p:{rest}"))
+}
+
+/// The fill mark an invalidation of `target` raises for a rule with fenced fills (bumps need
+/// none: a key under an old namespace version is never read again).
+pub fn fill_mark(key_prefix: &str, target: &Target) -> Option<String> {
+    match target {
+        Target::Key(k) | Target::Tag(k) => Some(mark_key(key_prefix, k)),
+        Target::Pattern(p) | Target::TagPattern(p) => pattern_mark_key(key_prefix, p),
+        Target::Bump(_) | Target::BumpPattern(_) => None,
+    }
+}
+
+/// Computes a fill token: the newest version among the key's mark, its tag sets' marks and
+/// the pattern marks of every prefix of the key and of each tag key (what any invalidation of
+/// them raises). KEYS[1] the key, KEYS[2..] its tag sets; ARGV[1] key_prefix. Returns the
+/// token ("" when no mark exists). Shared by [`FILL_SCRIPT`].
+pub const FILL_TOKEN_SCRIPT: &str = r"
+local function token(keys, prefix)
+  local best = ''
+  local function see(v) if v and v > best then best = v end end
+  local plen = #prefix
+  for _, k in ipairs(keys) do
+    local rest = k
+    if k:sub(1, plen) == prefix then rest = k:sub(plen + 1) end
+    see(redis.call('GET', prefix .. 'cw:v:' .. rest))
+    for i = 0, #rest do
+      see(redis.call('GET', prefix .. 'cw:p:' .. rest:sub(1, i)))
+    end
+  end
+  return best
+end
+return token(KEYS, ARGV[1])
+";
+
+/// A fenced fill: sets KEYS[1] to ARGV[3] (with `EX` ARGV[4] seconds unless 0) and adds it to
+/// the tag sets KEYS[2..], only if the fill token (see [`FILL_TOKEN_SCRIPT`]) still equals
+/// ARGV[2]. ARGV[1] key_prefix. Returns 1 when filled, 0 when refused.
+pub const FILL_SCRIPT: &str = r"
+local function token(keys, prefix)
+  local best = ''
+  local function see(v) if v and v > best then best = v end end
+  local plen = #prefix
+  for _, k in ipairs(keys) do
+    local rest = k
+    if k:sub(1, plen) == prefix then rest = k:sub(plen + 1) end
+    see(redis.call('GET', prefix .. 'cw:v:' .. rest))
+    for i = 0, #rest do
+      see(redis.call('GET', prefix .. 'cw:p:' .. rest:sub(1, i)))
+    end
+  end
+  return best
+end
+if token(KEYS, ARGV[1]) ~= ARGV[2] then return 0 end
+local ttl = tonumber(ARGV[4])
+if ttl and ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+for i = 2, #KEYS do redis.call('SADD', KEYS[i], KEYS[1]) end
+return 1
+";
+
 /// Marks that invalidations outside a warm rule's own firing must raise: a key unlinked by
 /// another rule, a request or a delayed pass may be a warmed key, and a refetch in flight must
 /// not land after it. Keys matching a warm rule's key family get their key mark (and the rule's
@@ -80,7 +175,20 @@ pub fn fences<'a>(
                 .map(|w| (w.key.value.family_pattern(key_prefix), r.name.as_str()))
         })
         .collect();
-    if families.is_empty() {
+    // Fenced-fill rules' families: keys (and their patterns' keys), and tag sets.
+    let tag_prefix = format!("{key_prefix}tag:");
+    let mut fenced_keys: Vec<String> = Vec::new();
+    let mut fenced_tags: Vec<String> = Vec::new();
+    for r in rules.rules.iter().filter(|r| r.fenced_fills) {
+        let warm = r.warm.as_ref().map(|w| &w.key);
+        for t in r.keys.iter().chain(&r.patterns).chain(warm) {
+            fenced_keys.push(t.value.family_pattern(key_prefix));
+        }
+        for t in &r.tags {
+            fenced_tags.push(t.value.family_pattern(&tag_prefix));
+        }
+    }
+    if families.is_empty() && fenced_keys.is_empty() && fenced_tags.is_empty() {
         return Vec::new();
     }
     let mut out: HashMap<String, Version> = HashMap::new();
@@ -89,6 +197,16 @@ pub fn fences<'a>(
         *m = (*m).max(lsn);
     };
     for (target, lsn) in targets {
+        let fenced = match target {
+            Target::Key(k) => fenced_keys.iter().any(|f| glob_match(f, k)),
+            Target::Tag(t) => fenced_tags.iter().any(|f| glob_match(f, t)),
+            Target::Pattern(p) => fenced_keys.iter().any(|f| may_overlap(p, f)),
+            Target::TagPattern(p) => fenced_tags.iter().any(|f| may_overlap(p, f)),
+            Target::Bump(_) | Target::BumpPattern(_) => false,
+        };
+        if let Some(m) = fenced.then(|| fill_mark(key_prefix, target)).flatten() {
+            raise(m, lsn);
+        }
         for (family, rule) in &families {
             match target {
                 Target::Key(k) if glob_match(family, k) => {
@@ -145,6 +263,72 @@ mod tests {
                 ("p:cw:v:rule:w".to_string(), Version(7)),
             ]
         );
+    }
+
+    #[test]
+    fn fenced_rules_raise_fill_marks_for_keys_tags_and_patterns() {
+        let rules = RuleSet::new(
+            parse_file(
+                Path::new("f.toml"),
+                "[[rule]]\nname='f'\ntable='courses'\nkeys=['course:{id}']\npatterns=['catalog:page:*']\n\
+                 tags=['course:{id}']\nfenced_fills=true\n\
+                 [[rule]]\nname='plain'\ntable='lessons'\nkeys=['lesson:{id}']\n",
+            )
+            .unwrap(),
+        );
+        let t = |s: &str| s.to_string();
+        let targets = [
+            Target::Key(t(":1:course:9")),
+            Target::Key(t(":1:catalog:page:2")),
+            Target::Tag(t(":1:tag:course:9")),
+            Target::Pattern(t(":1:catalog:*")),
+            Target::TagPattern(t(":1:tag:course:*")),
+            Target::Key(t(":1:lesson:1")),
+            Target::Pattern(t(":1:lesson:*")),
+            Target::Pattern(t("*")),
+        ];
+        let f = fences(&rules, ":1:", targets.iter().map(|t| (t, Version(7))));
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ":1:cw:p:",
+                ":1:cw:p:catalog:",
+                ":1:cw:p:tag:course:",
+                ":1:cw:v:catalog:page:2",
+                ":1:cw:v:course:9",
+                ":1:cw:v:tag:course:9",
+            ],
+            "the plain rule's lesson keys raise nothing"
+        );
+    }
+
+    #[test]
+    fn a_patterns_mark_is_its_literal_prefix_under_the_key_prefix() {
+        assert_eq!(
+            pattern_mark_key(":1:", ":1:catalog:page:*").as_deref(),
+            Some(":1:cw:p:catalog:page:")
+        );
+        assert_eq!(
+            pattern_mark_key(":1:", ":1:cour?e:*").as_deref(),
+            Some(":1:cw:p:cour")
+        );
+        assert_eq!(pattern_mark_key(":1:", "*").as_deref(), Some(":1:cw:p:"));
+        assert_eq!(pattern_mark_key(":1:", ":*").as_deref(), Some(":1:cw:p:"));
+        assert_eq!(pattern_mark_key(":1:", ":2:course:*"), None);
+        assert_eq!(fill_mark(":1:", &Target::Bump(":1:ns:1".into())), None);
+    }
+
+    #[test]
+    fn the_django_companion_runs_these_very_fill_scripts() {
+        let py = include_str!("../clients/django/src/cachewarden_django/fill.py");
+        let between = |name: &str| {
+            let start = py.find(&format!("{name} = r\"\"\"")).unwrap() + name.len() + 7;
+            let end = start + py[start..].find("\"\"\"").unwrap();
+            py[start..end].trim().to_string()
+        };
+        assert_eq!(between("FILL_TOKEN_SCRIPT"), FILL_TOKEN_SCRIPT.trim());
+        assert_eq!(between("FILL_SCRIPT"), FILL_SCRIPT.trim());
     }
 
     #[test]

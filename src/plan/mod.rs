@@ -250,6 +250,11 @@ impl Builder<'_> {
                 ));
             }
             for (target, family) in out.targets {
+                if rule.fenced_fills {
+                    if let Some(m) = crate::fence::fill_mark(&self.cx.key_prefix, &target) {
+                        self.mark(m, tx.commit_lsn.into());
+                    }
+                }
                 self.add(target, family, rule, change, tx);
             }
         }

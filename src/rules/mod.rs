@@ -149,6 +149,10 @@ pub struct Rule {
     pub reinvalidate_after: Option<std::time::Duration>,
     /// Fill every key of the rule when the worker starts.
     pub warm_on_start: bool,
+    /// Raise fill marks with every invalidation of the rule's keys, tags and patterns, so that
+    /// applications filling through the fenced-fill protocol (the Django companion's
+    /// `get_or_fill`) never cache a value read before the invalidation ([`crate::fence`]).
+    pub fenced_fills: bool,
     pub at: Location,
     pub table_at: Location,
 }

@@ -37,6 +37,7 @@ struct RawRule {
     warm: Option<Spanned<RawWarm>>,
     reinvalidate_after: Option<Spanned<String>>,
     warm_on_start: Option<Spanned<bool>>,
+    fenced_fills: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -518,6 +519,7 @@ fn validate_rule(cx: &mut FileCtx<'_>, at: Location, raw: RawRule) -> Option<Rul
         warm,
         reinvalidate_after,
         warm_on_start,
+        fenced_fills: raw.fenced_fills.unwrap_or(false),
         at,
         table_at,
     })
