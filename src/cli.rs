@@ -61,6 +61,18 @@ pub enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// Suggest rule changes from the journal, cache_metrics and Redis: rules that never fire,
+    /// key templates the application never caches, TTLs far shorter than the interval between
+    /// invalidations, costly patterns, memory near maxmemory. Each with its figures and the
+    /// exact rule-file change.
+    Advise {
+        /// How far back to look (`1h`, `24h`, `7d`).
+        #[arg(long, default_value = "24h")]
+        window: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration: every key, its value and where it came from
     /// (environment, file line, default), secrets redacted.
     Config,

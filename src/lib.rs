@@ -26,9 +26,10 @@
 //!
 //! Around it: [`control`] (hot reload, `cache_configs` switches, application requests),
 //! [`status`] (the shared state, readiness), [`api`] (HTTP: health, readiness, status,
-//! metrics), [`metrics`] (Prometheus `/metrics`),
+//! metrics, the operator API `/api/v1` and the web console), [`metrics`] (Prometheus `/metrics`),
 //! [`monitor`] (`cache_metrics` rows, the consistency probe, the source's figures, keyspace
-//! notifications, retention), [`config`] (`cachewarden.toml`), [`cli`] (commands),
+//! notifications, retention), [`advice`] (the optimization advisor: figures → suggestions),
+//! [`config`] (`cachewarden.toml`), [`cli`] (commands),
 //! [`migrate`] (schema), `registry` (`cache_configs` sync), [`explain`] (dry runs),
 //! [`runtime`] (shutdown, task sets, backoff), [`db`] (connections), [`catalog`] (the rule
 //! tables' shape), [`tls`] (libpq's `sslmode` on rustls) and
@@ -36,6 +37,7 @@
 //! matching, rendering, planning, fencing, journal grouping, globs, SQL quoting — does no I/O.
 
 pub mod action;
+pub mod advice;
 pub mod api;
 pub mod catalog;
 pub mod cli;

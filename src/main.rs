@@ -148,6 +148,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::Advise { window, json } => advise(&config, &window, json).await,
         Command::Ready => ready(&config.status.listen).await,
         Command::Check { offline } => check(config, offline).await,
         Command::Config => {
@@ -198,12 +199,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
-            let rules = match rules::load_dir(&config.rules_dir) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(rules) = load_rules(&config) else {
+                return Ok(ExitCode::from(1));
             };
             let events = match explain::parse_events(&text) {
                 Ok(e) => e,
@@ -226,13 +223,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
-    let rules = match rules::load_dir(&config.rules_dir) {
-        Ok(r) => r,
+/// The rule files, or `None` after printing why they are invalid (the caller exits 1).
+fn load_rules(config: &Config) -> Option<rules::RuleSet> {
+    match rules::load_dir(&config.rules_dir) {
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("{e}");
-            return Ok(ExitCode::from(1));
+            None
         }
+    }
+}
+
+async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
+    let Some(rules) = load_rules(&config) else {
+        return Ok(ExitCode::from(1));
     };
     let mut errors = 0;
     for d in rules::check_families(&rules, &config.redis.key_prefix) {
@@ -298,6 +302,36 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cachewarden advise`: figures from the journal, cache_metrics and Redis → suggestions.
+async fn advise(config: &Config, window: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(secs) = cachewarden::config::parse_period(window).map(|d| d.as_secs()) else {
+        eprintln!("error: --window {window:?}: expected a period such as \"24h\" or \"7d\"");
+        return Ok(ExitCode::from(1));
+    };
+    let Some(rules) = load_rules(config) else {
+        return Ok(ExitCode::from(1));
+    };
+    let pg = config.postgres_config().context("[postgres] url")?;
+    let client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
+    let figures = cachewarden::advice::gather(config, &client, &rules, secs).await?;
+    let suggestions = cachewarden::advice::suggest(&figures);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "figures": figures,
+                "suggestions": suggestions,
+            }))?
+        );
+    } else {
+        print!(
+            "{}",
+            cachewarden::advice::render_text(&figures, &suggestions)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `cachewarden ready`: GET /readyz from the worker's own status endpoint (a wildcard listen
 /// address is asked on loopback).
 async fn ready(listen: &str) -> anyhow::Result<ExitCode> {
@@ -337,12 +371,8 @@ async fn ready(listen: &str) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    let rules = match rules::load_dir(&config.rules_dir) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(1));
-        }
+    let Some(rules) = load_rules(&config) else {
+        return Ok(ExitCode::from(1));
     };
     let stop = ShutdownSender::new();
     let stop_rx = stop.subscribe();
@@ -432,12 +462,8 @@ async fn warm(
     restart: bool,
 ) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
-    let rules = match rules::load_dir(&config.rules_dir) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(1));
-        }
+    let Some(rules) = load_rules(config) else {
+        return Ok(ExitCode::from(1));
     };
     let chosen: Vec<_> = rules
         .rules

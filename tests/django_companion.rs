@@ -75,3 +75,35 @@ fn the_package_installs_into_a_fresh_virtualenv_with_one_pip_install() {
     );
     let _ = std::fs::remove_dir_all(&venv);
 }
+
+#[test]
+fn the_edurise_workload_leaves_nothing_stale_with_fenced_fills() {
+    // A short run of examples/edurise-django (README has the long runs' figures).
+    let out = Command::new("bash")
+        .arg(root().join("examples/edurise-django/run.sh"))
+        .env("CACHEWARDEN_BIN", common::bin())
+        .env("CACHEWARDEN_PYTHON", python())
+        .env("EDURISE_DB", "cwt_edurise_workload")
+        .env("EDURISE_STATUS_PORT", common::free_port().to_string())
+        .env("SECONDS_PER_RUN", "4")
+        .env("RUNS", "1")
+        .env("WRITE_SKEW", "zipf")
+        .output()
+        .expect("run.sh runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(runs.len(), 2, "{text}");
+    let fenced = runs.iter().find(|r| r["mode"] == "fenced").unwrap();
+    assert_eq!(fenced["stale_entries_after_quiescence"], 0, "{fenced}");
+    assert_eq!(fenced["stale_reads_beyond_bound"], 0, "{fenced}");
+    assert!(fenced["reads"].as_u64().unwrap() > 1000, "{fenced}");
+    assert!(fenced["writes"].as_u64().unwrap() > 50, "{fenced}");
+}

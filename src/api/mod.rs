@@ -4,7 +4,8 @@
 //! * `/api/v1` — the operator API: [`keys`] (inspect, set, delete one key), [`invalidations`]
 //!   (run one, with a dry run; page through the journal), [`stats`] (figures over a window, as
 //!   series for charts), [`configs`] (rule switches, TTL and strategy in `cache_configs`, drift
-//!   from the files), [`events`] (server-sent events for live views), and [`openapi`] (the
+//!   from the files), [`advice`] (the optimization advisor's suggestions), [`events`]
+//!   (server-sent events for live views), and [`openapi`] (the
 //!   OpenAPI 3.1 document, generated from the types here).
 //! * [`console`] — the web console at `/`, built from `console/` and embedded in the binary.
 //!
@@ -14,6 +15,7 @@
 //! characters, as the OpenAPI document says). Invalidations go through the one
 //! lifecycle ([`crate::control::manual`]), never a copy of it.
 
+pub mod advice;
 pub mod auth;
 pub mod configs;
 pub mod console;
@@ -165,6 +167,7 @@ fn v1(ctx: Arc<Ctx>) -> Router {
             get(invalidations::list).post(invalidations::create),
         )
         .route("/stats", get(stats::stats))
+        .route("/advice", get(advice::advice))
         .route("/configs", get(configs::list))
         .route("/configs/{rule}", axum::routing::patch(configs::patch))
         .route("/events", get(events::stream))

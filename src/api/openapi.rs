@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{configs, error, events, health, invalidations, keys, stats};
+use super::{advice, configs, error, events, health, invalidations, keys, stats};
 
 /// The bearer token scheme (`[api] token`).
 struct Bearer;
@@ -45,6 +45,7 @@ impl Modify for Bearer {
         invalidations::create,
         invalidations::list,
         stats::stats,
+        advice::advice,
         configs::list,
         configs::patch,
         events::stream,
@@ -72,6 +73,8 @@ impl Modify for Bearer {
         stats::InvalidationPoint,
         stats::RuleStats,
         stats::RedisNow,
+        advice::Advice,
+        crate::advice::Suggestion,
         configs::ConfigView,
         configs::ConfigPatch,
         events::Event,
@@ -111,6 +114,7 @@ mod tests {
             ("/api/v1/invalidations", "post"),
             ("/api/v1/invalidations", "get"),
             ("/api/v1/stats", "get"),
+            ("/api/v1/advice", "get"),
             ("/api/v1/configs", "get"),
             ("/api/v1/configs/{rule}", "patch"),
             ("/api/v1/events", "get"),

@@ -58,6 +58,30 @@ impl Families {
         Families { rules }
     }
 
+    /// One family per key template (and warm key) of each rule, named `rule template` — for
+    /// the advisor, which asks which templates the application actually caches.
+    pub fn per_template<'a>(
+        rules: impl IntoIterator<Item = &'a Rule>,
+        key_prefix: &str,
+    ) -> Families {
+        let mut out = Vec::new();
+        for r in rules {
+            let warm = r.warm.iter().map(|w| &w.key);
+            let mut seen = std::collections::HashSet::new();
+            for t in r.keys.iter().chain(warm) {
+                if !seen.insert(t.value.source.clone()) {
+                    continue;
+                }
+                let g = t.value.family_pattern(key_prefix);
+                out.push(Family {
+                    rule: format!("{} {}", r.name, t.value.source),
+                    globs: vec![(literal_prefix(&g).to_string(), g)],
+                });
+            }
+        }
+        Families { rules: out }
+    }
+
     /// The rules' names, in the order of [`Tally`]'s and [`estimate`]'s entries.
     pub fn rules(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|f| f.rule.as_str())

@@ -50,7 +50,7 @@ def test_a_change_committed_while_loading_refuses_the_fill(worker):
         commit_elsewhere(worker, "UPDATE courses SET title = 'Rust 2' WHERE id = %s", [course.pk])
         return old
 
-    value = get_or_fill(f"course:{course.pk}", load_then_change, timeout=60)
+    value = get_or_fill(f"course:{course.pk}", load_then_change, timeout=60, retries=0)
     assert value["title"] == "Rust", "the loaded value is returned"
     assert cache.get(f"course:{course.pk}") is None, "but the stale value is not cached"
     assert cachewarden_django.stats["refused"] == 1
@@ -58,6 +58,25 @@ def test_a_change_committed_while_loading_refuses_the_fill(worker):
     fresh = get_or_fill(f"course:{course.pk}", lambda: Course.objects.values("id", "title").get(pk=course.pk))
     assert fresh["title"] == "Rust 2"
     assert cache.get(f"course:{course.pk}")["title"] == "Rust 2"
+
+
+def test_a_refused_fill_is_retried_with_a_fresh_load_by_default(worker):
+    course = Course.objects.create(slug="py", title="Py")
+    worker.caught_up()
+    loads = []
+
+    def load():
+        row = Course.objects.values("id", "title").get(pk=course.pk)
+        loads.append(row["title"])
+        if len(loads) == 1:
+            commit_elsewhere(worker, "UPDATE courses SET title = 'Py 2' WHERE id = %s", [course.pk])
+        return row
+
+    value = get_or_fill(f"course:{course.pk}", load, timeout=60)
+    assert loads == ["Py", "Py 2"]
+    assert value["title"] == "Py 2"
+    assert cache.get(f"course:{course.pk}")["title"] == "Py 2", "the retry's fresh value is cached"
+    assert (cachewarden_django.stats["refused"], cachewarden_django.stats["filled"]) == (1, 1)
 
 
 def test_plain_cache_aside_keeps_the_stale_value_in_the_same_race(worker):
@@ -85,7 +104,7 @@ def test_tags_register_the_key_and_a_tag_invalidation_refuses_fills_in_flight(wo
         commit_elsewhere(worker, "UPDATE courses SET title = 'SQL 3' WHERE id = %s", [course.pk])
         return "page one, old"
 
-    get_or_fill("page:2", load_then_change, timeout=60, tags=["catalog"])
+    get_or_fill("page:2", load_then_change, timeout=60, tags=["catalog"], retries=0)
     assert cache.get("page:2") is None
     assert not redis_client.sismember(cache.make_key("tag:catalog"), cache.make_key("page:2"))
 
@@ -98,7 +117,7 @@ def test_a_pattern_invalidation_refuses_fills_of_keys_it_covers(worker):
         commit_elsewhere(worker, "UPDATE courses SET title = 'CSS 2' WHERE id = %s", [course.pk])
         return "catalog, old"
 
-    get_or_fill("catalog:page:3", load_then_change, timeout=60)
+    get_or_fill("catalog:page:3", load_then_change, timeout=60, retries=0)
     assert cache.get("catalog:page:3") is None
     # A key the pattern does not cover is filled as usual.
     get_or_fill("elsewhere:3", load_then_change, timeout=60)

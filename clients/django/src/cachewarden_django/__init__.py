@@ -64,6 +64,7 @@ def get_or_fill(
     *,
     cache=None,
     version: Optional[int] = None,
+    retries: int = 1,
 ) -> Any:
     """The cached value of ``key``; on a miss, ``loader()``'s value, cached unless cachewarden
     invalidated the key, one of ``tags`` or a pattern covering them after this call began (the
@@ -72,7 +73,10 @@ def get_or_fill(
     ``key`` is the application's key (``make_key``, ``KEY_PREFIX`` and ``VERSION`` apply).
     ``timeout``: seconds, ``None`` for the cache's default, :data:`FOREVER` for no expiry.
     ``tags``: tag names (``"catalog"`` is the set ``tag:catalog``), which the key joins when it is
-    cached. Never raises because a fill was refused or Redis failed after the load."""
+    cached. A refused fill is retried ``retries`` times (a new token, a new load): the value then
+    loaded began after the invalidation, so it is cached and the next read hits, as a plain
+    cache-aside fill would have (with the old value). Returns the last value loaded. Never
+    raises because a fill was refused or Redis failed after the load."""
     cache = _cache(cache)
     try:
         value = cache.get(key, _MISSING, version=version)
@@ -85,34 +89,35 @@ def get_or_fill(
     full = cache.make_key(key, version=version)
     tag_keys = [cache.make_key(f"tag:{t}", version=version) for t in tags]
     prefix = worker_prefix(cache, version)
-    try:
-        client = cache.client.get_client(write=True)
-        take_token, fill = _scripts(client)
-        token = take_token(keys=[full, *tag_keys], args=[prefix])
-    except Exception as e:  # Redis down: load and do not cache.
-        log.warning("cachewarden: cannot take a fill token for %s: %s", full, e)
-        stats["errors"] += 1
-        return loader()
-    value = loader()
     # Seconds for EX, 0 for no expiry; Django's timeouts of 0 or less mean "do not cache".
     chosen = cache.default_timeout if timeout is None else timeout
     if chosen is FOREVER or chosen is None:
         seconds = 0
     elif chosen <= 0:
-        return value
+        return loader()
     else:
         seconds = max(1, math.ceil(chosen))
-    try:
-        filled = fill(keys=[full, *tag_keys], args=[prefix, token, cache.client.encode(value), seconds])
-    except Exception as e:
-        log.warning("cachewarden: fill of %s failed: %s", full, e)
-        stats["errors"] += 1
-        return value
-    if filled:
-        stats["filled"] += 1
-    else:
+    for attempt in range(retries + 1):
+        try:
+            client = cache.client.get_client(write=True)
+            take_token, fill = _scripts(client)
+            token = take_token(keys=[full, *tag_keys], args=[prefix])
+        except Exception as e:  # Redis down: load and do not cache.
+            log.warning("cachewarden: cannot take a fill token for %s: %s", full, e)
+            stats["errors"] += 1
+            return loader()
+        value = loader()
+        try:
+            filled = fill(keys=[full, *tag_keys], args=[prefix, token, cache.client.encode(value), seconds])
+        except Exception as e:
+            log.warning("cachewarden: fill of %s failed: %s", full, e)
+            stats["errors"] += 1
+            return value
+        if filled:
+            stats["filled"] += 1
+            return value
         stats["refused"] += 1
-        log.debug("cachewarden: fill of %s refused: invalidated while loading", full)
+        log.debug("cachewarden: fill of %s refused (attempt %d): invalidated while loading", full, attempt + 1)
     return value
 
 
