@@ -313,7 +313,12 @@ async fn advise(config: &Config, window: &str, json: bool) -> anyhow::Result<Exi
     };
     let pg = config.postgres_config().context("[postgres] url")?;
     let client = db::connect(&pg).await.context("connecting to PostgreSQL")?;
-    let figures = cachewarden::advice::gather(config, &client, &rules, secs).await?;
+    // Which columns updates change: the running worker knows (since it started).
+    let columns = worker_status(&config.status.listen)
+        .await
+        .map(|s| s.column_changes)
+        .unwrap_or_default();
+    let figures = cachewarden::advice::gather(config, &client, &rules, secs, columns).await?;
     let suggestions = cachewarden::advice::suggest(&figures);
     if json {
         println!(
@@ -332,24 +337,45 @@ async fn advise(config: &Config, window: &str, json: bool) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cachewarden ready`: GET /readyz from the worker's own status endpoint (a wildcard listen
-/// address is asked on loopback).
-async fn ready(listen: &str) -> anyhow::Result<ExitCode> {
+/// The running worker's `/status`, when it answers.
+async fn worker_status(listen: &str) -> Option<StatusColumns> {
+    let text = http_get(listen, "/status").await.ok()?;
+    let body = text.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+/// The part of `/status` the advisor reads.
+#[derive(serde::Deserialize)]
+struct StatusColumns {
+    #[serde(default)]
+    column_changes: std::collections::BTreeMap<String, cachewarden::monitor::columns::TableColumns>,
+}
+
+/// A GET on the worker's own status endpoint (a wildcard listen address is asked on loopback);
+/// the whole response.
+async fn http_get(listen: &str, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = listen
         .replace("0.0.0.0:", "127.0.0.1:")
         .replace("[::]:", "[::1]:");
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+    let fetch = async {
         let mut s = tokio::net::TcpStream::connect(&addr).await?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    })
-    .await;
-    match answer {
-        Ok(Ok(text)) => {
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// `cachewarden ready`: GET /readyz from the worker's own status endpoint (a wildcard listen
+/// address is asked on loopback).
+async fn ready(listen: &str) -> anyhow::Result<ExitCode> {
+    match http_get(listen, "/readyz").await {
+        Ok(text) => {
             let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
             if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
                 println!("{body}");
@@ -359,12 +385,8 @@ async fn ready(listen: &str) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Ok(Err(e)) => {
-            eprintln!("error: the status endpoint {addr} does not answer: {e}");
-            Ok(ExitCode::from(2))
-        }
-        Err(_) => {
-            eprintln!("error: the status endpoint {addr} did not answer within 5 s");
+        Err(e) => {
+            eprintln!("error: the status endpoint {listen} does not answer: {e}");
             Ok(ExitCode::from(2))
         }
     }

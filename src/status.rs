@@ -195,6 +195,8 @@ pub struct Status {
     pub own_reads: tokio::sync::Mutex<OwnReads>,
     /// Changes processed per table (`schema.table`), by operation (in [`Op::ALL`] order).
     changes_by_table: Mutex<std::collections::BTreeMap<String, [u64; 4]>>,
+    /// Which columns updates change (tables with REPLICA IDENTITY FULL), for the advisor.
+    columns: Mutex<crate::monitor::columns::ColumnTally>,
     inner: Mutex<Inner>,
 }
 
@@ -211,6 +213,7 @@ impl Default for Status {
             histograms: crate::metrics::histogram::Histograms::default(),
             own_reads: tokio::sync::Mutex::default(),
             changes_by_table: Mutex::default(),
+            columns: Mutex::default(),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -288,6 +291,9 @@ pub struct Snapshot {
     pub disabled_rules: Vec<String>,
     /// `cache_configs` values that differ from the rule files.
     pub drift: Vec<String>,
+    /// Per table with REPLICA IDENTITY FULL: the sets of columns updates changed since the
+    /// worker started (what the advisor's `ignore_changed` suggestions count).
+    pub column_changes: std::collections::BTreeMap<String, crate::monitor::columns::TableColumns>,
 }
 
 #[derive(Debug, Serialize)]
@@ -407,7 +413,14 @@ impl Status {
     /// lookup per run of changes to the same table with the same operation.
     pub fn count_changes<'a>(&self, changes: impl IntoIterator<Item = &'a crate::source::Change>) {
         let mut runs: Vec<(&'a crate::source::Relation, Op, u64)> = Vec::new();
+        let mut columns: Option<std::sync::MutexGuard<'_, crate::monitor::columns::ColumnTally>> =
+            None;
         for c in changes {
+            if c.op == Op::Update && c.old.is_some() {
+                columns
+                    .get_or_insert_with(|| self.columns.lock().unwrap_or_else(|p| p.into_inner()))
+                    .add(c);
+            }
             match runs.last_mut() {
                 Some((r, op, n)) if std::ptr::eq(*r, &*c.relation) && *op == c.op => *n += 1,
                 _ => runs.push((&c.relation, c.op, 1)),
@@ -431,6 +444,16 @@ impl Status {
     }
 
     /// Changes processed per table, by operation (in [`Op::ALL`] order).
+    /// Which columns updates changed, per table (see [`crate::monitor::columns`]).
+    pub fn column_changes(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::monitor::columns::TableColumns> {
+        self.columns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot()
+    }
+
     pub fn changes_by_table(&self) -> Vec<(String, [u64; 4])> {
         let by_table = self
             .changes_by_table
@@ -678,6 +701,7 @@ impl Status {
             rules_error: i.rules_error.clone(),
             disabled_rules: i.disabled_rules.clone(),
             drift: i.drift.iter().chain(&i.schema_drift).cloned().collect(),
+            column_changes: self.column_changes(),
         }
     }
 }

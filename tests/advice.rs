@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::{http, run_bin, TestEnv};
 use serde_json::Value;
 
-const SCHEMA: &str = "CREATE TABLE courses (id bigint PRIMARY KEY, title text);
+const SCHEMA: &str =
+    "CREATE TABLE courses (id bigint PRIMARY KEY, title text, view_count int DEFAULT 0);
+ALTER TABLE courses REPLICA IDENTITY FULL;
 CREATE TABLE lessons (id bigint PRIMARY KEY, course_id bigint, title text);
 ALTER TABLE lessons REPLICA IDENTITY FULL;
 CREATE TABLE enrollments (id bigint PRIMARY KEY);
@@ -70,6 +72,14 @@ async fn the_advisor_names_each_waste_with_its_figures_and_the_change() {
         .await
         .unwrap();
     env.wait_caught_up(Duration::from_secs(15)).await;
+    // Page views bump a counter the cached values do not show, 25 times per course.
+    for _ in 0..25 {
+        env.db
+            .execute("UPDATE courses SET view_count = view_count + 1", &[])
+            .await
+            .unwrap();
+    }
+    env.wait_caught_up(Duration::from_secs(15)).await;
     // Read again after the change: the application caches the lists anew.
     env.set_keys(&keys.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
@@ -87,7 +97,9 @@ async fn the_advisor_names_each_waste_with_its_figures_and_the_change() {
         ))
         .await
         .unwrap();
-    let path = env.write_config("127.0.0.1:0", "");
+    // The CLI asks the running worker (its [status] listen) which columns updates changed.
+    let addr = common::serve_api(w.status.clone(), config).await;
+    let path = env.write_config(&addr, "");
     let (code, out, err) = run_bin(
         &[
             "--config",
@@ -107,6 +119,7 @@ async fn the_advisor_names_each_waste_with_its_figures_and_the_change() {
         ("uncached-template", "lessons"),
         ("short-ttl", "course"),
         ("pattern-cost", "catalog"),
+        ("every-update", "course"),
     ] {
         assert!(
             found.contains(&(want.0.to_string(), want.1.to_string())),
@@ -139,12 +152,25 @@ async fn the_advisor_names_each_waste_with_its_figures_and_the_change() {
     );
     assert_eq!(ttl["figures"]["median_interval_seconds"], 60.0, "{ttl}");
     let pattern = by_kind("pattern-cost");
+    // 300 from the history, and the course updates' own passes.
+    let rate = pattern["figures"]["pattern_invalidations_per_hour"]
+        .as_f64()
+        .unwrap();
+    assert!((12.5..13.6).contains(&rate), "{pattern}");
+    let every = by_kind("every-update");
+    assert!(
+        every["change"]
+            .as_str()
+            .unwrap()
+            .contains("ignore_changed = [\"view_count\"]"),
+        "{every}"
+    );
+    assert_eq!(every["figures"]["updates_compared"], 125.0, "{every}");
     assert_eq!(
-        pattern["figures"]["pattern_invalidations_per_hour"], 12.5,
-        "{pattern}"
+        every["figures"]["firing_with_ignore_changed"], 0.0,
+        "{every}"
     );
     // The same through the API, and as text.
-    let addr = common::serve_api(w.status.clone(), config).await;
     let (code, body) = http(&addr, "GET", "/api/v1/advice?window=24h", None, None).await;
     assert_eq!(code, 200, "{body}");
     let api: Value = serde_json::from_str(&body).unwrap();

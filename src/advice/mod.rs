@@ -58,6 +58,10 @@ pub struct RuleFigures {
     pub intervals: u64,
     /// The family's memory in the latest `cache_metrics` sample.
     pub memory_bytes: Option<u64>,
+    /// The rule fires on updates with no `changed`, `ignore_changed` or `when` filter.
+    pub fires_on_every_update: bool,
+    /// Columns its templates, warm arguments and condition read.
+    pub read_columns: Vec<String>,
 }
 
 /// What the advisor judges from.
@@ -71,6 +75,9 @@ pub struct Figures {
     pub used_memory: Option<u64>,
     pub maxmemory: Option<u64>,
     pub rules: Vec<RuleFigures>,
+    /// Which columns updates changed, per table (from the running worker, since it started;
+    /// empty when it could not be asked).
+    pub column_changes: std::collections::BTreeMap<String, crate::monitor::columns::TableColumns>,
 }
 
 /// Why figures could not be gathered.
@@ -82,12 +89,14 @@ pub enum AdviceError {
     Cache(#[from] crate::target::CacheError),
 }
 
-/// Gathers the figures of the last `window_seconds` for `rules`.
+/// Gathers the figures of the last `window_seconds` for `rules`; `column_changes` comes from the
+/// running worker ([`crate::status::Status::column_changes`]).
 pub async fn gather(
     config: &Config,
     client: &tokio_postgres::Client,
     rules: &RuleSet,
     window_seconds: u64,
+    column_changes: std::collections::BTreeMap<String, crate::monitor::columns::TableColumns>,
 ) -> Result<Figures, AdviceError> {
     let since = chrono::Utc::now() - chrono::Duration::seconds(window_seconds as i64);
     let journal_rows: i64 = client
@@ -198,6 +207,13 @@ pub async fn gather(
             median_interval_secs: median,
             intervals: n.max(0) as u64,
             memory_bytes: memory.get(&r.name).map(|m| (*m).max(0) as u64),
+            fires_on_every_update: r
+                .ops
+                .contains(&crate::rules::OpKey::from(crate::source::Op::Update))
+                && r.changed.is_empty()
+                && r.ignore_changed.is_empty()
+                && r.when.is_none(),
+            read_columns: read_columns(r),
         });
     }
     Ok(Figures {
@@ -207,5 +223,28 @@ pub async fn gather(
         used_memory: Some(stats.used_memory),
         maxmemory: Some(stats.maxmemory),
         rules: out,
+        column_changes,
     })
+}
+
+/// The columns a rule reads: its templates', its warm arguments' and its condition's.
+fn read_columns(r: &crate::rules::Rule) -> Vec<String> {
+    let mut cols: Vec<String> = r
+        .all_templates()
+        .chain(r.warm.iter().map(|w| &w.key))
+        .flat_map(|t| t.value.fields().map(|(_, c)| c.to_string()))
+        .chain(
+            r.warm
+                .iter()
+                .flat_map(|w| w.args.iter().map(|a| a.value.clone())),
+        )
+        .chain(
+            r.when
+                .iter()
+                .flat_map(|w| w.value.columns().into_iter().map(|(_, c, _)| c.to_string())),
+        )
+        .collect();
+    cols.sort();
+    cols.dedup();
+    cols
 }

@@ -15,11 +15,14 @@ const TTL_FACTOR: f64 = 4.0;
 const PASSES_PER_HOUR: f64 = 10.0;
 /// Redis memory ratio from which the families holding it are listed.
 const MEMORY_RATIO: f64 = 0.6;
+/// Updates compared before "fires on every update" is judged.
+const MIN_COMPARED: u64 = 100;
 
 /// One suggestion.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Suggestion {
-    /// `never-fires`, `uncached-template`, `short-ttl`, `pattern-cost`, `memory`.
+    /// `never-fires`, `uncached-template`, `every-update`, `short-ttl`, `pattern-cost`,
+    /// `memory`.
     pub kind: String,
     /// The rule concerned (none for whole-instance advice).
     pub rule: Option<String>,
@@ -53,6 +56,7 @@ pub fn suggest(f: &Figures) -> Vec<Suggestion> {
         uncached_templates(r, &mut out);
         short_ttl(r, &mut out);
         pattern_cost(f, r, hours, &mut out);
+        every_update(f, r, &mut out);
     }
     memory(f, &mut out);
     out
@@ -137,6 +141,78 @@ fn uncached_templates(r: &RuleFigures, out: &mut Vec<Suggestion>) {
             ),
         });
     }
+}
+
+/// A rule that fires on every update of a table whose updates mostly change columns the rule
+/// does not read: `ignore_changed` with those columns, and how often it would then fire
+/// (counted exactly from the sets of columns the updates changed).
+fn every_update(f: &Figures, r: &RuleFigures, out: &mut Vec<Suggestion>) {
+    if !r.fires_on_every_update {
+        return;
+    }
+    let Some(t) = f.column_changes.get(&r.table) else {
+        return;
+    };
+    if t.compared < MIN_COMPARED {
+        return;
+    }
+    let mut busy: Vec<(String, u64)> = t
+        .sets
+        .iter()
+        .flat_map(|s| s.columns.iter().cloned())
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .filter(|c| !r.read_columns.contains(c))
+        .map(|c| {
+            let n = t.changed(&c);
+            (c, n)
+        })
+        .filter(|(_, n)| *n * 2 >= t.compared)
+        .collect();
+    if busy.is_empty() {
+        return;
+    }
+    busy.sort_by_key(|b| std::cmp::Reverse(b.1));
+    let ignored: Vec<String> = busy.iter().map(|(c, _)| c.clone()).collect();
+    let firing = t.firing_with_ignored(&ignored);
+    if firing * 2 > t.compared {
+        return;
+    }
+    let rates: Vec<String> = busy
+        .iter()
+        .map(|(c, n)| format!("{c} in {:.0}%", *n as f64 / t.compared as f64 * 100.0))
+        .collect();
+    out.push(Suggestion {
+        kind: "every-update".into(),
+        rule: Some(r.name.clone()),
+        at: Some(r.at.clone()),
+        finding: format!(
+            "rule {:?} fires on every update of {}; of {} updates the worker compared, {}              changed: {}. Only {} changed anything else",
+            r.name,
+            r.table,
+            t.compared,
+            if busy.len() == 1 { "one column often" } else { "these columns often" },
+            rates.join(", "),
+            firing
+        ),
+        figures: figures(&[
+            ("updates_compared", t.compared as f64),
+            ("firing_now", t.compared as f64),
+            ("firing_with_ignore_changed", firing as f64),
+        ]),
+        change: format!(
+            "in {}: ignore_changed = {} — if the values cached under this rule's keys do not              depend on {} (its keys do not read them)",
+            r.at,
+            toml_list(&ignored),
+            if ignored.len() == 1 { "that column" } else { "those columns" }
+        ),
+        expected: format!(
+            "the rule fires on {:.0}% of updates instead of all of them ({} fewer invalidations              per {} updates)",
+            firing as f64 / t.compared as f64 * 100.0,
+            t.compared - firing,
+            t.compared
+        ),
+    });
 }
 
 fn short_ttl(r: &RuleFigures, out: &mut Vec<Suggestion>) {
@@ -308,6 +384,8 @@ mod tests {
             median_interval_secs: None,
             intervals: 0,
             memory_bytes: None,
+            fires_on_every_update: false,
+            read_columns: vec![],
         }
     }
 
@@ -319,6 +397,7 @@ mod tests {
             used_memory: None,
             maxmemory: None,
             rules,
+            column_changes: Default::default(),
         }
     }
 
@@ -387,6 +466,54 @@ mod tests {
             "{}",
             s[3].finding
         );
+    }
+
+    #[test]
+    fn a_rule_firing_on_every_update_gets_the_columns_to_ignore_counted_exactly() {
+        use crate::monitor::columns::{ColumnSet, TableColumns};
+        let mut r = rule("course");
+        r.fires_on_every_update = true;
+        r.read_columns = vec!["id".into(), "slug".into()];
+        let mut f = figs(vec![r]);
+        let set = |c: &[&str], n| ColumnSet {
+            columns: c.iter().map(|s| s.to_string()).collect(),
+            updates: n,
+        };
+        f.column_changes.insert(
+            "public.t".into(),
+            TableColumns {
+                compared: 1000,
+                sets: vec![
+                    set(&["view_count"], 900),
+                    set(&["title", "view_count"], 60),
+                    set(&["slug"], 40),
+                ],
+                other: 0,
+            },
+        );
+        let s = suggest(&f);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].kind, "every-update");
+        assert!(
+            s[0].change
+                .starts_with("in rules/r.toml:1: ignore_changed = [\"view_count\"]"),
+            "{}",
+            s[0].change
+        );
+        assert_eq!(s[0].figures["firing_with_ignore_changed"], 100.0);
+        assert!(
+            s[0].expected.contains("10% of updates"),
+            "{}",
+            s[0].expected
+        );
+        assert!(
+            s[0].finding.contains("view_count in 96%"),
+            "{}",
+            s[0].finding
+        );
+        // A column the keys read is never suggested.
+        f.rules[0].read_columns.push("view_count".into());
+        assert!(suggest(&f).is_empty());
     }
 
     #[test]

@@ -57,9 +57,15 @@ pub async fn advice(
         })?;
     let rules = ctx.status.rule_set().unwrap_or_default();
     let client = ctx.db().await?;
-    let figures = crate::advice::gather(&ctx.config, &client, &rules, secs)
-        .await
-        .map_err(|e| ApiError::unavailable("advice", e))?;
+    let figures = crate::advice::gather(
+        &ctx.config,
+        &client,
+        &rules,
+        secs,
+        ctx.status.column_changes(),
+    )
+    .await
+    .map_err(|e| ApiError::unavailable("advice", e))?;
     Ok(Json(Advice {
         window_seconds: figures.window_seconds,
         journal_rows: figures.journal_rows,

@@ -196,8 +196,15 @@ pub fn estimate(tally: &Tally) -> Vec<Estimate> {
             let (n_f, total_f) = (n as f64, total as f64);
             let p = m as f64 / n_f;
             let scale = total_f / n_f;
+            // A sample where every key (or none) matched has a plug-in error of 0, which would
+            // claim an exact count; the error is taken at (m + 1/2) / (n + 1) then.
+            let pe = if m == 0 || m == n {
+                (m as f64 + 0.5) / (n_f + 1.0)
+            } else {
+                p
+            };
             let error = total_f
-                * (p * (1.0 - p) / n_f * (1.0 - n_f / total_f))
+                * (pe * (1.0 - pe) / n_f * (1.0 - n_f / total_f))
                     .max(0.0)
                     .sqrt();
             Estimate {

@@ -11,6 +11,7 @@
 //! * [`probe`] — the consistency probe: cached values compared with the database.
 //! * [`source_watch`] — the slot's retained WAL and lag, or the Kafka consumer group's lag.
 
+pub mod columns;
 pub mod families;
 pub mod keyspace_events;
 pub mod probe;

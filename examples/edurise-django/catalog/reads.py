@@ -23,10 +23,13 @@ class Counter:
     def __init__(self):
         self.reads = 0
         self.misses = 0
+        #: Whether the last read was served from the cache.
+        self.last_hit = False
 
 
 def _through(mode, key, load, counter, tags=()):
     counter.reads += 1
+    counter.last_hit = True
     if mode == "fenced":
         missed = []
 
@@ -35,12 +38,14 @@ def _through(mode, key, load, counter, tags=()):
             if not missed:
                 missed.append(1)
                 counter.misses += 1
+                counter.last_hit = False
             return load()
 
         return get_or_fill(key, counted, tags=tags, retries=RETRIES)
     value = cache.get(key)
     if value is None:
         counter.misses += 1
+        counter.last_hit = False
         value = load()
         cache.set(key, value)
         if tags:

@@ -1,0 +1,211 @@
+//! Which columns updates change, per table: for each update whose old row the source carried
+//! in full (REPLICA IDENTITY FULL), the set of columns whose value differs, tallied by set. The
+//! advisor judges from it how often a rule would fire with `ignore_changed` (the sets are the
+//! joint distribution, so "fires unless only these changed" is counted exactly, not guessed from
+//! per-column rates). Bounded: at most [`MAX_SETS`] distinct sets per table; the rest are
+//! counted as `other`. Pure.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::{Change, Datum, Op};
+
+/// Distinct column sets kept per table.
+pub const MAX_SETS: usize = 64;
+
+/// One table's tally.
+#[derive(Debug, Clone, Default)]
+struct Table {
+    columns: Vec<String>,
+    compared: u64,
+    /// Changed-column sets (indexes into `columns`, sorted) and how many updates changed
+    /// exactly that set.
+    sets: HashMap<Vec<u16>, u64>,
+    other: u64,
+}
+
+/// Every table's tally.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnTally {
+    tables: HashMap<String, Table>,
+}
+
+/// One table's figures, as `/status` shows them and the advisor reads them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableColumns {
+    /// Updates whose old row was carried in full.
+    pub compared: u64,
+    /// Each set of changed columns, with its count, most frequent first.
+    pub sets: Vec<ColumnSet>,
+    /// Updates whose set was not kept (beyond the distinct sets kept).
+    pub other: u64,
+}
+
+/// A set of columns changed together by some updates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnSet {
+    pub columns: Vec<String>,
+    pub updates: u64,
+}
+
+impl ColumnTally {
+    /// Counts one change (updates with a full old row only).
+    pub fn add(&mut self, c: &Change) {
+        if c.op != Op::Update {
+            return;
+        }
+        let (Some(old), Some(new)) = (&c.old, &c.new) else {
+            return;
+        };
+        if old.0.iter().any(|d| matches!(d, Datum::Unknown)) || old.0.len() != new.0.len() {
+            return;
+        }
+        let mut set = Vec::new();
+        for (i, (o, n)) in old.0.iter().zip(&new.0).enumerate() {
+            if !matches!(n, Datum::UnchangedToast) && o != n {
+                set.push(i as u16);
+            }
+        }
+        let t = self.tables.entry(c.relation.qualified_name()).or_default();
+        if t.columns.len() != c.relation.columns.len()
+            || t.columns
+                .iter()
+                .zip(&c.relation.columns)
+                .any(|(a, b)| *a != b.name)
+        {
+            // New, or its columns changed (a schema change): start over for this table.
+            *t = Table {
+                columns: c.relation.columns.iter().map(|c| c.name.clone()).collect(),
+                ..Table::default()
+            };
+        }
+        t.compared += 1;
+        let kept = t.sets.len();
+        match t.sets.get_mut(&set) {
+            Some(n) => *n += 1,
+            None if kept < MAX_SETS => {
+                t.sets.insert(set, 1);
+            }
+            None => t.other += 1,
+        }
+    }
+
+    /// Every table's figures.
+    pub fn snapshot(&self) -> BTreeMap<String, TableColumns> {
+        self.tables
+            .iter()
+            .map(|(name, t)| {
+                let mut sets: Vec<ColumnSet> = t
+                    .sets
+                    .iter()
+                    .map(|(s, n)| ColumnSet {
+                        columns: s.iter().map(|i| t.columns[*i as usize].clone()).collect(),
+                        updates: *n,
+                    })
+                    .collect();
+                sets.sort_by(|a, b| b.updates.cmp(&a.updates).then(a.columns.cmp(&b.columns)));
+                (
+                    name.clone(),
+                    TableColumns {
+                        compared: t.compared,
+                        sets,
+                        other: t.other,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl TableColumns {
+    /// Updates a rule with `ignore_changed = ignored` would fire on: those that changed some
+    /// column outside `ignored` (and, conservatively, every update not kept in a set).
+    pub fn firing_with_ignored(&self, ignored: &[String]) -> u64 {
+        self.other
+            + self
+                .sets
+                .iter()
+                .filter(|s| s.columns.iter().any(|c| !ignored.contains(c)))
+                .map(|s| s.updates)
+                .sum::<u64>()
+    }
+
+    /// How many updates changed `column`.
+    pub fn changed(&self, column: &str) -> u64 {
+        self.sets
+            .iter()
+            .filter(|s| s.columns.iter().any(|c| c == column))
+            .map(|s| s.updates)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Column, Relation, Tuple};
+    use std::sync::Arc;
+
+    fn rel() -> Arc<Relation> {
+        let col = |n: &str| Column {
+            name: n.into(),
+            type_oid: 25,
+            is_key: n == "id",
+        };
+        Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "courses".into(),
+            replica_identity: b'f',
+            columns: vec![col("id"), col("title"), col("view_count")],
+        })
+    }
+
+    fn update(old: [&str; 3], new: [&str; 3], full: bool) -> Change {
+        let t = |v: [&str; 3]| Tuple(v.iter().map(|s| Datum::Text(s.to_string())).collect());
+        let mut o = t(old);
+        if !full {
+            o.0[1] = Datum::Unknown;
+            o.0[2] = Datum::Unknown;
+        }
+        Change {
+            relation: rel(),
+            op: Op::Update,
+            old: Some(o),
+            new: Some(t(new)),
+            undecodable: None,
+        }
+    }
+
+    #[test]
+    fn updates_are_tallied_by_the_set_of_columns_they_change() {
+        let mut t = ColumnTally::default();
+        for i in 0..8 {
+            t.add(&update(
+                ["1", "a", &i.to_string()],
+                ["1", "a", &(i + 1).to_string()],
+                true,
+            ));
+        }
+        t.add(&update(["1", "a", "9"], ["1", "b", "10"], true));
+        t.add(&update(["1", "b", "10"], ["1", "c", "10"], true));
+        t.add(&update(["1", "c", "10"], ["1", "d", "11"], false));
+        let s = &t.snapshot()["public.courses"];
+        assert_eq!(
+            s.compared, 10,
+            "the update without a full old row is not compared"
+        );
+        assert_eq!(
+            s.sets[0],
+            ColumnSet {
+                columns: vec!["view_count".into()],
+                updates: 8
+            }
+        );
+        assert_eq!(s.changed("view_count"), 9);
+        assert_eq!(s.changed("title"), 2);
+        assert_eq!(s.firing_with_ignored(&[]), 10);
+        assert_eq!(s.firing_with_ignored(&["view_count".into()]), 2);
+    }
+}
