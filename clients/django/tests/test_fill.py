@@ -1,5 +1,7 @@
 """get_or_fill against a running worker: fills, tags, and the cache-aside race it closes."""
 
+import time
+
 import psycopg
 import pytest
 from django.core.cache import cache
@@ -77,6 +79,38 @@ def test_a_refused_fill_is_retried_with_a_fresh_load_by_default(worker):
     assert value["title"] == "Py 2"
     assert cache.get(f"course:{course.pk}")["title"] == "Py 2", "the retry's fresh value is cached"
     assert (cachewarden_django.stats["refused"], cachewarden_django.stats["filled"]) == (1, 1)
+
+
+def test_concurrent_misses_load_once_and_the_others_wait_for_the_fill(worker):
+    import threading
+
+    loads = []
+    gate = threading.Event()
+
+    def slow_load():
+        loads.append(1)
+        gate.wait(1)
+        return "loaded once"
+
+    results = []
+
+    def read():
+        results.append(get_or_fill("course:500", slow_load, timeout=60, wait=1.0))
+
+    first = threading.Thread(target=read)
+    first.start()
+    time.sleep(0.1)  # the first reader holds the lease
+    others = [threading.Thread(target=read) for _ in range(3)]
+    for t in others:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *others]:
+        t.join()
+    assert results == ["loaded once"] * 4
+    assert len(loads) == 1
+    assert cachewarden_django.stats["waited"] == 3
+    assert cachewarden_django.stats["filled"] == 1
 
 
 def test_plain_cache_aside_keeps_the_stale_value_in_the_same_race(worker):

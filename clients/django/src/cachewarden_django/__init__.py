@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Callable, Iterable, Optional
 
 from .fill import FILL_SCRIPT, FILL_TOKEN_SCRIPT
@@ -27,8 +28,12 @@ FOREVER = object()
 
 _MISSING = object()
 
-#: Fills done and refused by this process (for tests and metrics).
-stats = {"filled": 0, "refused": 0, "errors": 0}
+#: Fills done and refused, and misses answered by another reader's fill, in this process (for
+#: tests and metrics).
+stats = {"filled": 0, "refused": 0, "errors": 0, "waited": 0}
+
+#: How long a fill lease lives at most (a reader that died while loading frees it then).
+LEASE_MS = 2000
 
 
 def _cache(cache):
@@ -65,6 +70,7 @@ def get_or_fill(
     cache=None,
     version: Optional[int] = None,
     retries: int = 1,
+    wait: float = 0.05,
 ) -> Any:
     """The cached value of ``key``; on a miss, ``loader()``'s value, cached unless cachewarden
     invalidated the key, one of ``tags`` or a pattern covering them after this call began (the
@@ -76,7 +82,12 @@ def get_or_fill(
     cached. A refused fill is retried ``retries`` times (a new token, a new load): the value then
     loaded began after the invalidation, so it is cached and the next read hits, as a plain
     cache-aside fill would have (with the old value). Returns the last value loaded. Never
-    raises because a fill was refused or Redis failed after the load."""
+    raises because a fill was refused or Redis failed after the load.
+
+    Concurrent misses of one key load once: the first reader takes a short *lease*
+    (``<prefix>cw:l:<key>``, ``SET NX``); the others wait up to ``wait`` seconds for its fill
+    and return the cached value (a hit), loading themselves only if none lands in time
+    (Meta's memcache leases; ``wait=0`` turns it off)."""
     cache = _cache(cache)
     try:
         value = cache.get(key, _MISSING, version=version)
@@ -97,28 +108,55 @@ def get_or_fill(
         return loader()
     else:
         seconds = max(1, math.ceil(chosen))
-    for attempt in range(retries + 1):
-        try:
-            client = cache.client.get_client(write=True)
-            take_token, fill = _scripts(client)
-            token = take_token(keys=[full, *tag_keys], args=[prefix])
-        except Exception as e:  # Redis down: load and do not cache.
-            log.warning("cachewarden: cannot take a fill token for %s: %s", full, e)
-            stats["errors"] += 1
-            return loader()
-        value = loader()
-        try:
-            filled = fill(keys=[full, *tag_keys], args=[prefix, token, cache.client.encode(value), seconds])
-        except Exception as e:
-            log.warning("cachewarden: fill of %s failed: %s", full, e)
-            stats["errors"] += 1
-            return value
-        if filled:
-            stats["filled"] += 1
-            return value
-        stats["refused"] += 1
-        log.debug("cachewarden: fill of %s refused (attempt %d): invalidated while loading", full, attempt + 1)
-    return value
+    rest = full[len(prefix):] if full.startswith(prefix) else full
+    lease = f"{prefix}cw:l:{rest}"
+    try:
+        client = cache.client.get_client(write=True)
+        leased = bool(client.set(lease, b"1", nx=True, px=LEASE_MS)) if wait > 0 else False
+    except Exception as e:  # Redis down: load and do not cache.
+        log.warning("cachewarden: cannot reach the cache for %s: %s", full, e)
+        stats["errors"] += 1
+        return loader()
+    if wait > 0 and not leased:
+        # Another reader is loading this key: its fill is what we would fill.
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(min(0.003, max(0.0, deadline - time.monotonic())))
+            try:
+                value = cache.get(key, _MISSING, version=version)
+            except Exception:
+                break
+            if value is not _MISSING:
+                stats["waited"] += 1
+                return value
+    try:
+        for attempt in range(retries + 1):
+            try:
+                take_token, fill = _scripts(client)
+                token = take_token(keys=[full, *tag_keys], args=[prefix])
+            except Exception as e:  # Redis down: load and do not cache.
+                log.warning("cachewarden: cannot take a fill token for %s: %s", full, e)
+                stats["errors"] += 1
+                return loader()
+            value = loader()
+            try:
+                filled = fill(keys=[full, *tag_keys], args=[prefix, token, cache.client.encode(value), seconds])
+            except Exception as e:
+                log.warning("cachewarden: fill of %s failed: %s", full, e)
+                stats["errors"] += 1
+                return value
+            if filled:
+                stats["filled"] += 1
+                return value
+            stats["refused"] += 1
+            log.debug("cachewarden: fill of %s refused (attempt %d): invalidated while loading", full, attempt + 1)
+        return value
+    finally:
+        if leased:
+            try:
+                client.delete(lease)
+            except Exception:
+                pass
 
 
 def invalidate(pattern: str, reason: str = "", *, using: str = "default", cache=None, raw: bool = False) -> str:
