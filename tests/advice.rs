@@ -92,7 +92,9 @@ async fn the_advisor_names_each_waste_with_its_figures_and_the_change() {
              FROM generate_series(1, 5) k, generate_series(1, 60) m;
              INSERT INTO cache_invalidations (key_pattern, kind, reason, status, rule_name, completed_at, triggered_at) \
              SELECT '{p}catalog:page:*', 'pattern', 'history', 'completed', 'catalog', now(), now() - make_interval(mins => 4 * m) \
-             FROM generate_series(1, 300) m;",
+             FROM generate_series(1, 300) m;
+             INSERT INTO cache_metrics (config_id, miss_count, \"timestamp\") \
+             SELECT id, 0, now() - interval '10 minutes' FROM cache_configs WHERE name = 'lessons';",
             p = env.prefix
         ))
         .await
@@ -120,6 +122,8 @@ async fn the_advisor_names_each_waste_with_its_figures_and_the_change() {
         ("short-ttl", "course"),
         ("pattern-cost", "catalog"),
         ("every-update", "course"),
+        // The keyspace notifications saw no miss of the lessons family.
+        ("never-read", "lessons"),
     ] {
         assert!(
             found.contains(&(want.0.to_string(), want.1.to_string())),

@@ -58,6 +58,9 @@ pub struct RuleFigures {
     pub intervals: u64,
     /// The family's memory in the latest `cache_metrics` sample.
     pub memory_bytes: Option<u64>,
+    /// Misses of the family's keys in the window (`cache_metrics`, with `[monitor]
+    /// keyspace_events`); `None` where no sample measured them.
+    pub misses: Option<u64>,
     /// The rule fires on updates with no `changed`, `ignore_changed` or `when` filter.
     pub fires_on_every_update: bool,
     /// Columns its templates, warm arguments and condition read.
@@ -139,6 +142,18 @@ pub async fn gather(
     {
         intervals.insert(row.get(0), (row.get(1), row.get(2)));
     }
+    let mut misses: HashMap<String, i64> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT c.name, sum(m.miss_count)::int8 FROM cache_metrics m JOIN cache_configs c \
+             ON c.id = m.config_id WHERE m.\"timestamp\" >= $1 AND m.miss_count IS NOT NULL \
+             GROUP BY c.name",
+            &[&since],
+        )
+        .await?
+    {
+        misses.insert(row.get(0), row.get(1));
+    }
     let mut active: HashMap<String, bool> = HashMap::new();
     let mut memory: HashMap<String, i64> = HashMap::new();
     for row in client
@@ -207,6 +222,7 @@ pub async fn gather(
             median_interval_secs: median,
             intervals: n.max(0) as u64,
             memory_bytes: memory.get(&r.name).map(|m| (*m).max(0) as u64),
+            misses: misses.get(&r.name).map(|m| (*m).max(0) as u64),
             fires_on_every_update: r
                 .ops
                 .contains(&crate::rules::OpKey::from(crate::source::Op::Update))

@@ -21,8 +21,8 @@ const MIN_COMPARED: u64 = 100;
 /// One suggestion.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Suggestion {
-    /// `never-fires`, `uncached-template`, `every-update`, `short-ttl`, `pattern-cost`,
-    /// `memory`.
+    /// `never-fires`, `uncached-template`, `never-read`, `every-update`, `short-ttl`,
+    /// `pattern-cost`, `memory`.
     pub kind: String,
     /// The rule concerned (none for whole-instance advice).
     pub rule: Option<String>,
@@ -54,6 +54,7 @@ pub fn suggest(f: &Figures) -> Vec<Suggestion> {
     for r in &f.rules {
         never_fires(f, r, &mut out);
         uncached_templates(r, &mut out);
+        never_read(r, &mut out);
         short_ttl(r, &mut out);
         pattern_cost(f, r, hours, &mut out);
         every_update(f, r, &mut out);
@@ -211,6 +212,41 @@ fn every_update(f: &Figures, r: &RuleFigures, out: &mut Vec<Suggestion>) {
             firing as f64 / t.compared as f64 * 100.0,
             t.compared - firing,
             t.compared
+        ),
+    });
+}
+
+/// Keys the rule invalidated that nobody asked for again: with keyspace notifications on, the
+/// family saw no miss in the window although many of its keys were removed.
+fn never_read(r: &RuleFigures, out: &mut Vec<Suggestion>) {
+    let Some(0) = r.misses else {
+        return;
+    };
+    if r.keys_invalidated < MIN_INVALIDATED {
+        return;
+    }
+    out.push(Suggestion {
+        kind: "never-read".into(),
+        rule: Some(r.name.clone()),
+        at: Some(r.at.clone()),
+        finding: format!(
+            "rule {:?} invalidated {} keys in the window and none of them was asked for again: \
+             its family saw 0 misses (keyspace notifications)",
+            r.name, r.keys_invalidated
+        ),
+        figures: figures(&[
+            ("keys_invalidated", r.keys_invalidated as f64),
+            ("misses", 0.0),
+        ]),
+        change: format!(
+            "stop caching these keys in the application, or give them a short TTL and remove \
+             [[rule]] name = {:?} from {} (an expired key needs no invalidation)",
+            r.name, r.at
+        ),
+        expected: format!(
+            "{} fewer unlinks and journal entries in such a window, and the memory of keys \
+             nobody reads",
+            r.keys_invalidated
         ),
     });
 }
@@ -384,6 +420,7 @@ mod tests {
             median_interval_secs: None,
             intervals: 0,
             memory_bytes: None,
+            misses: None,
             fires_on_every_update: false,
             read_columns: vec![],
         }
@@ -514,6 +551,24 @@ mod tests {
         // A column the keys read is never suggested.
         f.rules[0].read_columns.push("view_count".into());
         assert!(suggest(&f).is_empty());
+    }
+
+    #[test]
+    fn keys_invalidated_and_never_asked_for_again_are_named_only_when_misses_were_measured() {
+        let mut r = rule("reports");
+        r.keys_invalidated = 400;
+        r.misses = Some(0);
+        let s = suggest(&figs(vec![r.clone()]));
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].kind, "never-read");
+        assert_eq!(s[0].figures["keys_invalidated"], 400.0);
+        r.misses = None;
+        assert!(
+            suggest(&figs(vec![r.clone()])).is_empty(),
+            "not measured: no judgement"
+        );
+        r.misses = Some(3);
+        assert!(suggest(&figs(vec![r])).is_empty());
     }
 
     #[test]
