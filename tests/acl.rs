@@ -19,7 +19,7 @@ async fn a_redis_user_limited_to_the_prefix_is_enough() {
     env.write_rules(
         "r.toml",
         "[[rule]]\nname='course'\ntable='courses'\nkeys=['course:{id}']\ntags=['catalog']\n\
-         strategy='refresh'\n[rule.warm]\nkey='course:{id}'\n\
+         strategy='refresh'\nfenced_fills=true\n[rule.warm]\nkey='course:{id}'\n\
          query='SELECT title FROM courses WHERE id = $1'\nargs=['id']\n",
     );
     let (redis, mut admin) = OwnRedis::start(&[]).await;
@@ -61,6 +61,7 @@ async fn a_redis_user_limited_to_the_prefix_is_enough() {
         .arg("+type")
         .arg("+scard")
         .arg("+spop")
+        .arg("+srandmember")
         .arg("+pttl")
         .arg("+getdel")
         .arg("+memory|usage")
@@ -181,6 +182,49 @@ async fn a_redis_user_limited_to_the_prefix_is_enough() {
         .unwrap();
     let outside: Vec<&String> = outside.iter().filter(|k| !k.starts_with(&p)).collect();
     assert!(outside.is_empty(), "keys outside the prefix: {outside:?}");
+    // The operator API and the advisor work under the same user.
+    let cfg = config(&redis.url.replace("redis://", "redis://cw:cw-pass@"));
+    let mut api_cfg = cfg.clone();
+    api_cfg.api.token = Some("t".into());
+    let addr = common::serve_api(w.status.clone(), api_cfg).await;
+    for (method, path, body, want) in [
+        ("GET", "/api/v1/keys/course:7", None, 200),
+        (
+            "PUT",
+            "/api/v1/keys/page:9",
+            Some(r#"{"value":"v","ttl":60}"#),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/invalidations?dry_run=true",
+            Some(r#"{"tags":["catalog"]}"#),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/invalidations?dry_run=true",
+            Some(r#"{"pattern":"course:*"}"#),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/invalidations",
+            Some(r#"{"keys":["page:9"]}"#),
+            201,
+        ),
+        ("GET", "/api/v1/advice", None, 200),
+    ] {
+        let (code, text) = common::http(&addr, method, path, Some("t"), body).await;
+        assert_eq!(code, want, "{method} {path} under the ACL: {text}");
+    }
+    // Fenced fills raised their marks under the prefix too.
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{p}cw:v:course:7"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(marks.len(), 1);
     assert!(
         w.status.snapshot().failing.is_empty(),
         "{:?}",
