@@ -1,12 +1,21 @@
+# The web console (Vue, built by Vite), embedded in the binary by build.rs.
+FROM node:20-bookworm-slim AS console
+WORKDIR /console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY console/ ./
+RUN npx vite build
+
 FROM rust:1-bookworm AS build
 # cmake builds the librdkafka bundled in the rdkafka crate (the Kafka source).
 RUN apt-get update && apt-get install -y --no-install-recommends cmake \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
 COPY migrations migrations
 COPY bench bench
+COPY --from=console /console/dist console/dist
 RUN cargo build --release --locked --bin cachewarden
 
 FROM debian:bookworm-slim
