@@ -275,7 +275,7 @@ pub async fn patch(
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found(format!("no rule named {rule:?}")))?;
-    ctx.events.send(super::events::Event::Config(view.clone()));
+    ctx.config_changed(view.clone());
     Ok(Json(view))
 }
 

@@ -134,6 +134,11 @@ impl Ctx {
         })
     }
 
+    /// Tells live views that a rule's configuration changed.
+    pub fn config_changed(&self, view: configs::ConfigView) {
+        self.events.send(events::Event::Config(view));
+    }
+
     /// The application's name for a full Redis name (`key_prefix` removed when present).
     pub fn app_name<'a>(&self, full: &'a str) -> &'a str {
         full.strip_prefix(self.config.redis.key_prefix.as_str())
