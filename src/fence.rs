@@ -31,7 +31,7 @@
 //! marks ([`mark_key`]; a tag set's mark is the mark of its key `<prefix>tag:<name>`) and, for a
 //! pattern, a *pattern mark* ([`pattern_mark_key`], `<prefix>cw:p:<the pattern's literal
 //! prefix>`) — before anything is unlinked. A cooperating reader
-//! (`clients/django`, [`FILL_TOKEN_SCRIPT`] and [`FILL_SCRIPT`]) takes a *token* before it reads
+//! (`clients/django`, [`FILL_SCRIPT`]) takes a *token* before it reads
 //! the database: the newest version among the key's mark, its tags' marks and the pattern marks
 //! of every prefix of the key and of the tag keys. Its fill is a script that recomputes the token
 //! and sets the value (and adds the key to its tag sets) only if the token is unchanged. If the
@@ -105,31 +105,15 @@ pub fn fill_mark(key_prefix: &str, target: &Target) -> Option<String> {
     }
 }
 
-/// Computes a fill token: the newest version among the key's mark, its tag sets' marks and
+/// The fenced fill, one script in two modes. KEYS[1] the key, KEYS[2..] its tag sets; ARGV[1]
+/// key_prefix. The *token* is the newest version among the key's mark, its tag sets' marks and
 /// the pattern marks of every prefix of the key and of each tag key (what any invalidation of
-/// them raises). KEYS[1] the key, KEYS[2..] its tag sets; ARGV[1] key_prefix. Returns the
-/// token ("" when no mark exists). Shared by [`FILL_SCRIPT`].
-pub const FILL_TOKEN_SCRIPT: &str = r"
-local function token(keys, prefix)
-  local best = ''
-  local function see(v) if v and v > best then best = v end end
-  local plen = #prefix
-  for _, k in ipairs(keys) do
-    local rest = k
-    if k:sub(1, plen) == prefix then rest = k:sub(plen + 1) end
-    see(redis.call('GET', prefix .. 'cw:v:' .. rest))
-    for i = 0, #rest do
-      see(redis.call('GET', prefix .. 'cw:p:' .. rest:sub(1, i)))
-    end
-  end
-  return best
-end
-return token(KEYS, ARGV[1])
-";
-
-/// A fenced fill: sets KEYS[1] to ARGV[3] (with `EX` ARGV[4] seconds unless 0) and adds it to
-/// the tag sets KEYS[2..], only if the fill token (see [`FILL_TOKEN_SCRIPT`]) still equals
-/// ARGV[2]. ARGV[1] key_prefix. Returns 1 when filled, 0 when refused.
+/// them raises; "" when no mark exists).
+///
+/// * With ARGV[1] alone, it returns the token (taken before the database read).
+/// * With ARGV[2] the token taken, ARGV[3] the value and ARGV[4] the TTL in seconds (0: none),
+///   it sets KEYS[1] (with `EX`) and adds it to the tag sets only if the token is unchanged;
+///   returns 1 when filled, 0 when refused.
 pub const FILL_SCRIPT: &str = r"
 local function token(keys, prefix)
   local best = ''
@@ -145,7 +129,9 @@ local function token(keys, prefix)
   end
   return best
 end
-if token(KEYS, ARGV[1]) ~= ARGV[2] then return 0 end
+local now = token(KEYS, ARGV[1])
+if #ARGV == 1 then return now end
+if now ~= ARGV[2] then return 0 end
 local ttl = tonumber(ARGV[4])
 if ttl and ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
@@ -320,14 +306,13 @@ mod tests {
     }
 
     #[test]
-    fn the_django_companion_runs_these_very_fill_scripts() {
+    fn the_django_companion_runs_this_very_fill_script() {
         let py = include_str!("../clients/django/src/cachewarden_django/fill.py");
         let between = |name: &str| {
             let start = py.find(&format!("{name} = r\"\"\"")).unwrap() + name.len() + 7;
             let end = start + py[start..].find("\"\"\"").unwrap();
             py[start..end].trim().to_string()
         };
-        assert_eq!(between("FILL_TOKEN_SCRIPT"), FILL_TOKEN_SCRIPT.trim());
         assert_eq!(between("FILL_SCRIPT"), FILL_SCRIPT.trim());
     }
 

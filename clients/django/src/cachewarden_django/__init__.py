@@ -17,7 +17,7 @@ import math
 import time
 from typing import Any, Callable, Iterable, Optional
 
-from .fill import FILL_SCRIPT, FILL_TOKEN_SCRIPT
+from .fill import FILL_SCRIPT
 
 __all__ = ["get_or_fill", "invalidate", "worker_prefix", "FOREVER", "stats"]
 
@@ -56,9 +56,9 @@ def worker_prefix(cache=None, version=None) -> str:
     return _cache(cache).make_key("", version=version)
 
 
-def _scripts(client):
+def _script(client):
     # redis-py's Script objects cache the SHA and reload on NOSCRIPT.
-    return client.register_script(FILL_TOKEN_SCRIPT), client.register_script(FILL_SCRIPT)
+    return client.register_script(FILL_SCRIPT)
 
 
 def get_or_fill(
@@ -132,8 +132,8 @@ def get_or_fill(
     try:
         for attempt in range(retries + 1):
             try:
-                take_token, fill = _scripts(client)
-                token = take_token(keys=[full, *tag_keys], args=[prefix])
+                fill = _script(client)
+                token = fill(keys=[full, *tag_keys], args=[prefix])
             except Exception as e:  # Redis down: load and do not cache.
                 log.warning("cachewarden: cannot take a fill token for %s: %s", full, e)
                 stats["errors"] += 1
