@@ -239,6 +239,28 @@ pub enum Role {
     Standby,
 }
 
+impl Role {
+    /// The name `/status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// The rules' state: how many are loaded, which are switched off, where `cache_configs` or the
+/// schema drifts from the files, and why the last reload was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RulesState {
+    pub rules_loaded: usize,
+    pub disabled: Vec<String>,
+    pub drift: Vec<String>,
+    /// Why the last reload was refused.
+    pub error: Option<String>,
+}
+
 /// Adds to a counter.
 pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -349,9 +371,16 @@ impl Status {
         self.inner().disabled_rules.clone()
     }
 
-    /// `cache_configs` values that differ from the rule files.
-    pub fn drift(&self) -> Vec<String> {
-        self.inner().drift.clone()
+    /// The rules' state as `/status` shows it (drift includes schema drift), without building
+    /// a whole snapshot: the API's live views ask every second.
+    pub fn rules_state(&self) -> RulesState {
+        let i = self.inner();
+        RulesState {
+            rules_loaded: i.rules_loaded,
+            disabled: i.disabled_rules.clone(),
+            drift: i.drift.iter().chain(&i.schema_drift).cloned().collect(),
+            error: i.rules_error.clone(),
+        }
     }
 
     /// The source's last confirmed position, as the source writes it (empty before one).

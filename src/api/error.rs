@@ -121,6 +121,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// Reads a JSON body whose schema is "one of" several shapes (an untagged enum): serde's own
+/// message for those ("did not match any variant") says nothing useful, so a failure is a 400
+/// with `expected`, the shapes the endpoint takes.
+pub fn one_of<T: DeserializeOwned>(body: serde_json::Value, expected: &str) -> Result<T, ApiError> {
+    serde_json::from_value(body).map_err(|_| ApiError::bad_request(expected))
+}
+
 /// Query parameters; rejections become [`ApiError`]s.
 pub struct Query<T>(pub T);
 

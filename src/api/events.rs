@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 use utoipa::ToSchema;
 
@@ -24,6 +24,7 @@ use super::configs::ConfigView;
 use super::health::Readiness;
 use super::invalidations::Invalidation;
 use super::Ctx;
+pub use crate::status::RulesState;
 
 /// How often the watch looks while someone listens.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -32,16 +33,6 @@ const MAX_ROWS: i64 = 200;
 /// Rows may become visible out of `created_at` order (concurrent commits): each look reaches
 /// back this far and skips the ids it sent already.
 const OVERLAP: Duration = Duration::from_secs(5);
-
-/// The rules' state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct RulesState {
-    pub rules_loaded: usize,
-    pub disabled: Vec<String>,
-    pub drift: Vec<String>,
-    /// Why the last reload was refused.
-    pub error: Option<String>,
-}
 
 /// One event.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -91,16 +82,6 @@ impl Hub {
     }
 }
 
-fn rules_state(ctx: &Ctx) -> RulesState {
-    let snap = ctx.status.snapshot();
-    RulesState {
-        rules_loaded: snap.rules_loaded,
-        disabled: snap.disabled_rules,
-        drift: snap.drift,
-        error: snap.rules_error,
-    }
-}
-
 fn readiness(ctx: &Ctx) -> Readiness {
     let reasons = ctx.status.not_ready_reasons();
     Readiness {
@@ -130,7 +111,7 @@ pub fn spawn_watch(ctx: Arc<Ctx>) {
                     ctx.events.send(Event::Health(h.clone()));
                     last_health = Some(h);
                 }
-                let r = rules_state(&ctx);
+                let r = ctx.status.rules_state();
                 if last_rules.as_ref() != Some(&r) {
                     ctx.events.send(Event::Rules(r.clone()));
                     last_rules = Some(r);
@@ -190,7 +171,7 @@ pub async fn stream(
     // The current state first, so a view needs no second call to start.
     let first = vec![
         Event::Health(readiness(&ctx)),
-        Event::Rules(rules_state(&ctx)),
+        Event::Rules(ctx.status.rules_state()),
     ];
     ctx.events.notify_journal();
     let head = futures_util::stream::iter(first);

@@ -188,12 +188,11 @@ pub async fn create(
     Query(p): Query<CreateParams>,
     Body(req): Body<serde_json::Value>,
 ) -> Result<(StatusCode, Json<CreateResult>), ApiError> {
-    let req: NewInvalidation = serde_json::from_value(req).map_err(|_| {
-        ApiError::bad_request(
-            "expected {\"pattern\": \"...\"}, {\"keys\": [...]} or {\"tags\": [...]} (exactly one; \
-             1 to 1000 names), with an optional \"reason\", and no other field",
-        )
-    })?;
+    let req: NewInvalidation = super::error::one_of(
+        req,
+        "expected {\"pattern\": \"...\"}, {\"keys\": [...]} or {\"tags\": [...]} (exactly one; \
+         1 to 1000 names), with an optional \"reason\", and no other field",
+    )?;
     let targets = targets(&ctx, &req, p.raw)?;
     super::bounded("reason", req.reason())?;
     if p.dry_run {

@@ -273,12 +273,11 @@ pub async fn put_key(
     Query(p): Query<RawParam>,
     Body(body): Body<serde_json::Value>,
 ) -> Result<Json<PutResult>, ApiError> {
-    let body: PutKey = serde_json::from_value(body).map_err(|_| {
-        ApiError::bad_request(
-            "expected {\"value\": \"text\"} or {\"value_base64\": \"...\"}, with an optional \
-             \"ttl\" (whole seconds, 0 for none), and no other field",
-        )
-    })?;
+    let body: PutKey = super::error::one_of(
+        body,
+        "expected {\"value\": \"text\"} or {\"value_base64\": \"...\"}, with an optional \
+         \"ttl\" (whole seconds, 0 for none), and no other field",
+    )?;
     let full = ctx.full_name("key", &key, p.raw)?;
     let (bytes, ttl) = body.decode()?;
     ctx.cache()?

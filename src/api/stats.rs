@@ -249,10 +249,7 @@ pub async fn stats(
         now,
         ready: snap.not_ready.is_empty(),
         not_ready: snap.not_ready,
-        role: serde_json::to_value(snap.role)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        role: snap.role.as_str().to_string(),
         hits,
         misses,
         evictions,

@@ -225,13 +225,7 @@ impl CacheTarget for MemoryTarget {
                     memory: Some(v.len() as u64),
                     reads: 1,
                 },
-                None => Inspected {
-                    kind: "none".into(),
-                    ttl: None,
-                    value: None,
-                    memory: None,
-                    reads: 0,
-                },
+                None => Inspected::absent(),
             })
         }
         .boxed()

@@ -108,6 +108,19 @@ pub struct Inspected {
     pub reads: u64,
 }
 
+impl Inspected {
+    /// A key the cache does not hold.
+    pub fn absent() -> Self {
+        Inspected {
+            kind: "none".into(),
+            ttl: None,
+            value: None,
+            memory: None,
+            reads: 0,
+        }
+    }
+}
+
 /// What an invalidation would touch ([`CacheTarget::preview`]), touching nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Preview {
@@ -435,13 +448,7 @@ impl CacheTarget for Targets {
         async move {
             match self.targets.first_mut() {
                 Some(t) => t.inspect(key).await,
-                None => Ok(Inspected {
-                    kind: "none".into(),
-                    ttl: None,
-                    value: None,
-                    memory: None,
-                    reads: 0,
-                }),
+                None => Ok(Inspected::absent()),
             }
         }
         .boxed()

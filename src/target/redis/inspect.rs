@@ -18,13 +18,7 @@ impl RedisTarget {
             .query_async(&mut c)
             .await;
         let Some(memory) = self.forget_on_error(r)? else {
-            return Ok(Inspected {
-                kind: "none".into(),
-                ttl: None,
-                value: None,
-                memory: None,
-                reads: 0,
-            });
+            return Ok(Inspected::absent());
         };
         let r: Result<(String, i64), _> = redis::pipe()
             .cmd("TYPE")
