@@ -9,26 +9,29 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{Change, Datum, Op};
+use std::sync::Arc;
+
+use crate::source::{Change, Datum, Op, Relation};
 
 /// Distinct column sets kept per table.
 pub const MAX_SETS: usize = 64;
 
 /// One table's tally.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Table {
-    columns: Vec<String>,
+    /// The table as the source last described it (names and column order).
+    relation: Arc<Relation>,
     compared: u64,
-    /// Changed-column sets (indexes into `columns`, sorted) and how many updates changed
+    /// Changed-column sets (indexes into the relation's columns, sorted) and how many updates changed
     /// exactly that set.
     sets: HashMap<Vec<u16>, u64>,
     other: u64,
 }
 
-/// Every table's tally.
+/// Every table's tally, by the table's OID.
 #[derive(Debug, Clone, Default)]
 pub struct ColumnTally {
-    tables: HashMap<String, Table>,
+    tables: HashMap<u32, Table>,
 }
 
 /// One table's figures, as `/status` shows them and the advisor reads them.
@@ -67,18 +70,29 @@ impl ColumnTally {
                 set.push(i as u16);
             }
         }
-        let t = self.tables.entry(c.relation.qualified_name()).or_default();
-        if t.columns.len() != c.relation.columns.len()
-            || t.columns
-                .iter()
-                .zip(&c.relation.columns)
-                .any(|(a, b)| *a != b.name)
-        {
-            // New, or its columns changed (a schema change): start over for this table.
-            *t = Table {
-                columns: c.relation.columns.iter().map(|c| c.name.clone()).collect(),
-                ..Table::default()
-            };
+        let fresh = || Table {
+            relation: c.relation.clone(),
+            compared: 0,
+            sets: HashMap::new(),
+            other: 0,
+        };
+        let t = self.tables.entry(c.relation.oid).or_insert_with(fresh);
+        // The same description (the common case) is the same Arc; a new one with other names or
+        // columns (a rename, a schema change) starts the table over.
+        if !Arc::ptr_eq(&t.relation, &c.relation) {
+            let same = t.relation.schema == c.relation.schema
+                && t.relation.name == c.relation.name
+                && t.relation.columns.len() == c.relation.columns.len()
+                && t.relation
+                    .columns
+                    .iter()
+                    .zip(&c.relation.columns)
+                    .all(|(a, b)| a.name == b.name);
+            if same {
+                t.relation = c.relation.clone();
+            } else {
+                *t = fresh();
+            }
         }
         t.compared += 1;
         let kept = t.sets.len();
@@ -94,19 +108,22 @@ impl ColumnTally {
     /// Every table's figures.
     pub fn snapshot(&self) -> BTreeMap<String, TableColumns> {
         self.tables
-            .iter()
-            .map(|(name, t)| {
+            .values()
+            .map(|t| {
                 let mut sets: Vec<ColumnSet> = t
                     .sets
                     .iter()
                     .map(|(s, n)| ColumnSet {
-                        columns: s.iter().map(|i| t.columns[*i as usize].clone()).collect(),
+                        columns: s
+                            .iter()
+                            .map(|i| t.relation.columns[*i as usize].name.clone())
+                            .collect(),
                         updates: *n,
                     })
                     .collect();
                 sets.sort_by(|a, b| b.updates.cmp(&a.updates).then(a.columns.cmp(&b.columns)));
                 (
-                    name.clone(),
+                    t.relation.qualified_name(),
                     TableColumns {
                         compared: t.compared,
                         sets,
@@ -144,8 +161,7 @@ impl TableColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Column, Relation, Tuple};
-    use std::sync::Arc;
+    use crate::source::{Column, Tuple};
 
     fn rel() -> Arc<Relation> {
         let col = |n: &str| Column {
@@ -207,5 +223,15 @@ mod tests {
         assert_eq!(s.changed("title"), 2);
         assert_eq!(s.firing_with_ignored(&[]), 10);
         assert_eq!(s.firing_with_ignored(&["view_count".into()]), 2);
+
+        // The table described again with other columns (a schema change): counted anew.
+        let mut c = update(["1", "d", "11"], ["1", "e", "11"], true);
+        let mut r = (*c.relation).clone();
+        r.columns[2].name = "views".into();
+        c.relation = Arc::new(r);
+        t.add(&c);
+        let s = &t.snapshot()["public.courses"];
+        assert_eq!(s.compared, 1);
+        assert_eq!(s.sets[0].columns, ["title"]);
     }
 }
