@@ -13,7 +13,8 @@
 //! 3. **Patterns** — with 1,000,000 other keys in Redis, a rule with a pattern fires 10 times a
 //!    second (one course update each) beside 1,000 exact-key tx/s: the pattern's lag as a
 //!    multiple of one `SCAN` pass over the same keyspace (measured here), and the exact keys'
-//!    lag against phase 1's at the same rate.
+//!    lag against phase 1's at the same rate. A raw `SCAN` pass is also timed under the same
+//!    exact-key load, with the exact keys' lag beside it: the same-conditions baseline.
 //!
 //! `CW_HOT_SECS` (10) sets each phase's length, `CW_HOT_RATES` ("100,1000,10000") the rates,
 //! `CW_HOT_FILLER` (1000000) the other keys, `CW_BIN` another cachewarden binary to measure
@@ -315,10 +316,16 @@ async fn drain(sent: &Times, done: &Times, range: std::ops::Range<usize>, limit:
     }
 }
 
-/// One `SCAN` pass over the whole keyspace (`COUNT 1000`, the worker's page size), in ms.
+/// The worker's `SCAN` page size: `[redis] scan_count`, from the environment when set there
+/// (`CACHEWARDEN_REDIS_SCAN_COUNT`, which the worker inherits), else its default.
+fn scan_count() -> usize {
+    env_usize("CACHEWARDEN_REDIS_SCAN_COUNT", 1000)
+}
+
+/// One `SCAN` pass over the whole keyspace at the worker's page size, in ms.
 async fn scan_pass(r: &mut redis::aio::MultiplexedConnection) -> f64 {
     let t = Instant::now();
-    scan_keys(r, &format!("{PREFIX}catalog:*"), 1000).await;
+    scan_keys(r, &format!("{PREFIX}catalog:*"), scan_count()).await;
     t.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -347,7 +354,7 @@ async fn main() {
     let filler = env_usize("CW_HOT_FILLER", 1_000_000);
     let bin = std::env::var("CW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cachewarden").into());
     // Enough rows that every change in the run has its own row and key.
-    let rows = (rates.iter().sum::<f64>() * secs * 1.2) as usize + 1000 * secs as usize * 2 + 1000;
+    let rows = (rates.iter().sum::<f64>() * secs * 1.2) as usize + 1000 * secs as usize * 3 + 1000;
 
     let mut r = redis::Client::open(REDIS)
         .unwrap()
@@ -597,6 +604,37 @@ async fn main() {
     }
     passes.sort_by(f64::total_cmp);
     let pass = passes[1];
+    // The same keyspace under the same exact-key load, with raw SCAN passes back to back from
+    // this process instead of the worker's: what a pass takes on a busy machine, and what any
+    // continuous pass costs the exact keys (Redis is single-threaded), before the worker's.
+    let first = next.load(Ordering::Relaxed);
+    let scanning = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let raw_passes = tokio::spawn({
+        let (mut r, scanning) = (
+            redis::Client::open(REDIS)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+            scanning.clone(),
+        );
+        async move {
+            let mut passes = Vec::new();
+            while scanning.load(Ordering::Relaxed) {
+                passes.push(scan_pass(&mut r).await);
+            }
+            passes
+        }
+    });
+    load(&conns, 1000.0, secs, &next, &seen).await;
+    scanning.store(false, Ordering::Relaxed);
+    let mut loaded = raw_passes.await.unwrap();
+    loaded.sort_by(f64::total_cmp);
+    let loaded_pass = pct(&loaded, 0.5);
+    let last = next.load(Ordering::Relaxed);
+    drain(&seen.sent, &seen.cw, first..last, Duration::from_secs(60)).await;
+    let (beside_raw, _) = lags(&seen.sent, &seen.cw, first..last);
+
     let first = next.load(Ordering::Relaxed);
     let courses = tokio::spawn({
         let (seen, c, mut r) = (seen.clone(), connect(DB).await, r.clone());
@@ -636,15 +674,25 @@ async fn main() {
     let (exact, exact_missing) = lags(&seen.sent, &seen.cw, first..last);
     let (pat, pat_missing) = lags(&seen.course_sent, &seen.course_gone, 1..fired + 1);
     println!(
-        "patterns: {dbsize} keys in Redis; one SCAN pass (COUNT 1000) takes {} (median of 3)",
+        "patterns: {dbsize} keys in Redis; one SCAN pass (COUNT {}, the worker's) takes {} (median of 3)",
+        scan_count(),
         ms(pass)
     );
     println!(
-        "  pattern rule fired {fired} times (10/s): lag p50 {} = {:.2} passes, p99 {} = {:.2} passes, max {}{}",
+        "  under the same 1,000 exact-key tx/s, a raw SCAN pass takes {} (median of {}), and the exact keys' lag beside those passes is p50 {}  p99 {}",
+        ms(loaded_pass),
+        loaded.len(),
+        ms(pct(&beside_raw, 0.5)),
+        ms(pct(&beside_raw, 0.99)),
+    );
+    println!(
+        "  pattern rule fired {fired} times (10/s): lag p50 {} = {:.2} idle passes = {:.2} loaded passes, p99 {} = {:.2} idle = {:.2} loaded passes, max {}{}",
         ms(pct(&pat, 0.5)),
         pct(&pat, 0.5) / pass,
+        pct(&pat, 0.5) / loaded_pass,
         ms(pct(&pat, 0.99)),
         pct(&pat, 0.99) / pass,
+        pct(&pat, 0.99) / loaded_pass,
         ms(pct(&pat, 1.0)),
         unless_zero(pat_missing, "NOT invalidated")
     );
@@ -658,6 +706,11 @@ async fn main() {
         ms(p99),
         pct(&exact, 0.5) / p50,
         pct(&exact, 0.99) / p99
+    );
+    println!(
+        "  => beside the worker's passes vs beside raw passes: p50 {:.2}x, p99 {:.2}x",
+        pct(&exact, 0.5) / pct(&beside_raw, 0.5),
+        pct(&exact, 0.99) / pct(&beside_raw, 0.99)
     );
 
     let _ = worker.start_kill();
