@@ -22,7 +22,9 @@ ALTER TABLE courses REPLICA IDENTITY FULL;
 CREATE TABLE pings (id int PRIMARY KEY);
 "#;
 
-// `pings` is a sentinel: once a later ping's key is gone, every earlier change was processed.
+// `pings` is a sentinel: once a later ping's key is gone and the slot's confirmed position has
+// passed it, every earlier change was processed. The key alone is not enough: a ping planned in
+// the same batch as an earlier change is unlinked before that batch's tag sets and bumps run.
 const SENTINEL: &str = "[[rule]]\nname = \"ping\"\ntable = \"pings\"\nkeys = [\"ping:{id}\"]\n";
 
 async fn env(name: &str, rules: &str) -> TestEnv {
@@ -32,7 +34,9 @@ async fn env(name: &str, rules: &str) -> TestEnv {
     env
 }
 
-/// Commits a ping and waits until the worker has processed it (and so everything before).
+/// Commits a ping and waits until the worker has processed it and everything before it: its
+/// key gone, then the position confirmed past it (a confirmed position means every action
+/// planned before it has completed — the acknowledgement contract).
 async fn sync(env: &TestEnv, id: i32) {
     let key = format!("ping:{id}");
     env.set_keys(&[&key]).await;
@@ -41,6 +45,7 @@ async fn sync(env: &TestEnv, id: i32) {
         .await
         .unwrap();
     env.wait_gone(&[&key], WAIT).await;
+    env.wait_caught_up(WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
