@@ -319,7 +319,7 @@ async fn drain(sent: &Times, done: &Times, range: std::ops::Range<usize>, limit:
 /// The worker's `SCAN` page size: `[redis] scan_count`, from the environment when set there
 /// (`CACHEWARDEN_REDIS_SCAN_COUNT`, which the worker inherits), else its default.
 fn scan_count() -> usize {
-    env_usize("CACHEWARDEN_REDIS_SCAN_COUNT", 1000)
+    env_usize("CACHEWARDEN_REDIS_SCAN_COUNT", 100)
 }
 
 /// One `SCAN` pass over the whole keyspace at the worker's page size, in ms.

@@ -52,7 +52,7 @@ impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions {
             unlink_chunk: 500,
-            scan_count: 1000,
+            scan_count: 100,
             timeout: Duration::from_secs(5),
         }
     }
