@@ -319,7 +319,10 @@ async fn drain(sent: &Times, done: &Times, range: std::ops::Range<usize>, limit:
 /// The worker's `SCAN` page size: `[redis] scan_count`, from the environment when set there
 /// (`CACHEWARDEN_REDIS_SCAN_COUNT`, which the worker inherits), else its default.
 fn scan_count() -> usize {
-    env_usize("CACHEWARDEN_REDIS_SCAN_COUNT", 100)
+    env_usize(
+        "CACHEWARDEN_REDIS_SCAN_COUNT",
+        cachewarden::config::default_scan_count(),
+    )
 }
 
 /// One `SCAN` pass over the whole keyspace at the worker's page size, in ms.

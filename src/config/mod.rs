@@ -348,18 +348,21 @@ pub struct RedisConfig {
     pub tls_key_file: Option<PathBuf>,
 }
 
-fn default_unlink_chunk() -> usize {
+/// `[redis] unlink_chunk` when the file does not set it.
+pub fn default_unlink_chunk() -> usize {
     500
 }
-/// 100 rather than 1,000: Redis runs one command at a time, and each `SCAN` page holds up every
-/// other client's commands — the worker's own exact `UNLINK`s and the application's reads. With
-/// a pattern pass running continuously over 1,000,000 keys, exact keys' lag was p50 0.64 /
-/// p99 3.79 ms at 100 against 3.73 / 15.5 ms at 1,000 (0.40 / 3.73 ms with no pass), while the
-/// pattern's own lag grew from 2.3 / 4.6 s to 3.0 / 5.3 s (`bench/run.sh hotpath`).
-fn default_scan_count() -> usize {
+/// `[redis] scan_count` when the file does not set it: 100 rather than 1,000. Redis runs one
+/// command at a time, and each `SCAN` page holds up every other client's commands — the
+/// worker's own exact `UNLINK`s and the application's reads. With a pattern pass running
+/// continuously over 1,000,000 keys, exact keys' lag was p50 0.64 / p99 3.79 ms at 100 against
+/// 3.73 / 15.5 ms at 1,000 (0.40 / 3.73 ms with no pass), while the pattern's own lag grew from
+/// 2.3 / 4.6 s to 3.0 / 5.3 s (`bench/run.sh hotpath`).
+pub fn default_scan_count() -> usize {
     100
 }
-fn default_timeout_ms() -> u64 {
+/// `[redis] timeout_ms` when the file does not set it.
+pub fn default_timeout_ms() -> u64 {
     5000
 }
 

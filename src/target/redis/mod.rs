@@ -48,12 +48,14 @@ impl CacheOptions {
     }
 }
 
+/// `[redis]`'s defaults.
 impl Default for CacheOptions {
     fn default() -> Self {
+        use crate::config::{default_scan_count, default_timeout_ms, default_unlink_chunk};
         CacheOptions {
-            unlink_chunk: 500,
-            scan_count: 100,
-            timeout: Duration::from_secs(5),
+            unlink_chunk: default_unlink_chunk(),
+            scan_count: default_scan_count(),
+            timeout: Duration::from_millis(default_timeout_ms()),
         }
     }
 }
