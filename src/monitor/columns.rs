@@ -161,21 +161,10 @@ impl TableColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Column, Tuple};
+    use crate::source::Tuple;
 
     fn rel() -> Arc<Relation> {
-        let col = |n: &str| Column {
-            name: n.into(),
-            type_oid: 25,
-            is_key: n == "id",
-        };
-        Arc::new(Relation {
-            oid: 1,
-            schema: "public".into(),
-            name: "courses".into(),
-            replica_identity: b'f',
-            columns: vec![col("id"), col("title"), col("view_count")],
-        })
+        Relation::text_courses(&["id", "title", "view_count"])
     }
 
     fn update(old: [&str; 3], new: [&str; 3], full: bool) -> Change {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::rules::parse_file;
-use crate::source::{Column, Lsn, Relation, Tuple};
+use crate::source::{Lsn, Relation, Tuple};
 use chrono::Utc;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,18 +23,7 @@ patterns = ["catalog:page:*"]
 }
 
 fn rel() -> Arc<Relation> {
-    let col = |n: &str| Column {
-        name: n.into(),
-        type_oid: 25,
-        is_key: n == "id",
-    };
-    Arc::new(Relation {
-        oid: 1,
-        schema: "public".into(),
-        name: "courses".into(),
-        replica_identity: b'f',
-        columns: vec![col("id"), col("slug"), col("title"), col("views")],
-    })
+    Relation::text_courses(&["id", "slug", "title", "views"])
 }
 
 fn row(v: &[&str]) -> Option<Tuple> {

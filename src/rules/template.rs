@@ -378,9 +378,8 @@ impl fmt::Display for Template {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Column, Relation, Tuple};
+    use crate::source::{Relation, Tuple};
     use proptest::prelude::*;
-    use std::sync::Arc;
 
     #[test]
     fn keys_parse_back_into_their_values_when_unambiguous() {
@@ -416,19 +415,8 @@ mod tests {
     }
 
     fn change(op: Op, old: Option<Vec<Datum>>, new: Option<Vec<Datum>>) -> Change {
-        let col = |n: &str| Column {
-            name: n.into(),
-            type_oid: 25,
-            is_key: n == "id",
-        };
         Change {
-            relation: Arc::new(Relation {
-                oid: 1,
-                schema: "public".into(),
-                name: "courses".into(),
-                replica_identity: b'f',
-                columns: vec![col("id"), col("slug")],
-            }),
+            relation: Relation::text_courses(&["id", "slug"]),
             op,
             old: old.map(Tuple),
             new: new.map(Tuple),

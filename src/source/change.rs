@@ -103,6 +103,28 @@ pub struct Relation {
     pub columns: Vec<Column>,
 }
 
+#[cfg(test)]
+impl Relation {
+    /// A table for tests: `public.courses` (OID 1), REPLICA IDENTITY FULL, every column `text`,
+    /// `id` the key.
+    pub(crate) fn text_courses(columns: &[&str]) -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "courses".into(),
+            replica_identity: b'f',
+            columns: columns
+                .iter()
+                .map(|n| Column {
+                    name: (*n).into(),
+                    type_oid: 25,
+                    is_key: *n == "id",
+                })
+                .collect(),
+        })
+    }
+}
+
 impl Relation {
     /// `schema.name`, the form rules use.
     pub fn qualified_name(&self) -> String {
