@@ -407,9 +407,20 @@ async fn metrics_move_with_traffic() {
         assert!(start.elapsed() < WAIT, "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (code, body) = http_get(&addr, "/metrics").await.unwrap();
-    assert_eq!(code, 200);
-    let before = parse_metrics(&body);
+    // Redis's gauges appear with the first INFO sample, which may come after readiness.
+    let (body, before) = loop {
+        let (code, body) = http_get(&addr, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        let metrics = parse_metrics(&body);
+        if metrics.contains_key("cachewarden_redis_used_memory_bytes") {
+            break (body, metrics);
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no Redis sample in /metrics: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(before["cachewarden_up"], 1.0);
     assert_eq!(before["cachewarden_source_connected"], 1.0);
     assert!(
