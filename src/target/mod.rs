@@ -13,12 +13,18 @@
 //! * [`CacheTarget::ping`], [`CacheTarget::stats`] and [`CacheTarget::sample_families`] serve
 //!   health and monitoring; sampling scans in pages and never blocks the server.
 //!
+//! * A target that runs keyspace passes may be told to hold each page back while the stream has
+//!   exact keys in flight ([`CacheTarget::defer_to`], [`priority`]).
+//!
 //! [`Targets`] is the list the worker holds (one per configured cache; each action must succeed
 //! on all). [`redis`] is the implementation for Redis; `memory` an in-memory one for tests.
 
 #[cfg(test)]
 pub(crate) mod memory;
+pub mod priority;
 pub mod redis;
+
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -187,6 +193,10 @@ pub trait CacheTarget: Send {
         rule_max_mark: &'a str,
     ) -> BoxFuture<'a, Result<u64, CacheError>>;
 
+    /// From now on, hold each page of a keyspace pass back while `priority` has urgent
+    /// commands in flight (a target without passes ignores it).
+    fn defer_to(&mut self, _priority: Arc<priority::Priority>) {}
+
     /// Checks the connection.
     fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>>;
 
@@ -300,6 +310,12 @@ impl CacheTarget for Targets {
             Ok(total)
         }
         .boxed()
+    }
+
+    fn defer_to(&mut self, priority: Arc<priority::Priority>) {
+        for t in &mut self.targets {
+            t.defer_to(priority.clone());
+        }
     }
 
     fn write_versioned<'a>(

@@ -31,7 +31,8 @@ use crate::rules::{check, RuleErrors, RuleSet};
 use crate::runtime::{Backoff, Shutdown, TaskSet};
 use crate::source::{self, Source, SourceError};
 use crate::status::Status;
-use crate::target::Targets;
+use crate::target::priority::Priority;
+use crate::target::{CacheTarget, Targets};
 use pipeline::{Followers, Pipeline};
 
 /// How long stopping waits for the helper tasks.
@@ -275,8 +276,12 @@ impl Worker {
             status.clone(),
             wake.clone(),
         );
+        // Exact keys first: the passes hold each page back while a batch's keys run.
+        let priority = Arc::new(Priority::default());
+        let mut scan_targets = Targets::open(&config)?;
+        scan_targets.defer_to(priority.clone());
         let scans = scans::Scans::spawn(
-            Box::new(Targets::open(&config)?),
+            Box::new(scan_targets),
             Box::new(PgJournal::new(pg.clone())),
             status.clone(),
             wake.clone(),
@@ -292,6 +297,7 @@ impl Worker {
             followers: Followers::default(),
             prev_first_commit: None,
             trailing: confirm::Confirmations::new(trail, scans, wake),
+            priority,
         };
         Ok(Worker {
             config,

@@ -202,6 +202,7 @@ impl RedisTarget {
         let kind = (what == Paged::TagSets).then_some("set");
         let mut cursor = 0;
         loop {
+            self.before_page().await;
             let page = self.scan_page(pattern, kind, cursor, report).await;
             let (next, found) = self.forget_on_error(page)?;
             let names: Vec<&str> = found.iter().map(String::as_str).collect();
@@ -279,6 +280,7 @@ impl RedisTarget {
         let mut conn = self.connection().await.map_err(into_redis)?;
         let mut cursor: u64 = 0;
         loop {
+            self.before_page().await;
             let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")

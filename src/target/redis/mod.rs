@@ -14,12 +14,14 @@ mod sample;
 mod stats;
 mod versioned;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 
+use super::priority::{Priority, DEFER_AT_MOST};
 use super::{
     CacheError, CacheStats, CacheTarget, Cached, ExecReport, Inspected, Preview, VersionedWrite,
 };
@@ -66,6 +68,8 @@ pub struct RedisTarget {
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
     opts: CacheOptions,
+    /// Keyspace passes hold each page back while this has urgent commands in flight.
+    defer_to: Option<Arc<Priority>>,
 }
 
 /// A client for `[redis]`: its URL, and for `rediss://` the certificate authority and client
@@ -124,6 +128,7 @@ impl RedisTarget {
             client,
             conn: None,
             opts,
+            defer_to: None,
         })
     }
 
@@ -141,6 +146,14 @@ impl RedisTarget {
             .await?;
         self.conn = Some(c.clone());
         Ok(c)
+    }
+
+    /// Before a keyspace pass's next page: waits (boundedly) while the stream has exact keys
+    /// in flight, so a page never goes ahead of them ([`super::priority`]).
+    pub(super) async fn before_page(&self) {
+        if let Some(p) = &self.defer_to {
+            p.defer(DEFER_AT_MOST).await;
+        }
     }
 
     /// Checks the connection with `PING`.
@@ -207,6 +220,10 @@ impl CacheTarget for RedisTarget {
         targets: &'a [&'a Target],
     ) -> BoxFuture<'a, Result<ExecReport, CacheError>> {
         self.execute_all(marks, targets).boxed()
+    }
+
+    fn defer_to(&mut self, priority: Arc<Priority>) {
+        self.defer_to = Some(priority);
     }
 
     fn write_versioned<'a>(
