@@ -639,6 +639,7 @@ async fn main() {
     let (beside_raw, _) = lags(&seen.sent, &seen.cw, first..last);
 
     let first = next.load(Ordering::Relaxed);
+    let before = http_status(STATUS).await.unwrap_or_default();
     let courses = tokio::spawn({
         let (seen, c, mut r) = (seen.clone(), connect(DB).await, r.clone());
         async move {
@@ -665,6 +666,13 @@ async fn main() {
     });
     let committed = load(&conns, 1000.0, secs, &next, &seen).await;
     let fired = courses.await.unwrap();
+    // The worker's passes while the rule fires: how many, and their mean length.
+    let after = http_status(STATUS).await.unwrap_or_default();
+    let delta = |k: &str| {
+        after["counters"][k].as_f64().unwrap_or(0.0) - before["counters"][k].as_f64().unwrap_or(0.0)
+    };
+    let worker_passes = delta("pattern_passes");
+    let worker_pass = delta("pattern_pass_us") / 1000.0 / worker_passes.max(1.0);
     let last = next.load(Ordering::Relaxed);
     drain(
         &seen.course_sent,
@@ -687,6 +695,11 @@ async fn main() {
         loaded.len(),
         ms(pct(&beside_raw, 0.5)),
         ms(pct(&beside_raw, 0.99)),
+    );
+    println!(
+        "  the worker ran {worker_passes:.0} passes meanwhile, {} each = {:.2} loaded raw passes",
+        ms(worker_pass),
+        worker_pass / loaded_pass
     );
     println!(
         "  pattern rule fired {fired} times (10/s): lag p50 {} = {:.2} idle passes = {:.2} loaded passes, p99 {} = {:.2} idle = {:.2} loaded passes, max {}{}",

@@ -44,6 +44,9 @@ pub struct Counters {
     pub journal_us: AtomicU64,
     /// Time spent executing actions on Redis, in microseconds.
     pub redis_us: AtomicU64,
+    /// Time spent in keyspace passes (beside the stream), in microseconds: with
+    /// `pattern_passes`, what one pass over the keyspace costs.
+    pub pattern_pass_us: AtomicU64,
     /// Successful rule reloads.
     pub rule_reloads: AtomicU64,
     /// Application invalidation requests executed.
@@ -675,6 +678,7 @@ impl Status {
             ("recovered_rows", get(&c.recovered_rows)),
             ("journal_us", get(&c.journal_us)),
             ("redis_us", get(&c.redis_us)),
+            ("pattern_pass_us", get(&c.pattern_pass_us)),
             ("rule_reloads", get(&c.rule_reloads)),
             ("requests", get(&c.requests)),
             ("warm_writes", get(&c.warm_writes)),

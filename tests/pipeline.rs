@@ -92,6 +92,13 @@ async fn insert_update_delete_invalidate_and_journal() {
         .await;
     env.wait_caught_up(WAIT).await;
 
+    // The catalog pattern ran in keyspace passes beside the stream, and their time is counted.
+    let c = &w.status.counters;
+    let passes = c.pattern_passes.load(std::sync::atomic::Ordering::Relaxed);
+    let pass_us = c.pattern_pass_us.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(passes >= 1, "no keyspace pass counted");
+    assert!(pass_us > 0, "{passes} passes took no time");
+
     // Every row is final, carries the commit time, and says why.
     let rows = env
         .db

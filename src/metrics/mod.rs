@@ -216,6 +216,11 @@ pub fn render(status: &Status) -> String {
             "Time spent executing actions on Redis",
             &c.redis_us,
         ),
+        (
+            "pattern_pass_seconds",
+            "Time spent in keyspace passes for patterns",
+            &c.pattern_pass_us,
+        ),
     ] {
         r.register(name, help, ConstCounter::new(get(us) as f64 / 1e6));
     }

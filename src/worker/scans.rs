@@ -115,10 +115,12 @@ impl Scanner {
                     // streams next replays it.
                     return;
                 }
+                let started = std::time::Instant::now();
                 match self.cache.execute(&[], &targets).await {
                     Ok(report) => {
                         let c = &self.status.counters;
                         add(&c.pattern_passes, 1);
+                        add(&c.pattern_pass_us, started.elapsed().as_micros() as u64);
                         add(&c.keys_removed, report.removed);
                         self.backoff.reset();
                         break Utc::now();
