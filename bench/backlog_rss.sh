@@ -4,6 +4,8 @@
 # how long it took to confirm everything and its peak RSS (GNU time's maximum resident set).
 #   bench/backlog_rss.sh            default batch limits
 #   CW_RSS_EXTRA='max_batch_bytes = 8388608' bench/backlog_rss.sh
+#   CW_RSS_ROWS=50000 CW_WRAP='valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out' \
+#     bench/backlog_rss.sh     instructions per change, repeatable on a busy machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh >/dev/null
@@ -52,11 +54,12 @@ target=$(psql -At "$PG/$DB" -c "SELECT (pg_current_wal_lsn() - '0/0')::text")
 wal=$(psql -At "$PG/$DB" -c "SELECT pg_size_pretty(($target - $(confirmed))::bigint)")
 echo "backlog: $ROWS inserts of ~1 KB rows ($wal of WAL) written in $(echo "$(date +%s.%N) - $start" | bc) s"
 start=$(date +%s.%N)
-/usr/bin/time -f '%M' -o "$WORK/rss" "$BIN" --config "$WORK/cachewarden.toml" run >"$WORK/run.log" 2>&1 &
+/usr/bin/time -f '%M %U %S' -o "$WORK/rss" ${CW_WRAP:-} "$BIN" --config "$WORK/cachewarden.toml" run >"$WORK/run.log" 2>&1 &
 tpid=$!
 until [ "$(confirmed)" -ge "$target" ] 2>/dev/null; do sleep 0.5; done
 secs=$(echo "$(date +%s.%N) - $start" | bc)
 pkill -TERM -P $tpid || true
 wait $tpid || true
-echo "worked off in ${secs} s; peak RSS $(( $(cat "$WORK/rss") / 1024 )) MiB (limits: ${CW_RSS_EXTRA:-defaults})"
+read -r kib user sys < "$WORK/rss"
+echo "worked off in ${secs} s; peak RSS $((kib / 1024)) MiB; CPU ${user} s user + ${sys} s system (limits: ${CW_RSS_EXTRA:-defaults})"
 psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
