@@ -36,8 +36,9 @@ pub struct Entry {
 /// sharing a template family are folded into one row. A target asked for more than once (by
 /// several batches of a journal group) is one member; its changes all count. Pure.
 pub fn entries<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Vec<Entry> {
+    let actions = actions.into_iter();
     let mut groups: Vec<Vec<&Action>> = Vec::new();
-    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(actions.size_hint().0);
     for a in actions {
         let slot = *index
             .entry((a.family.as_str(), a.target.kind()))
@@ -52,7 +53,7 @@ pub fn entries<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Vec<Entry> 
         .map(|g| {
             let first = g[0];
             let causes: u32 = g.iter().map(|a| a.causes).sum();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = std::collections::HashSet::with_capacity(g.len());
             let distinct: Vec<&str> = g
                 .iter()
                 .map(|a| a.target.text())
@@ -126,7 +127,8 @@ pub fn fold(rows: Vec<Entry>) -> Vec<Entry> {
         .into_iter()
         .filter_map(|g| {
             // Each target once, in the order first asked for: one pass over the group.
-            let mut seen = std::collections::HashSet::new();
+            let members: usize = g.iter().map(|e| e.members.len().max(1)).sum();
+            let mut seen = std::collections::HashSet::with_capacity(members);
             let texts: Vec<String> = g
                 .iter()
                 .flat_map(Entry::texts)

@@ -8,7 +8,6 @@
 //! render exactly: it widens it to a pattern instead.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use crate::action::{Action, Fill, Target, WarmJob};
 use crate::encode::row_json;
@@ -117,36 +116,35 @@ pub struct Context {
     pub tables_by_oid: HashMap<u32, String>,
 }
 
-/// `id=42` (the primary key, or else the replica identity columns), for reasons.
-pub fn describe_identity(change: &Change, primary_key: Option<&[String]>) -> String {
+/// Appends `id=42` (the primary key, or else the replica identity columns) to `out`, for
+/// reasons; nothing when the row names no column.
+fn write_identity(out: &mut String, change: &Change, primary_key: Option<&[String]>) {
     let row = if change.op == Op::Delete {
         change.old.as_ref()
     } else {
         change.new.as_ref().or(change.old.as_ref())
     };
-    let mut out = String::new();
-    if let Some(row) = row {
-        for (c, d) in change.relation.columns.iter().zip(row.0.iter()) {
-            let named = match primary_key {
-                Some(pk) if !pk.is_empty() => pk.contains(&c.name),
-                _ => c.is_key,
-            };
-            if named {
-                if !out.is_empty() {
-                    out.push(',');
+    let Some(row) = row else { return };
+    let start = out.len();
+    for (c, d) in change.relation.columns.iter().zip(row.0.iter()) {
+        let named = match primary_key {
+            Some(pk) if !pk.is_empty() => pk.contains(&c.name),
+            _ => c.is_key,
+        };
+        if named {
+            if out.len() > start {
+                out.push(',');
+            }
+            out.push_str(&c.name);
+            match d {
+                Datum::Text(v) => {
+                    out.push('=');
+                    out.push_str(v);
                 }
-                match d {
-                    Datum::Text(v) => {
-                        let _ = write!(out, "{}={}", c.name, v);
-                    }
-                    _ => {
-                        let _ = write!(out, "{}=?", c.name);
-                    }
-                }
+                _ => out.push_str("=?"),
             }
         }
     }
-    out
 }
 
 /// The rules a change concerns: by its table's name, or by its identity when the table was
@@ -157,9 +155,7 @@ fn rules_for<'r>(
     change: &Change,
 ) -> Box<dyn Iterator<Item = &'r Rule> + 'r> {
     match cx.tables_by_oid.get(&change.relation.oid) {
-        Some(name)
-            if !change.relation.schema.is_empty() && *name != change.relation.qualified_name() =>
-        {
+        Some(name) if !change.relation.schema.is_empty() && !change.relation.is_named(name) => {
             Box::new(rules.for_table(name))
         }
         _ => rules.concerned(change),
@@ -176,12 +172,14 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// `table` is the change's `schema.table` (or `relation <oid>`), named once per change.
     fn add(
         &mut self,
         target: Target,
         family: String,
         rule: &Rule,
         change: &Change,
+        table: &str,
         tx: &Transaction,
     ) {
         if let Some(&i) = self.index.get(&target) {
@@ -193,20 +191,27 @@ impl Builder<'_> {
             }
             return;
         }
-        let table = if change.relation.schema.is_empty() {
-            format!("relation {}", change.relation.oid)
-        } else {
-            change.relation.qualified_name()
-        };
-        let mut reason = format!("{table} {}", change.op);
+        let table = table.to_string();
+        // `public.courses update id=42 lsn=16/B374D848 rule=course-detail`, built in place
+        // (one per distinct target: the hot path's largest string).
+        let mut reason = String::with_capacity(table.len() + rule.name.len() + 48);
+        reason.push_str(&table);
+        reason.push(' ');
+        reason.push_str(change.op.as_str());
         let pk = self.cx.primary_keys.get(&table).map(Vec::as_slice);
-        let ident = describe_identity(change, pk);
-        if !ident.is_empty() {
-            let _ = write!(reason, " {ident}");
+        reason.push(' ');
+        let before = reason.len();
+        write_identity(&mut reason, change, pk);
+        if reason.len() > before {
+            reason.push(' ');
         }
-        let _ = write!(reason, " lsn={} rule={}", tx.commit_lsn, rule.name);
+        reason.push_str("lsn=");
+        tx.commit_lsn.push_to(&mut reason);
+        reason.push_str(" rule=");
+        reason.push_str(&rule.name);
         if let Some(why) = &change.undecodable {
-            let _ = write!(reason, " undecodable: {why}");
+            reason.push_str(" undecodable: ");
+            reason.push_str(why);
         }
         self.index.insert(target.clone(), self.plan.actions.len());
         self.plan.actions.push(Action {
@@ -226,6 +231,7 @@ impl Builder<'_> {
         if change.undecodable.is_some() {
             self.plan.undecodable += 1;
         }
+        let mut table = None;
         for rule in rules_for(rules, self.cx, change) {
             if self.cx.disabled.contains(&rule.name) {
                 continue;
@@ -255,7 +261,14 @@ impl Builder<'_> {
                         self.mark(m, tx.commit_lsn.into());
                     }
                 }
-                self.add(target, family, rule, change, tx);
+                let table = table.get_or_insert_with(|| {
+                    if change.relation.schema.is_empty() {
+                        format!("relation {}", change.relation.oid)
+                    } else {
+                        change.relation.qualified_name()
+                    }
+                });
+                self.add(target, family, rule, change, table, tx);
             }
         }
     }
@@ -348,7 +361,11 @@ pub fn rule_targets(
     key_prefix: &str,
     whole_family: bool,
 ) -> RuleTargets {
-    let tag_prefix = format!("{key_prefix}tag:");
+    let tag_prefix = if rule.tags.is_empty() {
+        String::new()
+    } else {
+        format!("{key_prefix}tag:")
+    };
     let row = RowView::new(change);
     let mut out = RuleTargets::default();
     let groups = [
@@ -398,10 +415,15 @@ pub fn rule_targets(
 
 /// Plans a batch of transactions. Pure.
 pub fn build(rules: &RuleSet, cx: &Context, transactions: &[Transaction]) -> Plan {
+    // Most changes name a target of their own: sized once, the index never rehashes.
+    let changes: usize = transactions.iter().map(|t| t.changes.len()).sum();
     let mut b = Builder {
         cx,
-        index: HashMap::new(),
-        plan: Plan::default(),
+        index: HashMap::with_capacity(changes),
+        plan: Plan {
+            actions: Vec::with_capacity(changes),
+            ..Plan::default()
+        },
         warms: HashMap::new(),
         warm_order: Vec::new(),
         marks: HashMap::new(),

@@ -256,15 +256,30 @@ impl Rule {
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     by_table: HashMap<String, Vec<usize>>,
+    /// The same index by schema, then table: a change's relation finds its rules without
+    /// building its `schema.table` name (once per change on the hot path).
+    by_schema: HashMap<String, HashMap<String, Vec<usize>>>,
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> Self {
         let mut by_table: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_schema: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
             by_table.entry(r.table.clone()).or_default().push(i);
+            let (schema, table) = crate::sql::split_table(&r.table);
+            by_schema
+                .entry(schema.to_string())
+                .or_default()
+                .entry(table.to_string())
+                .or_default()
+                .push(i);
         }
-        RuleSet { rules, by_table }
+        RuleSet {
+            rules,
+            by_table,
+            by_schema,
+        }
     }
 
     /// The tables the rules watch, sorted.
@@ -289,7 +304,9 @@ impl RuleSet {
         if change.relation.schema.is_empty() {
             Box::new(self.rules.iter())
         } else {
-            Box::new(self.for_table(&change.relation.qualified_name()))
+            let r = &change.relation;
+            let found = self.by_schema.get(&r.schema).and_then(|t| t.get(&r.name));
+            Box::new(found.into_iter().flatten().map(move |&i| &self.rules[i]))
         }
     }
 

@@ -119,13 +119,22 @@ pub fn is_glob_char(c: char) -> bool {
 /// Escapes a literal for use inside a Redis glob pattern.
 pub fn escape_glob(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if is_glob_char(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
+    push_escaped(&mut out, s);
     out
+}
+
+/// Appends `s` to `out`, escaped for a Redis glob pattern (planning does this for every key
+/// family of every change: whole runs without a glob character are copied at once).
+pub fn push_escaped(out: &mut String, s: &str) {
+    let mut rest = s;
+    // Glob characters are ASCII, so a byte position is a character boundary.
+    while let Some(i) = rest.bytes().position(|b| is_glob_char(b as char)) {
+        out.push_str(&rest[..i]);
+        out.push('\\');
+        out.push_str(&rest[i..i + 1]);
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn is_ident(s: &str) -> bool {
@@ -238,7 +247,7 @@ impl Template {
 
     fn push_literal(&self, out: &mut String, lit: &str, as_pattern: bool) {
         match (self.kind, as_pattern) {
-            (TemplateKind::Key, true) => out.push_str(&escape_glob(lit)),
+            (TemplateKind::Key, true) => push_escaped(out, lit),
             _ => out.push_str(lit),
         }
     }
@@ -268,7 +277,7 @@ impl Template {
         }
         let mut out = String::with_capacity(prefix.len() + self.source.len() + 16);
         if widened {
-            out.push_str(&escape_glob(prefix));
+            push_escaped(&mut out, prefix);
         } else {
             out.push_str(prefix);
         }
@@ -277,7 +286,7 @@ impl Template {
             match seg {
                 Segment::Literal(l) => self.push_literal(&mut out, l, widened),
                 Segment::Field { .. } => match values.next().flatten() {
-                    Some(v) if widened => out.push_str(&escape_glob(v)),
+                    Some(v) if widened => push_escaped(&mut out, v),
                     Some(v) => out.push_str(v),
                     None => push_star(&mut out),
                 },
@@ -303,7 +312,8 @@ impl Template {
 
     /// The pattern matching every key this template can produce (for TRUNCATE).
     pub fn family_pattern(&self, prefix: &str) -> String {
-        let mut out = escape_glob(prefix);
+        let mut out = String::with_capacity(prefix.len() + self.source.len());
+        push_escaped(&mut out, prefix);
         for seg in &self.segments {
             match seg {
                 Segment::Literal(l) => self.push_literal(&mut out, l, true),
