@@ -28,6 +28,9 @@ pub struct MemoryCache {
     pub fail_next: u32,
     /// Fail every call that includes a pattern (a keyspace pass that cannot finish yet).
     pub refuse_patterns: bool,
+    /// When set, each execution records whether this priority was urgent meanwhile.
+    pub watch: Option<Arc<super::priority::Priority>>,
+    pub urgent_during: Vec<bool>,
 }
 
 /// A shared handle on one in-memory cache.
@@ -77,6 +80,9 @@ impl CacheTarget for MemoryTarget {
     ) -> BoxFuture<'a, Result<ExecReport, CacheError>> {
         async move {
             let mut s = self.check()?;
+            if let Some(urgent) = s.watch.as_ref().map(|p| p.is_urgent()) {
+                s.urgent_during.push(urgent);
+            }
             if s.refuse_patterns && targets.iter().any(|t| t.is_pattern()) {
                 return Err(CacheError::Timeout);
             }

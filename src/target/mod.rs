@@ -258,11 +258,22 @@ pub trait CacheTarget: Send {
 /// whole call (which is then retried whole: executing is idempotent).
 pub struct Targets {
     targets: Vec<Box<dyn CacheTarget>>,
+    /// The stream's targets: their executions are urgent ([`priority`]).
+    urgent: Option<Arc<priority::Priority>>,
 }
 
 impl Targets {
     pub fn new(targets: Vec<Box<dyn CacheTarget>>) -> Self {
-        Targets { targets }
+        Targets {
+            targets,
+            urgent: None,
+        }
+    }
+
+    /// Marks every execution on these targets urgent in `priority` while it runs: keyspace
+    /// passes that defer to it hold their pages back meanwhile (the stream's exact keys).
+    pub fn urgent_with(&mut self, priority: Arc<priority::Priority>) {
+        self.urgent = Some(priority);
     }
 
     /// The targets a configuration names.
@@ -303,6 +314,7 @@ impl CacheTarget for Targets {
         targets: &'a [&'a Target],
     ) -> BoxFuture<'a, Result<ExecReport, CacheError>> {
         async move {
+            let _urgent = self.urgent.as_ref().map(|p| p.urgent());
             let mut total = ExecReport::default();
             for t in &mut self.targets {
                 total.add(&t.execute(marks, targets).await?);
@@ -504,5 +516,32 @@ impl CacheTarget for Targets {
             Ok(out)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::MemoryTarget;
+    use super::priority::Priority;
+    use super::*;
+
+    #[tokio::test]
+    async fn the_stream_targets_are_urgent_while_they_execute_and_only_then() {
+        let memory = MemoryTarget::new();
+        let priority = Arc::new(Priority::default());
+        memory.state().watch = Some(priority.clone());
+        let mut stream = Targets::new(vec![Box::new(memory.clone())]);
+        stream.urgent_with(priority.clone());
+        let key = Target::Key("k".into());
+        stream.execute(&[], &[&key]).await.unwrap();
+        assert!(!priority.is_urgent(), "released once done");
+        // A failed execution releases it too.
+        memory.fail_next(1);
+        assert!(stream.execute(&[], &[&key]).await.is_err());
+        assert!(!priority.is_urgent());
+        // Other targets (the passes', the API's) are not urgent.
+        let mut other = Targets::new(vec![Box::new(memory.clone())]);
+        other.execute(&[], &[&key]).await.unwrap();
+        assert_eq!(memory.state().urgent_during, [true, false]);
     }
 }

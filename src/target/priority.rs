@@ -35,6 +35,11 @@ impl Priority {
         Urgent(self)
     }
 
+    /// Whether urgent commands are in flight now.
+    pub fn is_urgent(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
+    }
+
     /// Returns once no urgent commands are in flight, or after `limit`.
     pub async fn defer(&self, limit: Duration) {
         let idle = self.idle.notified();
@@ -117,6 +122,7 @@ mod tests {
         let a = p.urgent();
         let b = p.urgent();
         drop(a);
+        assert!(p.is_urgent());
         let t = Instant::now();
         p.defer(Duration::from_millis(5)).await;
         assert_eq!(
@@ -125,6 +131,7 @@ mod tests {
             "one guard still held"
         );
         drop(b);
+        assert!(!p.is_urgent());
         let t = Instant::now();
         p.defer(Duration::from_millis(5)).await;
         assert_eq!(t.elapsed(), Duration::ZERO);

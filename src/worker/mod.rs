@@ -276,10 +276,12 @@ impl Worker {
             status.clone(),
             wake.clone(),
         );
-        // Exact keys first: the passes hold each page back while a batch's keys run.
+        // Exact keys first: the passes hold each page back while the stream's keys run.
         let priority = Arc::new(Priority::default());
+        let mut stream_targets = Targets::open(&config)?;
+        stream_targets.urgent_with(priority.clone());
         let mut scan_targets = Targets::open(&config)?;
-        scan_targets.defer_to(priority.clone());
+        scan_targets.defer_to(priority);
         let scans = scans::Scans::spawn(
             Box::new(scan_targets),
             Box::new(PgJournal::new(pg.clone())),
@@ -291,13 +293,12 @@ impl Worker {
             live: Arc::new(live),
             status,
             journal: Box::new(PgJournal::new(pg)),
-            targets: Targets::open(&config)?,
+            targets: stream_targets,
             backoff: Backoff::new(pipeline::max_backoff(config.worker.max_backoff_ms)),
             shutdown,
             followers: Followers::default(),
             prev_first_commit: None,
             trailing: confirm::Confirmations::new(trail, scans, wake),
-            priority,
         };
         Ok(Worker {
             config,

@@ -42,7 +42,6 @@ use crate::plan;
 use crate::runtime::{Backoff, Shutdown};
 use crate::source::{Batch, Source, SourceError};
 use crate::status::{add, Dependency, Status};
-use crate::target::priority::Priority;
 use crate::target::{CacheTarget, Targets};
 
 /// Where a finished batch's follow-up work goes (never waited for).
@@ -65,8 +64,6 @@ pub(crate) struct Pipeline {
     pub prev_first_commit: Option<crate::source::Lsn>,
     /// The stream's trailing journal, and the positions waiting for it.
     pub trailing: Confirmations,
-    /// Held while a batch's exact keys run: the keyspace passes hold their pages back meanwhile.
-    pub priority: Arc<Priority>,
 }
 
 impl Pipeline {
@@ -414,7 +411,6 @@ impl Pipeline {
         actions: &[crate::action::Action],
     ) -> Result<DateTime<Utc>, InvalidationError> {
         let n = actions.len();
-        let urgent = self.priority.urgent();
         let r = journal::invalidate_trailing(
             &mut self.trailing.trail,
             &mut self.targets,
@@ -422,7 +418,6 @@ impl Pipeline {
             marks,
         )
         .await;
-        drop(urgent);
         let c = &self.status.counters;
         match r {
             Ok(done) => {

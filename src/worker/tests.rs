@@ -172,7 +172,6 @@ impl World {
             followers: Followers::default(),
             prev_first_commit: None,
             trailing: Confirmations::new(trail, scans, wake),
-            priority: Default::default(),
         }
     }
 
