@@ -45,8 +45,11 @@ pub struct Counters {
     /// Time spent executing actions on Redis, in microseconds.
     pub redis_us: AtomicU64,
     /// Time spent in keyspace passes (beside the stream), in microseconds: with
-    /// `pattern_passes`, what one pass over the keyspace costs.
+    /// `pattern_passes`, what one pass over the keyspace costs. It includes
+    /// `pattern_deferred_us`.
     pub pattern_pass_us: AtomicU64,
+    /// Time keyspace passes held their pages back for the stream's exact keys, in microseconds.
+    pub pattern_deferred_us: AtomicU64,
     /// Successful rule reloads.
     pub rule_reloads: AtomicU64,
     /// Application invalidation requests executed.
@@ -679,6 +682,7 @@ impl Status {
             ("journal_us", get(&c.journal_us)),
             ("redis_us", get(&c.redis_us)),
             ("pattern_pass_us", get(&c.pattern_pass_us)),
+            ("pattern_deferred_us", get(&c.pattern_deferred_us)),
             ("rule_reloads", get(&c.rule_reloads)),
             ("requests", get(&c.requests)),
             ("warm_writes", get(&c.warm_writes)),

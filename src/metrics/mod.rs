@@ -218,8 +218,13 @@ pub fn render(status: &Status) -> String {
         ),
         (
             "pattern_pass_seconds",
-            "Time spent in keyspace passes for patterns",
+            "Time spent in keyspace passes for patterns (including pattern_deferred_seconds)",
             &c.pattern_pass_us,
+        ),
+        (
+            "pattern_deferred_seconds",
+            "Time keyspace passes held their pages back for the stream's exact keys",
+            &c.pattern_deferred_us,
         ),
     ] {
         r.register(name, help, ConstCounter::new(get(us) as f64 / 1e6));

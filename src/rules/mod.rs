@@ -429,6 +429,48 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleErrors> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `concerned` finds a relation's rules by schema, then table; it names exactly the
+        /// rules `for_table` finds by the relation's `schema.table` (dots and all).
+        #[test]
+        fn concerned_is_for_table_by_qualified_name(
+            schema in "(public|other|pub|lic|a\\.b|)",
+            name in "(t|u|lic\\.t|b\\.t|public\\.t|)",
+        ) {
+            let rules = RuleSet::new(
+                parse_file(
+                    Path::new("r.toml"),
+                    "[[rule]]\nname='pt'\ntable='public.t'\nkeys=['t:{id}']\n\
+                     [[rule]]\nname='t'\ntable='t'\nkeys=['t2:{id}']\n\
+                     [[rule]]\nname='ou'\ntable='other.u'\nkeys=['u:{id}']\n\
+                     [[rule]]\nname='pu'\ntable='public.u'\nkeys=['u2:{id}']\n",
+                )
+                .unwrap(),
+            );
+            let base = crate::source::Relation::text_courses(&["id"]);
+            let relation = std::sync::Arc::new(crate::source::Relation {
+                schema: schema.clone(),
+                name: name.clone(),
+                ..(*base).clone()
+            });
+            let change = Change {
+                relation: relation.clone(),
+                op: Op::Insert,
+                old: None,
+                new: None,
+                undecodable: None,
+            };
+            let by_relation: Vec<&str> = rules.concerned(&change).map(|r| r.name.as_str()).collect();
+            let by_name: Vec<&str> = if schema.is_empty() {
+                rules.rules.iter().map(|r| r.name.as_str()).collect()
+            } else {
+                rules.for_table(&relation.qualified_name()).map(|r| r.name.as_str()).collect()
+            };
+            prop_assert_eq!(by_relation, by_name);
+        }
+    }
 
     #[test]
     fn needed_columns_are_what_rules_read() {

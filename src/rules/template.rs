@@ -550,6 +550,21 @@ mod tests {
         }
 
         #[test]
+        fn escaping_in_runs_is_escaping_each_character(v in "(\\PC|[*?\\[\\]\\\\]){0,30}") {
+            let mut each = String::new();
+            for c in v.chars() {
+                if is_glob_char(c) {
+                    each.push('\\');
+                }
+                each.push(c);
+            }
+            let mut runs = String::from("p:");
+            push_escaped(&mut runs, &v);
+            prop_assert_eq!(&runs[2..], each.as_str());
+            prop_assert_eq!(escape_glob(&v), each);
+        }
+
+        #[test]
         fn escaped_values_match_only_themselves(v in "[a-z*?\\[\\]\\\\]{0,12}") {
             let escaped = escape_glob(&v);
             prop_assert!(crate::glob::glob_match(&escaped, &v));

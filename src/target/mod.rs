@@ -60,6 +60,8 @@ pub struct ExecReport {
     pub tags: u64,
     /// Version keys incremented.
     pub bumps: u64,
+    /// Time keyspace passes held pages back for the stream ([`priority`]), in microseconds.
+    pub deferred_us: u64,
 }
 
 impl ExecReport {
@@ -70,6 +72,7 @@ impl ExecReport {
         self.scans += other.scans;
         self.tags += other.tags;
         self.bumps += other.bumps;
+        self.deferred_us += other.deferred_us;
     }
 }
 
@@ -271,7 +274,8 @@ impl Targets {
     }
 
     /// Marks every execution on these targets urgent in `priority` while it runs: keyspace
-    /// passes that defer to it hold their pages back meanwhile (the stream's exact keys).
+    /// passes that defer to it hold their pages back meanwhile. The worker gives it the
+    /// stream's targets (its batches, and the recovery of rows left pending before it streams).
     pub fn urgent_with(&mut self, priority: Arc<priority::Priority>) {
         self.urgent = Some(priority);
     }

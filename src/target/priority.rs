@@ -5,9 +5,12 @@
 //! runs waits for it, and on a busy machine the pages also take the CPU the stream's round trip
 //! needs. [`Priority`] lets the stream say when it has a batch in flight ([`Priority::urgent`],
 //! held while the batch's commands run) and lets a pass hold its next page meanwhile
-//! ([`Priority::defer`]). The wait is bounded per page ([`DEFER_AT_MOST`]), so a saturated
-//! stream slows passes down but never stops them. Nothing here affects what a pass covers or
-//! when a position is confirmed: only when the pass's next page is sent.
+//! ([`Priority::defer`]). The wait is bounded per page ([`DEFER_AT_MOST`]) and, by the Redis
+//! target, per pass (a quarter of the time the pass works), so a saturated stream stretches
+//! passes by a fifth at most and never stops them. Nothing here changes what a pass covers or
+//! the order of confirmations: only when the pass's next page is sent (and so, by that
+//! stretch at most, when positions waiting on the pass are confirmed). Only the scanner's
+//! target defers: delayed passes and operator requests run as before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

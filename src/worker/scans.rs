@@ -121,6 +121,7 @@ impl Scanner {
                         let c = &self.status.counters;
                         add(&c.pattern_passes, 1);
                         add(&c.pattern_pass_us, started.elapsed().as_micros() as u64);
+                        add(&c.pattern_deferred_us, report.deferred_us);
                         add(&c.keys_removed, report.removed);
                         self.backoff.reset();
                         break Utc::now();

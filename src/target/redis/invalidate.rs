@@ -92,6 +92,7 @@ impl RedisTarget {
         marks: &[(String, Version)],
         targets: &[&Target],
     ) -> Result<ExecReport, CacheError> {
+        self.started = std::time::Instant::now();
         self.set_marks(marks).await?;
         let mut keys: Vec<&str> = Vec::new();
         let mut patterns: Vec<&str> = Vec::new();
@@ -202,7 +203,7 @@ impl RedisTarget {
         let kind = (what == Paged::TagSets).then_some("set");
         let mut cursor = 0;
         loop {
-            self.before_page().await;
+            self.before_page(report).await;
             let page = self.scan_page(pattern, kind, cursor, report).await;
             let (next, found) = self.forget_on_error(page)?;
             let names: Vec<&str> = found.iter().map(String::as_str).collect();
@@ -280,7 +281,7 @@ impl RedisTarget {
         let mut conn = self.connection().await.map_err(into_redis)?;
         let mut cursor: u64 = 0;
         loop {
-            self.before_page().await;
+            self.before_page(report).await;
             let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")

@@ -15,7 +15,7 @@ mod stats;
 mod versioned;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -70,6 +70,8 @@ pub struct RedisTarget {
     opts: CacheOptions,
     /// Keyspace passes hold each page back while this has urgent commands in flight.
     defer_to: Option<Arc<Priority>>,
+    /// When the current execution began: its passes' waiting is budgeted against it.
+    started: Instant,
 }
 
 /// A client for `[redis]`: its URL, and for `rediss://` the certificate authority and client
@@ -129,6 +131,7 @@ impl RedisTarget {
             conn: None,
             opts,
             defer_to: None,
+            started: Instant::now(),
         })
     }
 
@@ -148,12 +151,20 @@ impl RedisTarget {
         Ok(c)
     }
 
-    /// Before a keyspace pass's next page: waits (boundedly) while the stream has exact keys
-    /// in flight, so a page never goes ahead of them ([`super::priority`]).
-    pub(super) async fn before_page(&self) {
-        if let Some(p) = &self.defer_to {
-            p.defer(DEFER_AT_MOST).await;
+    /// Before a keyspace pass's next page: while the stream has exact keys in flight, waits
+    /// for them, at most [`DEFER_AT_MOST`] a page and, over the whole execution, at most a
+    /// quarter of the time spent working (so a saturated stream stretches a pass by a fifth at
+    /// most). The wait is added to `report.deferred_us`.
+    pub(super) async fn before_page(&self, report: &mut ExecReport) {
+        let Some(p) = &self.defer_to else { return };
+        let waited = Duration::from_micros(report.deferred_us);
+        let working = self.started.elapsed().saturating_sub(waited);
+        if waited * 4 > working || !p.is_urgent() {
+            return;
         }
+        let t = Instant::now();
+        p.defer(DEFER_AT_MOST).await;
+        report.deferred_us += t.elapsed().as_micros() as u64;
     }
 
     /// Checks the connection with `PING`.
