@@ -673,6 +673,7 @@ async fn main() {
     };
     let worker_passes = delta("pattern_passes");
     let worker_pass = delta("pattern_pass_us") / 1000.0 / worker_passes.max(1.0);
+    let deferred = delta("pattern_deferred_us") / 1000.0 / worker_passes.max(1.0);
     let last = next.load(Ordering::Relaxed);
     drain(
         &seen.course_sent,
@@ -697,8 +698,9 @@ async fn main() {
         ms(pct(&beside_raw, 0.99)),
     );
     println!(
-        "  the worker ran {worker_passes:.0} passes meanwhile, {} each = {:.2} loaded raw passes",
+        "  the worker ran {worker_passes:.0} passes meanwhile, {} each ({} of it deferring to the stream) = {:.2} loaded raw passes",
         ms(worker_pass),
+        ms(deferred),
         worker_pass / loaded_pass
     );
     println!(
