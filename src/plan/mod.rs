@@ -156,7 +156,7 @@ fn rules_for<'r>(
 ) -> Box<dyn Iterator<Item = &'r Rule> + 'r> {
     match cx.tables_by_oid.get(&change.relation.oid) {
         Some(name) if !change.relation.schema.is_empty() && !change.relation.is_named(name) => {
-            Box::new(rules.for_table(name))
+            rules.for_table(name)
         }
         _ => rules.concerned(change),
     }

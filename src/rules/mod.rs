@@ -255,18 +255,16 @@ impl Rule {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
-    by_table: HashMap<String, Vec<usize>>,
-    /// The same index by schema, then table: a change's relation finds its rules without
-    /// building its `schema.table` name (once per change on the hot path).
+    /// Rule positions by schema, then table: a change's relation finds its rules without
+    /// building its `schema.table` name (once per change on the hot path), and a
+    /// `schema.table` name (a rule's `table`) by its two parts.
     by_schema: HashMap<String, HashMap<String, Vec<usize>>>,
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> Self {
-        let mut by_table: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_schema: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         for (i, r) in rules.iter().enumerate() {
-            by_table.entry(r.table.clone()).or_default().push(i);
             let (schema, table) = crate::sql::split_table(&r.table);
             by_schema
                 .entry(schema.to_string())
@@ -275,39 +273,41 @@ impl RuleSet {
                 .or_default()
                 .push(i);
         }
-        RuleSet {
-            rules,
-            by_table,
-            by_schema,
-        }
+        RuleSet { rules, by_schema }
     }
 
     /// The tables the rules watch, sorted.
     pub fn tables(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.by_table.keys().cloned().collect();
-        t.sort();
-        t
+        let tables: BTreeSet<&str> = self.rules.iter().map(|r| r.table.as_str()).collect();
+        tables.into_iter().map(String::from).collect()
     }
 
-    /// The rules on `table` (`schema.table`).
-    pub fn for_table<'a>(&'a self, table: &str) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.by_table
-            .get(table)
-            .into_iter()
-            .flatten()
-            .map(move |&i| &self.rules[i])
+    /// The rules on `table` (`schema.table`, as rules name it: neither part holds a dot).
+    pub fn for_table<'a>(&'a self, table: &str) -> Box<dyn Iterator<Item = &'a Rule> + 'a> {
+        match table.split_once('.') {
+            Some((schema, name)) => self.in_table(schema, name),
+            None => Box::new(std::iter::empty()),
+        }
     }
 
     /// The rules a change concerns: its table's, or every rule when the change could not even
     /// be attributed to a table.
     pub fn concerned<'a>(&'a self, change: &Change) -> Box<dyn Iterator<Item = &'a Rule> + 'a> {
-        if change.relation.schema.is_empty() {
+        let r = &change.relation;
+        if r.schema.is_empty() {
             Box::new(self.rules.iter())
         } else {
-            let r = &change.relation;
-            let found = self.by_schema.get(&r.schema).and_then(|t| t.get(&r.name));
-            Box::new(found.into_iter().flatten().map(move |&i| &self.rules[i]))
+            self.in_table(&r.schema, &r.name)
         }
+    }
+
+    fn in_table<'a>(
+        &'a self,
+        schema: &str,
+        table: &str,
+    ) -> Box<dyn Iterator<Item = &'a Rule> + 'a> {
+        let found = self.by_schema.get(schema).and_then(|t| t.get(table));
+        Box::new(found.into_iter().flatten().map(move |&i| &self.rules[i]))
     }
 
     /// The columns each table's rules read (templates, `changed`, `when`, warm arguments), so a
