@@ -333,6 +333,12 @@ async fn scan_pass(r: &mut redis::aio::MultiplexedConnection) -> f64 {
 }
 
 /// One line of sorted lags: p50, p99, max, and a note.
+/// How much a `/status` counter grew between two readings.
+fn counter_delta(before: &serde_json::Value, after: &serde_json::Value, counter: &str) -> f64 {
+    let read = |v: &serde_json::Value| v["counters"][counter].as_f64().unwrap_or(0.0);
+    read(after) - read(before)
+}
+
 fn print_lags(who: &str, sorted: &[f64], note: &str) {
     println!(
         "  lag {who} p50 {}  p99 {}  max {}{note}",
@@ -581,10 +587,7 @@ async fn main() {
             wal.worker_bytes as f64 / wal.app_bytes.max(1) as f64,
             wal.worker_commits as f64 / app_tx
         );
-        let delta = |k: &str| {
-            after["counters"][k].as_f64().unwrap_or(0.0)
-                - before["counters"][k].as_f64().unwrap_or(0.0)
-        };
+        let delta = |k: &str| counter_delta(&before, &after, k);
         println!(
             "  worker's own view: {:.0} batches, {:.1} changes/batch, {:.3} ms in Redis/batch; lag (WAL commit time -> done) p50 {} p99 {}",
             delta("batches"),
@@ -668,9 +671,7 @@ async fn main() {
     let fired = courses.await.unwrap();
     // The worker's passes while the rule fires: how many, and their mean length.
     let after = http_status(STATUS).await.unwrap_or_default();
-    let delta = |k: &str| {
-        after["counters"][k].as_f64().unwrap_or(0.0) - before["counters"][k].as_f64().unwrap_or(0.0)
-    };
+    let delta = |k: &str| counter_delta(&before, &after, k);
     let worker_passes = delta("pattern_passes");
     let worker_pass = delta("pattern_pass_us") / 1000.0 / worker_passes.max(1.0);
     let deferred = delta("pattern_deferred_us") / 1000.0 / worker_passes.max(1.0);
