@@ -50,6 +50,9 @@ pub struct Counters {
     pub pattern_pass_us: AtomicU64,
     /// Time keyspace passes held their pages back for the stream's exact keys, in microseconds.
     pub pattern_deferred_us: AtomicU64,
+    /// Patterns that joined a running keyspace pass, which unlinked what they match in the
+    /// rest of it ahead of the pass that covers them.
+    pub pattern_joins: AtomicU64,
     /// Successful rule reloads.
     pub rule_reloads: AtomicU64,
     /// Application invalidation requests executed.
@@ -683,6 +686,7 @@ impl Status {
             ("redis_us", get(&c.redis_us)),
             ("pattern_pass_us", get(&c.pattern_pass_us)),
             ("pattern_deferred_us", get(&c.pattern_deferred_us)),
+            ("pattern_joins", get(&c.pattern_joins)),
             ("rule_reloads", get(&c.rule_reloads)),
             ("requests", get(&c.requests)),
             ("warm_writes", get(&c.warm_writes)),

@@ -96,6 +96,11 @@ pub fn render(status: &Status) -> String {
             get(&c.pattern_passes),
         ),
         (
+            "pattern_joins",
+            "Patterns that joined a running keyspace pass (unlinked ahead of the pass covering them)",
+            get(&c.pattern_joins),
+        ),
+        (
             "skipped_keys",
             "Keys not rendered because a value was missing",
             get(&c.skipped_keys),

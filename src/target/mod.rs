@@ -14,11 +14,14 @@
 //!   health and monitoring; sampling scans in pages and never blocks the server.
 //!
 //! * A target that runs keyspace passes may be told to hold each page back while the stream has
-//!   exact keys in flight ([`CacheTarget::defer_to`], [`priority`]).
+//!   exact keys in flight ([`CacheTarget::defer_to`], [`priority`]), and to unlink, for the
+//!   rest of a running pass, what patterns requested meanwhile match ([`CacheTarget::join_from`],
+//!   [`early`]).
 //!
 //! [`Targets`] is the list the worker holds (one per configured cache; each action must succeed
 //! on all). [`redis`] is the implementation for Redis; `memory` an in-memory one for tests.
 
+pub mod early;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod priority;
@@ -62,6 +65,8 @@ pub struct ExecReport {
     pub bumps: u64,
     /// Time keyspace passes held pages back for the stream ([`priority`]), in microseconds.
     pub deferred_us: u64,
+    /// Patterns that joined a running pass ([`early`]).
+    pub joined: u64,
 }
 
 impl ExecReport {
@@ -73,6 +78,7 @@ impl ExecReport {
         self.tags += other.tags;
         self.bumps += other.bumps;
         self.deferred_us += other.deferred_us;
+        self.joined += other.joined;
     }
 }
 
@@ -199,6 +205,11 @@ pub trait CacheTarget: Send {
     /// From now on, hold each page of a keyspace pass back while `priority` has urgent
     /// commands in flight (a target without passes ignores it).
     fn defer_to(&mut self, _priority: Arc<priority::Priority>) {}
+
+    /// From now on, let patterns offered to `early` join each running keyspace pass: the
+    /// pass also unlinks what they match in the part of the keyspace it has still to read
+    /// (a target without passes ignores it). Never a substitute for the pass that covers them.
+    fn join_from(&mut self, _early: Arc<early::Early>) {}
 
     /// Checks the connection.
     fn ping(&mut self) -> BoxFuture<'_, Result<(), CacheError>>;
@@ -331,6 +342,12 @@ impl CacheTarget for Targets {
     fn defer_to(&mut self, priority: Arc<priority::Priority>) {
         for t in &mut self.targets {
             t.defer_to(priority.clone());
+        }
+    }
+
+    fn join_from(&mut self, early: Arc<early::Early>) {
+        for t in &mut self.targets {
+            t.join_from(early.clone());
         }
     }
 

@@ -10,7 +10,9 @@
 //! their final state, and then publishes the highest request number it covered
 //! ([`Scans::done`]). Requests that arrive while a pass runs wait for the next one, so pending
 //! scans of the same pattern coalesce into one pass, and a pass always starts after the commit
-//! of every change it covers — which is what invalidation needs.
+//! of every change it covers — which is what invalidation needs. They also join the running
+//! pass for its rest ([`crate::target::early`]): it unlinks what they match ahead of the pass
+//! that covers them, so a key waits about one pass, not up to two.
 //!
 //! The acknowledgement contract is kept by the pipeline's confirmations
 //! ([`super::confirm`]): a position waits until every request made before it is covered by a
@@ -27,6 +29,7 @@ use crate::action::{Action, Target};
 use crate::journal::{Item, JournalError, JournalStore};
 use crate::runtime::{numbered, Backoff, Finished, Numbered};
 use crate::status::{add, Dependency, Status};
+use crate::target::early::Early;
 use crate::target::{CacheError, CacheTarget};
 
 /// Requests that may wait for the scanner before [`Scans::request`] waits.
@@ -35,32 +38,43 @@ const QUEUE: usize = 1024;
 /// The stream's handle on the keyspace passes.
 pub(crate) struct Scans {
     queue: Numbered<Vec<Action>>,
+    /// Where requests are offered to the running pass ([`crate::target::early`]).
+    early: Arc<Early>,
 }
 
 impl Scans {
     /// Starts the scanner over its own cache connection and journal. `wake` is notified after
-    /// each finished pass.
+    /// each finished pass. Patterns requested while a pass runs join it (the rest of it
+    /// unlinks what they match) and are covered by the next.
     pub fn spawn(
-        cache: Box<dyn CacheTarget>,
+        mut cache: Box<dyn CacheTarget>,
         journal: Box<dyn JournalStore>,
         status: Arc<Status>,
         wake: Arc<Notify>,
         max_backoff: Duration,
     ) -> Scans {
         let (queue, rx, done) = numbered(QUEUE, wake);
+        let early = Arc::new(Early::default());
+        cache.join_from(early.clone());
         let scanner = Scanner {
             cache,
+            early: early.clone(),
             journal,
             status,
             done,
             backoff: Backoff::new(max_backoff),
         };
         tokio::spawn(scanner.run(rx));
-        Scans { queue }
+        Scans { queue, early }
     }
 
     /// Asks for a pass covering `actions`; returns the request's number.
     pub async fn request(&mut self, actions: Vec<Action>) -> Result<u64, JournalError> {
+        self.early
+            .offer(actions.iter().filter_map(|a| match &a.target {
+                Target::Pattern(p) => Some(p.as_str()),
+                _ => None,
+            }));
         self.queue
             .send(actions)
             .await
@@ -86,6 +100,7 @@ impl Scans {
 /// The scanner task.
 struct Scanner {
     cache: Box<dyn CacheTarget>,
+    early: Arc<Early>,
     journal: Box<dyn JournalStore>,
     status: Arc<Status>,
     done: Finished,
@@ -95,7 +110,9 @@ struct Scanner {
 impl Scanner {
     async fn run(mut self, mut rx: mpsc::Receiver<(u64, Vec<Action>)>) {
         while let Some((first, actions)) = rx.recv().await {
-            // Everything requested before the pass starts is covered by it.
+            // Everything requested before the pass starts is covered by it; what is requested
+            // from now on joins it (see `Early::clear`).
+            self.early.clear();
             let mut covered = first;
             let mut items = vec![actions];
             while let Ok((n, actions)) = rx.try_recv() {
@@ -122,6 +139,7 @@ impl Scanner {
                         add(&c.pattern_passes, 1);
                         add(&c.pattern_pass_us, started.elapsed().as_micros() as u64);
                         add(&c.pattern_deferred_us, report.deferred_us);
+                        add(&c.pattern_joins, report.joined);
                         add(&c.keys_removed, report.removed);
                         self.backoff.reset();
                         break Utc::now();

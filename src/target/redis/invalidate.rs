@@ -268,19 +268,35 @@ impl RedisTarget {
     /// One `SCAN` pass for one or several patterns: the server matches one pattern itself, or
     /// the common literal prefix of several (at least `key_prefix` when the rules use one), in
     /// which case this process matches each key against every pattern; each page's matches are
-    /// unlinked in one command.
+    /// unlinked in one command. Patterns requested meanwhile join the rest of the pass (see
+    /// [`crate::target::early`]): what they match is unlinked ahead of the pass that covers
+    /// them.
     async fn unlink_patterns(
         &mut self,
         patterns: &[&str],
         report: &mut ExecReport,
     ) -> Result<(), redis::RedisError> {
-        let server_side = match patterns {
+        let early = self.early.clone();
+        let (mut taken, mut joined) = (0, Vec::<String>::new());
+        let mut server_side = match patterns {
             [one] => one.to_string(),
             many => format!("{}*", literal_prefix(many)),
         };
         let mut conn = self.connection().await.map_err(into_redis)?;
         let mut cursor: u64 = 0;
         loop {
+            if let Some(early) = &early {
+                let before = joined.len();
+                if early.take(&mut taken, &mut joined) {
+                    report.joined += (joined.len() - before) as u64;
+                    let all: Vec<&str> = patterns
+                        .iter()
+                        .copied()
+                        .chain(joined.iter().map(String::as_str))
+                        .collect();
+                    server_side = format!("{}*", literal_prefix(&all));
+                }
+            }
             self.before_page(report).await;
             let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -291,9 +307,14 @@ impl RedisTarget {
                 .query_async(&mut conn)
                 .await?;
             report.scans += 1;
+            let single = patterns.len() == 1 && joined.is_empty();
             let hits: Vec<&String> = found
                 .iter()
-                .filter(|k| patterns.len() == 1 || patterns.iter().any(|p| glob_match(p, k)))
+                .filter(|k| {
+                    single
+                        || patterns.iter().any(|p| glob_match(p, k))
+                        || joined.iter().any(|p| glob_match(p, k))
+                })
                 .collect();
             if !hits.is_empty() {
                 let removed: u64 = redis::cmd("UNLINK")

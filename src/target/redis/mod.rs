@@ -21,6 +21,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 
+use super::early::Early;
 use super::priority::{Priority, DEFER_AT_MOST};
 use super::{
     CacheError, CacheStats, CacheTarget, Cached, ExecReport, Inspected, Preview, VersionedWrite,
@@ -70,6 +71,8 @@ pub struct RedisTarget {
     opts: CacheOptions,
     /// Keyspace passes hold each page back while this has urgent commands in flight.
     defer_to: Option<Arc<Priority>>,
+    /// Patterns requested while a pass runs, which join it ([`crate::target::early`]).
+    early: Option<Arc<Early>>,
     /// When the current execution began: its passes' waiting is budgeted against it.
     started: Instant,
 }
@@ -131,6 +134,7 @@ impl RedisTarget {
             conn: None,
             opts,
             defer_to: None,
+            early: None,
             started: Instant::now(),
         })
     }
@@ -235,6 +239,10 @@ impl CacheTarget for RedisTarget {
 
     fn defer_to(&mut self, priority: Arc<Priority>) {
         self.defer_to = Some(priority);
+    }
+
+    fn join_from(&mut self, early: Arc<Early>) {
+        self.early = Some(early);
     }
 
     fn write_versioned<'a>(
