@@ -11,7 +11,7 @@ use cachewarden::action::Target;
 use cachewarden::target::early::Early;
 use cachewarden::target::redis::CacheOptions;
 use cachewarden::target::{CacheTarget, RedisTarget};
-use common::OwnRedis;
+use common::{OwnRedis, TestEnv, WAIT};
 use redis::AsyncCommands;
 
 const EACH: usize = 10_000;
@@ -114,4 +114,92 @@ async fn a_joined_pattern_with_another_prefix_widens_the_server_side_match_only(
         500,
         "only what a pattern matches"
     );
+}
+
+const SCHEMA: &str = "CREATE TABLE courses (id bigint PRIMARY KEY, title text NOT NULL);
+ALTER TABLE courses REPLICA IDENTITY FULL;
+INSERT INTO courses VALUES (1, 'a'), (2, 'b');";
+
+const RULES: &str = r#"
+[[rule]]
+name = "course-pages"
+table = "courses"
+patterns = ["catalog:{id}:page:*"]
+"#;
+
+/// How many SCAN calls this Redis has served.
+async fn scans(r: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(r)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_lets_a_change_made_mid_pass_join_it_and_still_gives_it_a_pass_of_its_own() {
+    let (server, mut r) = OwnRedis::start(&[]).await;
+    let env = TestEnv::new("early_join", SCHEMA).await;
+    env.write_rules("rules.toml", RULES);
+    let mut config = env.config();
+    config.redis.url = server.url.clone();
+    config.redis.scan_count = 10;
+    // 40,000 other keys: a pass is 4,000 pages, long enough to change a course during it.
+    let mut keys: Vec<(String, u8)> = (0..40_000).map(|i| (format!("other:{i}"), 1)).collect();
+    for course in [1, 2] {
+        keys.extend((0..50).map(|p| (env.key(&format!("catalog:{course}:page:{p}")), 1)));
+    }
+    let () = r.mset(&keys).await.unwrap();
+    let w = env.start_worker_with(config).await;
+
+    env.db
+        .execute("UPDATE courses SET title = 'a2' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // Once course 1's pass is under way (only this worker scans this Redis), course 2 changes.
+    common::eventually("course 1's pass starts", WAIT, || {
+        let mut r = r.clone();
+        async move { scans(&mut r).await > 0 }
+    })
+    .await;
+    env.db
+        .execute("UPDATE courses SET title = 'b2' WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let pages = env.key("catalog:*");
+    common::eventually("every catalog page is gone", WAIT, || {
+        let (mut r, pages) = (r.clone(), pages.clone());
+        async move { count(&mut r, &pages).await == 0 }
+    })
+    .await;
+    env.wait_caught_up(WAIT).await;
+
+    let c = &w.status.counters;
+    let joins = c.pattern_joins.load(std::sync::atomic::Ordering::Relaxed);
+    let passes = c.pattern_passes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(joins >= 1, "course 2's pattern joined the running pass");
+    assert!(passes >= 2, "and still had a pass of its own: {passes}");
+    // Each change's pattern is journaled, final, by the pass that covers it.
+    let rows = env
+        .db
+        .query(
+            "SELECT key_pattern, status FROM cache_invalidations ORDER BY key_pattern",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        rows,
+        [
+            (env.key("catalog:1:page:*"), "completed".to_string()),
+            (env.key("catalog:2:page:*"), "completed".to_string()),
+        ]
+    );
+    w.stop().await;
+    env.cleanup().await;
 }
