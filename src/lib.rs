@@ -48,7 +48,7 @@ mod encode;
 pub mod explain;
 mod failpoints;
 pub mod fence;
-mod glob;
+pub mod glob;
 pub mod journal;
 pub mod metrics;
 pub mod migrate;

@@ -51,7 +51,8 @@ pub struct Counters {
     /// Time keyspace passes held their pages back for the stream's exact keys, in microseconds.
     pub pattern_deferred_us: AtomicU64,
     /// Patterns that joined a running keyspace pass, which unlinked what they match in the
-    /// rest of it ahead of the pass that covers them.
+    /// rest of it ahead of the pass that covers them (each distinct pattern once a pass, per
+    /// cache).
     pub pattern_joins: AtomicU64,
     /// Successful rule reloads.
     pub rule_reloads: AtomicU64,

@@ -97,7 +97,7 @@ pub fn render(status: &Status) -> String {
         ),
         (
             "pattern_joins",
-            "Patterns that joined a running keyspace pass (unlinked ahead of the pass covering them)",
+            "Patterns that joined a running keyspace pass, per cache (unlinked ahead of the pass covering them)",
             get(&c.pattern_joins),
         ),
         (

@@ -12,7 +12,7 @@
 //! scans of the same pattern coalesce into one pass, and a pass always starts after the commit
 //! of every change it covers — which is what invalidation needs. They also join the running
 //! pass for its rest ([`crate::target::early`]): it unlinks what they match ahead of the pass
-//! that covers them, so a key waits about one pass, not up to two.
+//! that covers them, so a key mostly waits less than one pass instead of up to two.
 //!
 //! The acknowledgement contract is kept by the pipeline's confirmations
 //! ([`super::confirm`]): a position waits until every request made before it is covered by a

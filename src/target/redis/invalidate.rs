@@ -4,7 +4,7 @@
 use super::{into_redis, RedisTarget};
 use crate::action::Target;
 use crate::fence::Version;
-use crate::glob::glob_match;
+use crate::glob::glob_match_bytes;
 use crate::target::{CacheError, ExecReport};
 
 /// Invalidates tag sets in bounded steps, so a big set never blocks Redis (no `SMEMBERS`).
@@ -36,6 +36,10 @@ end
 out[1] = removed
 return out
 ";
+
+/// At most this many patterns join one running pass ([`crate::target::early`]): each key a
+/// page returns is matched against every joined pattern; the others wait for the next pass.
+pub const MAX_JOINED: usize = 256;
 
 /// Members popped per tag set per script call: about a millisecond of Redis time.
 const TAG_STEP: usize = 1000;
@@ -267,17 +271,19 @@ impl RedisTarget {
 
     /// One `SCAN` pass for one or several patterns: the server matches one pattern itself, or
     /// the common literal prefix of several (at least `key_prefix` when the rules use one), in
-    /// which case this process matches each key against every pattern; each page's matches are
-    /// unlinked in one command. Patterns requested meanwhile join the rest of the pass (see
-    /// [`crate::target::early`]): what they match is unlinked ahead of the pass that covers
-    /// them.
+    /// which case this process matches each key against every pattern, exactly as Redis would
+    /// ([`glob_match_bytes`]; keys are read as bytes, so no key can fail a pass); each page's
+    /// matches are unlinked in one command. Patterns requested meanwhile join the rest of the
+    /// pass (see [`crate::target::early`]; at most [`MAX_JOINED`], and none that would widen
+    /// the server's filter to every key): what they match is unlinked when the pass reaches
+    /// it, ahead of the pass that covers them.
     async fn unlink_patterns(
         &mut self,
         patterns: &[&str],
         report: &mut ExecReport,
     ) -> Result<(), redis::RedisError> {
         let early = self.early.clone();
-        let (mut taken, mut joined) = (0, Vec::<String>::new());
+        let (mut taken, mut offered, mut joined) = (0, Vec::<String>::new(), Vec::<String>::new());
         let mut server_side = match patterns {
             [one] => one.to_string(),
             many => format!("{}*", literal_prefix(many)),
@@ -286,19 +292,34 @@ impl RedisTarget {
         let mut cursor: u64 = 0;
         loop {
             if let Some(early) = &early {
-                let before = joined.len();
-                if early.take(&mut taken, &mut joined) {
+                offered.clear();
+                if early.take(&mut taken, &mut offered) {
+                    let before = joined.len();
+                    for q in offered.drain(..) {
+                        if joined.len() >= MAX_JOINED
+                            || patterns.contains(&q.as_str())
+                            || joined.contains(&q)
+                        {
+                            continue;
+                        }
+                        let all: Vec<&str> = patterns
+                            .iter()
+                            .copied()
+                            .chain(joined.iter().map(String::as_str))
+                            .chain([q.as_str()])
+                            .collect();
+                        let prefix = literal_prefix(&all);
+                        if prefix.is_empty() {
+                            continue;
+                        }
+                        server_side = format!("{prefix}*");
+                        joined.push(q);
+                    }
                     report.joined += (joined.len() - before) as u64;
-                    let all: Vec<&str> = patterns
-                        .iter()
-                        .copied()
-                        .chain(joined.iter().map(String::as_str))
-                        .collect();
-                    server_side = format!("{}*", literal_prefix(&all));
                 }
             }
             self.before_page(report).await;
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&server_side)
@@ -308,12 +329,12 @@ impl RedisTarget {
                 .await?;
             report.scans += 1;
             let single = patterns.len() == 1 && joined.is_empty();
-            let hits: Vec<&String> = found
+            let hits: Vec<&Vec<u8>> = found
                 .iter()
                 .filter(|k| {
                     single
-                        || patterns.iter().any(|p| glob_match(p, k))
-                        || joined.iter().any(|p| glob_match(p, k))
+                        || patterns.iter().any(|p| glob_match_bytes(p.as_bytes(), k))
+                        || joined.iter().any(|p| glob_match_bytes(p.as_bytes(), k))
                 })
                 .collect();
             if !hits.is_empty() {
