@@ -14,12 +14,12 @@
 //!    second (one course update each) beside 1,000 exact-key tx/s: the pattern's lag as a
 //!    multiple of one `SCAN` pass over the same keyspace (measured here), and the exact keys'
 //!    lag against their lag at the same rate on the same keyspace with no pass running,
-//!    measured just before. A raw `SCAN` pass is also timed under the same exact-key load,
+//!    measured before and after the passes (pooled). A raw `SCAN` pass is also timed under the same exact-key load,
 //!    with the exact keys' lag beside it: the same-conditions baseline for passes.
 //!
 //! `CW_HOT_SECS` (10) sets each rate phase's length, `CW_HOT_RATES` ("100,1000,10000") the
 //! rates, `CW_HOT_PATTERN_SECS` (30, or `CW_HOT_SECS` if longer) the length of each pattern
-//! phase (no pass, raw passes, the worker's passes), `CW_HOT_FILLER` (1000000) the other
+//! phase (no pass, raw passes, the worker's passes, no pass again), `CW_HOT_FILLER` (1000000) the other
 //! keys, `CW_BIN` another cachewarden binary to measure (an earlier build, for before/after
 //! figures). Run with `bench/run.sh hotpath`.
 
@@ -177,6 +177,21 @@ async fn load(
         total += t.await.unwrap();
     }
     total
+}
+
+/// 1,000 exact-key tx/s for `secs` with nothing else going on: their lags, sorted, and how
+/// many keys were never unlinked.
+async fn exact_alone(
+    conns: &[Arc<Client>],
+    secs: f64,
+    next: &Arc<AtomicUsize>,
+    seen: &Arc<Seen>,
+) -> (Vec<f64>, usize) {
+    let first = next.load(Ordering::Relaxed);
+    load(conns, 1000.0, secs, next, seen).await;
+    let last = next.load(Ordering::Relaxed);
+    drain(&seen.sent, &seen.cw, first..last, Duration::from_secs(60)).await;
+    lags(&seen.sent, &seen.cw, first..last)
 }
 
 /// Lags in milliseconds of ids `range` from `sent` to `done`, sorted; and how many never came.
@@ -374,8 +389,8 @@ async fn main() {
     let pattern_secs = env_usize("CW_HOT_PATTERN_SECS", (secs as usize).max(30)) as f64;
     let bin = std::env::var("CW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cachewarden").into());
     // Enough rows that every change in the run has its own row and key.
-    // The three pattern phases each run 1,000 tx/s.
-    let rows = ((rates.iter().sum::<f64>() * secs + 3000.0 * pattern_secs) * 1.2) as usize + 1000;
+    // The four pattern phases each run 1,000 tx/s.
+    let rows = ((rates.iter().sum::<f64>() * secs + 4000.0 * pattern_secs) * 1.2) as usize + 1000;
 
     let mut r = redis::Client::open(REDIS)
         .unwrap()
@@ -621,11 +636,10 @@ async fn main() {
     let dbsize: u64 = redis::cmd("DBSIZE").query_async(&mut r).await.unwrap();
     // The exact keys' lag with this keyspace and no pass running: the baseline for "unchanged"
     // beside passes, under the same conditions (phase 1 ran before the other keys were there).
-    let first = next.load(Ordering::Relaxed);
-    load(&conns, 1000.0, pattern_secs, &next, &seen).await;
-    let last = next.load(Ordering::Relaxed);
-    drain(&seen.sent, &seen.cw, first..last, Duration::from_secs(60)).await;
-    let (no_pass, _) = lags(&seen.sent, &seen.cw, first..last);
+    // Measured before the passes and again after them, and pooled, so what drifts over the run
+    // (Redis finishing its rehash after the fill, the table's growth) falls on both sides.
+    let (alone_before, alone_before_missing) =
+        exact_alone(&conns, pattern_secs, &next, &seen).await;
     // Idle passes are timed only now: right after the fill, Redis is still rehashing its
     // grown table, and a SCAN then walks both tables (passes measured there were up to 45%
     // longer than later ones under load).
@@ -712,6 +726,16 @@ async fn main() {
     drain(&seen.sent, &seen.cw, first..last, Duration::from_secs(60)).await;
     let (exact, exact_missing) = lags(&seen.sent, &seen.cw, first..last);
     let (pat, pat_missing) = lags(&seen.course_sent, &seen.course_gone, 1..fired + 1);
+    // The second baseline, once the worker's last pass is done.
+    let start = Instant::now();
+    while http_status(STATUS).await.unwrap_or_default()["passes_waiting"].as_u64() != Some(0)
+        && start.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (alone_after, alone_after_missing) = exact_alone(&conns, pattern_secs, &next, &seen).await;
+    let mut no_pass = [alone_before.as_slice(), alone_after.as_slice()].concat();
+    no_pass.sort_by(f64::total_cmp);
     println!(
         "patterns: {dbsize} keys in Redis; one SCAN pass (COUNT {}, the worker's) takes {} (median of 3)",
         scan_count(),
@@ -745,12 +769,15 @@ async fn main() {
     let (p50, p99) = (pct(&no_pass, 0.5), pct(&no_pass, 0.99));
     let (p50_first, p99_first) = lag_at.get(&1000).copied().unwrap_or((f64::NAN, f64::NAN));
     println!(
-        "  exact keys beside it ({committed} tx at 1000/s): lag p50 {}  p99 {}{}  (same keyspace, no pass: p50 {}  p99 {}; phase 1: p50 {}  p99 {}) => p50 {:+.3} ms = {:.2}x, p99 {:.2}x",
+        "  exact keys beside it ({committed} tx at 1000/s): lag p50 {}  p99 {}{}  (same keyspace, no pass, before and after the passes pooled: p50 {}  p99 {}{}, apart p50 {} / {}; phase 1: p50 {}  p99 {}) => p50 {:+.3} ms = {:.2}x, p99 {:.2}x",
         ms(pct(&exact, 0.5)),
         ms(pct(&exact, 0.99)),
         unless_zero(exact_missing, "keys NOT unlinked"),
         ms(p50),
         ms(p99),
+        unless_zero(alone_before_missing + alone_after_missing, "keys NOT unlinked"),
+        ms(pct(&alone_before, 0.5)),
+        ms(pct(&alone_after, 0.5)),
         ms(p50_first),
         ms(p99_first),
         pct(&exact, 0.5) - p50,
