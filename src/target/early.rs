@@ -10,7 +10,7 @@
 //! matches from then on ([`Early::take`], read before each page). A key the running pass has
 //! not reached goes when the pass reaches it, a key it has passed goes when the next pass
 //! reaches it again: with passes all alike and SCAN's order unchanged, within one pass either
-//! way (1.0–1.3 of the worker's own passes at p99, measured).
+//! way (1.0–1.4 of the worker's own passes at p99, measured: passes differ in length).
 //!
 //! Coverage never depends on this: SCAN's order between passes is not documented (a rehash
 //! reorders it), and the next pass still runs the newcomer whole. An unlink after the
