@@ -161,7 +161,15 @@ impl RedisTarget {
         loop {
             let page = self.scan_page(pattern, kind, cursor, &mut report).await;
             let (next, found) = self.forget_on_error(page)?;
-            found.into_iter().for_each(&mut each);
+            // Names are for people (previews, samples): a key that is not UTF-8 is shown
+            // with replacement characters.
+            found
+                .into_iter()
+                .map(|k| {
+                    String::from_utf8(k)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                })
+                .for_each(&mut each);
             if next == 0 {
                 return Ok(());
             }

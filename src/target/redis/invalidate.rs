@@ -140,9 +140,9 @@ impl RedisTarget {
 
     /// Unlinks each tag set's members and the set, in bounded steps (see the script; one call
     /// per step for up to 100 sets).
-    async fn invalidate_tags(
+    async fn invalidate_tags<K: AsRef<[u8]>>(
         &mut self,
-        tags: &[&str],
+        tags: &[K],
         report: &mut ExecReport,
     ) -> Result<(), redis::RedisError> {
         if tags.is_empty() {
@@ -151,7 +151,7 @@ impl RedisTarget {
         let mut conn = self.connection().await.map_err(into_redis)?;
         let script = redis::Script::new(TAG_SCRIPT);
         for chunk in tags.chunks(100) {
-            let mut left: Vec<&str> = chunk.to_vec();
+            let mut left: Vec<&[u8]> = chunk.iter().map(AsRef::as_ref).collect();
             while !left.is_empty() {
                 let mut inv = script.prepare_invoke();
                 for t in &left {
@@ -172,9 +172,9 @@ impl RedisTarget {
     }
 
     /// Increments version keys in one pipeline.
-    async fn incr(
+    async fn incr<K: AsRef<[u8]>>(
         &mut self,
-        keys: &[&str],
+        keys: &[K],
         report: &mut ExecReport,
     ) -> Result<(), redis::RedisError> {
         if keys.is_empty() {
@@ -186,7 +186,7 @@ impl RedisTarget {
         for chunk in keys.chunks(500) {
             let mut inv = script.prepare_invoke();
             for k in chunk {
-                inv.key(*k);
+                inv.key(k.as_ref());
             }
             inv.arg(fresh);
             let _: i64 = inv.invoke_async(&mut conn).await?;
@@ -210,10 +210,9 @@ impl RedisTarget {
             self.before_page(report).await;
             let page = self.scan_page(pattern, kind, cursor, report).await;
             let (next, found) = self.forget_on_error(page)?;
-            let names: Vec<&str> = found.iter().map(String::as_str).collect();
             let r = match what {
-                Paged::TagSets => self.invalidate_tags(&names, report).await,
-                Paged::VersionKeys => self.incr(&names, report).await,
+                Paged::TagSets => self.invalidate_tags(&found, report).await,
+                Paged::VersionKeys => self.incr(&found, report).await,
             };
             self.forget_on_error(r)?;
             if next == 0 {
@@ -224,14 +223,15 @@ impl RedisTarget {
     }
 
     /// One SCAN page of keys matching `pattern` (optionally of one type): the next cursor
-    /// (0 when done) and the keys found.
+    /// (0 when done) and the keys found, as bytes (a key need not be UTF-8, and one that is
+    /// not must not fail a pass on every retry).
     pub(super) async fn scan_page(
         &mut self,
         pattern: &str,
         kind: Option<&str>,
         cursor: u64,
         report: &mut ExecReport,
-    ) -> Result<(u64, Vec<String>), redis::RedisError> {
+    ) -> Result<(u64, Vec<Vec<u8>>), redis::RedisError> {
         let mut conn = self.connection().await.map_err(into_redis)?;
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor)
@@ -242,7 +242,7 @@ impl RedisTarget {
         if let Some(kind) = kind {
             cmd.arg("TYPE").arg(kind);
         }
-        let page: (u64, Vec<String>) = cmd.query_async(&mut conn).await?;
+        let page: (u64, Vec<Vec<u8>>) = cmd.query_async(&mut conn).await?;
         report.scans += 1;
         Ok(page)
     }
