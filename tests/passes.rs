@@ -1,6 +1,7 @@
-//! Keyspace passes take every key Redis can hold: a key that is not UTF-8 is unlinked, its tag
-//! set invalidated, its version bumped — never an error that would fail the pass on every
-//! retry and hold the stream's confirmations back for good.
+//! Keyspace passes and samples take every key Redis can hold: a key that is not UTF-8 is
+//! unlinked, its tag set invalidated, its version bumped, and it is no reason for a families
+//! sample to fail — never an error that would fail a pass on every retry and hold the
+//! stream's confirmations back for good.
 
 mod common;
 
@@ -50,4 +51,35 @@ async fn passes_take_keys_that_are_not_utf8() {
     let version: u64 = r.get(key("ns:")).await.unwrap();
     assert_eq!(version, 6, "bumped");
     assert_eq!(report.bumps, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_utf8_does_not_fail_the_families_sample() {
+    let (server, mut r) = OwnRedis::start(&[]).await;
+    let () = r.set("course:1", "x").await.unwrap();
+    let () = r.set("course:2", "x").await.unwrap();
+    let () = r.set(b"\xff\xfe".as_slice(), 1).await.unwrap();
+    let rules = cachewarden::rules::parse_file(
+        std::path::Path::new("rules.toml"),
+        "[[rule]]\nname = \"course\"\ntable = \"courses\"\nkeys = [\"course:{id}\"]\n",
+    )
+    .unwrap();
+    let families = cachewarden::monitor::families::Families::of(&rules, "");
+    let mut target = RedisTarget::new(
+        redis::Client::open(server.url.as_str()).unwrap(),
+        CacheOptions::default(),
+    )
+    .unwrap();
+    let estimates = target
+        .sample_families(
+            &families,
+            cachewarden::config::SampleLimits {
+                budget: std::time::Duration::from_secs(5),
+                max_keys: 1000,
+            },
+        )
+        .await
+        .expect("the sample is taken");
+    assert_eq!(estimates[0].key_count, 2);
+    assert!(estimates[0].exact);
 }

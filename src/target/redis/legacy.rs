@@ -38,7 +38,7 @@ impl RedisTarget {
         let mut cursor: u64 = 0;
         let mut moved = 0;
         loop {
-            let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            let r: Result<(u64, Vec<Vec<u8>>), _> = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
@@ -47,7 +47,9 @@ impl RedisTarget {
                 .query_async(&mut conn)
                 .await;
             let (next, keys) = self.forget_on_error(r)?;
-            for old in keys {
+            // Marks are named after rule keys, which are text: a name that is not UTF-8 is not
+            // one of them (and must not fail the move).
+            for old in keys.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
                 let Some(key) = old.strip_prefix("cw:v:") else {
                     continue;
                 };

@@ -25,7 +25,7 @@ impl RedisTarget {
         let mut seen: HashSet<String> = HashSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            let r: Result<(u64, Vec<Vec<u8>>), _> = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("COUNT")
                 .arg(self.opts.scan_count)
@@ -33,7 +33,9 @@ impl RedisTarget {
                 .await;
             let (next, keys) = self.forget_on_error(r)?;
             let mut matched: Vec<(String, Vec<usize>)> = Vec::new();
-            for k in keys {
+            // Keys are read as bytes: one that is not UTF-8 (the application's own) is no rule's
+            // (rules render keys from text) and must not fail the sample.
+            for k in keys.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
                 if seen.contains(&k) {
                     continue;
                 }
