@@ -59,13 +59,12 @@ return #KEYS
 /// The longest literal text every pattern starts with (up to the first glob metacharacter),
 /// so that the server can skip what none of them can match. Pure.
 fn literal_prefix<'a>(patterns: &[&'a str]) -> &'a str {
-    let literal = |p: &'a str| &p[..p.find(['*', '?', '[', '\\']).unwrap_or(p.len())];
     let Some((first, rest)) = patterns.split_first() else {
         return "";
     };
-    let mut prefix = literal(first);
+    let mut prefix = crate::glob::literal_prefix(first);
     for p in rest {
-        let l = literal(p);
+        let l = crate::glob::literal_prefix(p);
         let common = prefix
             .char_indices()
             .zip(l.chars())
@@ -284,38 +283,31 @@ impl RedisTarget {
     ) -> Result<(), redis::RedisError> {
         let early = self.early.clone();
         let (mut taken, mut offered, mut joined) = (0, Vec::<String>::new(), Vec::<String>::new());
+        // What every pattern of the pass (its own and the joined) starts with: a literal.
+        let mut shared = literal_prefix(patterns).to_owned();
         let mut server_side = match patterns {
             [one] => one.to_string(),
-            many => format!("{}*", literal_prefix(many)),
+            _ => format!("{shared}*"),
         };
         let mut conn = self.connection().await.map_err(into_redis)?;
         let mut cursor: u64 = 0;
         loop {
+            // `Early` hands each distinct pattern over once a pass.
             if let Some(early) = &early {
                 offered.clear();
-                if early.take(&mut taken, &mut offered) {
-                    let before = joined.len();
-                    for q in offered.drain(..) {
-                        if joined.len() >= MAX_JOINED
-                            || patterns.contains(&q.as_str())
-                            || joined.contains(&q)
-                        {
-                            continue;
-                        }
-                        let all: Vec<&str> = patterns
-                            .iter()
-                            .copied()
-                            .chain(joined.iter().map(String::as_str))
-                            .chain([q.as_str()])
-                            .collect();
-                        let prefix = literal_prefix(&all);
-                        if prefix.is_empty() {
-                            continue;
-                        }
-                        server_side = format!("{prefix}*");
-                        joined.push(q);
+                early.take(&mut taken, &mut offered);
+                for q in offered.drain(..) {
+                    if joined.len() >= MAX_JOINED || patterns.contains(&q.as_str()) {
+                        continue;
                     }
-                    report.joined += (joined.len() - before) as u64;
+                    let widened = literal_prefix(&[&shared, &q]).len();
+                    if widened == 0 {
+                        continue;
+                    }
+                    shared.truncate(widened);
+                    server_side = format!("{shared}*");
+                    joined.push(q);
+                    report.joined += 1;
                 }
             }
             self.before_page(report).await;
